@@ -1,0 +1,135 @@
+"""The command table, shared by the local CLI and the SSH server.
+
+Each module in this package adds the commands of one topic (``apps:*`` in
+apps.py, ...) with ``@command``. ``dispatch`` runs one command line for a caller
+and turns every error into a message on the caller's stderr and an exit code;
+it never lets a traceback through. Commands write through ``inv.console`` only
+(never to sys.stdout), so concurrent SSH sessions cannot mix their output.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import logging
+import secrets
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Callable
+
+import click
+
+from bae.console import Console
+from bae.errors import AccessDenied, BaeError, Invalid
+from bae.model import Caller
+
+__all__ = ["Invocation", "command", "dispatch", "table", "TOPICS", "command_help"]
+
+log = logging.getLogger("bae.commands")
+
+TOPICS = ["system", "users", "keys", "apps", "deployments", "access", "builds"]
+
+
+class _Table(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(self.commands)
+
+
+table = _Table(name="bae", context_settings={"help_option_names": []})
+
+
+@dataclass
+class Invocation:
+    """Everything a command may use: the platform, who called, where to write."""
+
+    platform: Any  # bae.platform.Platform
+    caller: Caller
+    console: Console
+    stdin: BinaryIO
+    remote: bool
+    prog: str = "bae"
+    request: Any = None  # the SSH request (pty, resize) for interactive commands
+
+    @property
+    def store(self):
+        return self.platform.store
+
+
+def command(name: str, *, local_only: bool = False, passthrough: bool = False, **settings):
+    """Register the decorated function as command ``name`` (its docstring is the help)."""
+
+    def deco(fn: Callable) -> click.Command:
+        context = {"help_option_names": [], **settings}
+        cmd = click.command(name, context_settings=context)(click.pass_obj(fn))
+        cmd.local_only = local_only  # type: ignore[attr-defined]
+        cmd.passthrough = passthrough  # type: ignore[attr-defined]
+        table.add_command(cmd)
+        return cmd
+
+    return deco
+
+
+def _load() -> None:
+    for topic in TOPICS + ["ops"]:
+        try:
+            importlib.import_module(f"bae.commands.{topic}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"bae.commands.{topic}":
+                raise
+
+
+def _context(cmd: click.Command, name: str, inv: Invocation) -> click.Context:
+    return click.Context(cmd, info_name=f"{inv.prog} {name}", obj=inv)
+
+
+def command_help(inv: Invocation, name: str) -> str:
+    cmd = table.commands[name]
+    return cmd.get_help(_context(cmd, name, inv))
+
+
+def visible(inv: Invocation) -> dict[str, click.Command]:
+    return {n: c for n, c in sorted(table.commands.items()) if not (inv.remote and c.local_only)}
+
+
+def dispatch(inv: Invocation, argv: list[str]) -> int:
+    """Run ``argv`` (command name first) for ``inv.caller``; return the exit code."""
+    _load()
+    console = inv.console
+    name = argv[0] if argv else "help"
+    args = list(argv[1:])
+    if name in ("--help", "-h"):
+        name = "help"
+    try:
+        cmd = table.commands.get(name)
+        if cmd is None or (inv.remote and cmd.local_only):
+            if cmd is not None:
+                raise AccessDenied(f"'{name}' runs only on the platform host, not over SSH")
+            close = difflib.get_close_matches(name, list(visible(inv)), n=3)
+            raise Invalid(
+                f"'{name[:60]}' is not a bae command",
+                (f"Did you mean: {', '.join(close)}? " if close else "") + f"See `{inv.prog} help`.",
+            )
+        if not cmd.passthrough and any(a in ("--help", "-h") for a in args[: args.index("--") if "--" in args else None]):
+            console.out(command_help(inv, name))
+            return 0
+        ctx = cmd.make_context(f"{inv.prog} {name}", args, obj=inv)
+        with ctx:
+            result = cmd.invoke(ctx)
+        return result if isinstance(result, int) else 0
+    except BaeError as exc:
+        console.error(exc.message, exc.hint)
+        return exc.exit_code
+    except click.UsageError as exc:
+        cmd = table.commands.get(name)
+        usage = _context(cmd, name, inv).get_usage() if cmd else ""
+        console.error(exc.format_message(), f"{usage}\nSee `{inv.prog} help {name}`.")
+        return 2
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.Abort:
+        return 1
+    except Exception:
+        ref = secrets.token_hex(4)
+        log.exception("command %r by %s failed (ref %s)", argv[:1], inv.caller.name, ref)
+        console.error(f"internal error while running '{name}' (reference {ref}).",
+                      "Nothing was half-done on purpose; the operator's log has the details.")
+        return 70

@@ -1,0 +1,84 @@
+"""apps:create, apps:list, apps:info, apps:destroy."""
+
+from __future__ import annotations
+
+import click
+
+from bae.access import MEMBER, OWNER, app_for
+from bae.commands import Invocation, command
+from bae.console import ago
+from bae.errors import Invalid
+from bae.model import validate_name
+
+
+def require_confirmation(given: str | None, expected: str, what: str) -> None:
+    """Refuse a destructive command unless ``--confirm`` repeats its target exactly."""
+    if given != expected:
+        raise Invalid(
+            f"this permanently destroys {what}" + ("" if given is None else f" ('{given[:60]}' does not match)"),
+            f"To go ahead, run it again with --confirm {expected}",
+        )
+
+
+@command("apps:create")
+@click.argument("app")
+@click.option("--owner", metavar="USER", help="Owner of the app (admins only; default: you).")
+def apps_create(inv: Invocation, app: str, owner: str | None) -> None:
+    """Create an app and its default deployment; prints its git remote."""
+    validate_name("app", app)
+    if owner is not None:
+        if not inv.caller.admin:
+            raise Invalid("only admins may create apps for someone else", "Leave out --owner.")
+        owner_user = inv.store.user(validate_name("user", owner))
+    else:
+        owner_user = inv.caller.user
+    created = inv.store.create_app(app, owner_user)
+    inv.platform.repos.create(app, "default")
+    inv.console.step(f"Created app {created.name}" + (f" (owner {created.owner})" if created.owner else ""))
+    url = inv.platform.git_url(app, "default")
+    inv.console.detail(f"Git remote: {url}")
+    inv.console.detail(f"Web URL:    {inv.platform.web_url(app, 'default')}")
+    inv.console.detail(f"Deploy:     git remote add bae {url} && git push bae master")
+
+
+@command("apps:list")
+def apps_list(inv: Invocation) -> None:
+    """List the apps you own or collaborate on (admins: all apps)."""
+    apps = inv.store.apps(None if inv.caller.admin else inv.caller.user)
+    deps = inv.store.deployments()
+    count = {a.name: sum(1 for d in deps if d.app == a.name) for a in apps}
+    inv.console.table(
+        ["app", "owner", "deployments", "collaborators", "created"],
+        [[a.name, a.owner or "(admins)", count[a.name], len(a.collaborators), ago(a.created_at)] for a in apps],
+        empty="No apps yet. Create one with: apps:create APP",
+    )
+
+
+@command("apps:info")
+@click.argument("app")
+def apps_info(inv: Invocation, app: str) -> None:
+    """Show an app: owner, collaborators, deployments with git remotes and URLs."""
+    found = app_for(inv.caller, inv.store, app, MEMBER)
+    out = inv.console
+    out.out(f"=== {found.name}")
+    out.out(f"Owner:          {found.owner or '(admins)'}")
+    out.out(f"Collaborators:  {', '.join(found.collaborators) or '(none)'}")
+    out.out(f"Created:        {found.created_at} ({ago(found.created_at)})")
+    for line in inv.platform.app_info_lines(found):
+        out.out(line)
+    out.out("")
+    rows = []
+    for dep in inv.store.deployments(found):
+        rows.append([dep.name, inv.platform.git_url(found.name, dep.name), inv.platform.web_url(found.name, dep.name)])
+    out.table(["deployment", "git remote", "url"], rows)
+
+
+@command("apps:destroy")
+@click.argument("app")
+@click.option("--confirm", "confirmation", metavar="APP", help="Repeat the app's name to confirm.")
+def apps_destroy(inv: Invocation, app: str, confirmation: str | None) -> None:
+    """Destroy an app: its deployments, repos, builds, releases and units (owner or admin)."""
+    found = app_for(inv.caller, inv.store, app, OWNER)
+    require_confirmation(confirmation, found.name, f"app '{found.name}' with all its deployments, code, releases and units")
+    inv.platform.destroy_app(found)
+    inv.console.step(f"Destroyed app {found.name}")

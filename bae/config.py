@@ -1,0 +1,218 @@
+"""Platform settings: read from TOML, every field defaulted and described.
+
+``load()`` is called once at start-up by the CLI and by ``bae serve``; unknown
+keys and wrong types are refused with the key's dotted name. ``render()`` is
+what ``bae config:show`` prints: the effective settings with their descriptions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tomli_w
+
+from bae.errors import ConfigError
+
+__all__ = ["Settings", "Plan", "load", "render", "ENV_VAR"]
+
+ENV_VAR = "BAE_CONFIG"
+
+
+def setting(default, doc: str, **kw):
+    """A settings field: its default and the one-line description config:show prints."""
+    if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
+        return field(default_factory=lambda: _copy(default), metadata={"doc": doc}, **kw)
+    return field(default=default, metadata={"doc": doc}, **kw)
+
+
+def _copy(value):
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return list(value)
+    if dataclasses.is_dataclass(value):
+        return dataclasses.replace(value)
+    return value
+
+
+@dataclass
+class SSH:
+    host: str = setting("0.0.0.0", "address the SSH server (git push, commands) listens on")
+    port: int = setting(2222, "TCP port of the SSH server")
+    max_connections: int = setting(200, "SSH connections served at once; more are refused")
+    public_host: str = setting("", "host name shown in git remote URLs; empty: this machine's host name")
+
+
+@dataclass
+class Router:
+    host: str = setting("0.0.0.0", "address nginx listens on for end-user HTTP traffic")
+    http_port: int = setting(80, "TCP port nginx listens on for end-user HTTP traffic")
+    nginx: str = setting("nginx", "nginx binary the router runs")
+    client_max_body_size: str = setting("100m", "largest request body nginx accepts (nginx size syntax)")
+    connect_timeout: float = setting(5.0, "seconds to wait for a unit to accept a connection")
+    read_timeout: float = setting(60.0, "seconds a unit may take to answer before the user gets a 504")
+    send_timeout: float = setting(60.0, "seconds a unit may take to read a request body")
+    keepalive: int = setting(32, "idle keep-alive connections nginx keeps per app to its units")
+    worker_processes: int = setting(0, "nginx worker processes (0: one per CPU core)")
+
+
+@dataclass
+class Build:
+    stack_image: str = setting("", "image builds and units run on; empty: the stack image bae builds itself (stack:build)")
+    base_image: str = setting("", "registry image to build the stack from instead of debootstrap (e.g. 'debian:bookworm'); empty: debootstrap")
+    debian_mirror: str = setting("http://deb.debian.org/debian", "Debian mirror debootstrap and apt use when building the stack")
+    ca_bundle: str = setting("/etc/ssl/certs/ca-certificates.crt", "CA bundle builds and units trust (for TLS-intercepting proxies); empty: the stack's own")
+    pip_index_url: str = setting("", "PIP_INDEX_URL passed to builds; empty: PyPI")
+    npm_registry: str = setting("", "npm registry passed to builds; empty: registry.npmjs.org")
+    memory: str = setting("2g", "memory limit of a build container (docker size syntax)")
+    timeout: int = setting(900, "seconds a build may take before it is stopped and fails")
+    keep_builds: int = setting(50, "build logs kept per deployment; older ones are deleted")
+
+
+@dataclass
+class Plan:
+    memory: str = setting("256m", "memory limit (docker size syntax); swap is not allowed beyond it")
+    cpu: float = setting(0.5, "CPU cores the unit may use")
+    pids: int = setting(256, "most processes and threads the unit may run")
+
+
+def _default_plans() -> dict[str, Plan]:
+    return {
+        "s1": Plan("256m", 0.5, 256),
+        "s2": Plan("512m", 1.0, 512),
+        "m1": Plan("1g", 1.0, 1024),
+        "l1": Plan("2g", 2.0, 2048),
+    }
+
+
+@dataclass
+class Scheduler:
+    interval: float = setting(2.0, "seconds between reconcile passes when nothing wakes the loop")
+    boot_timeout: int = setting(60, "seconds a web unit has to accept connections on $PORT")
+    stop_grace: int = setting(30, "seconds between SIGTERM and SIGKILL when a unit stops")
+    default_plan: str = setting("s1", "plan of a process type until ps:resize changes it")
+    max_units: int = setting(20, "most units one process type may be scaled to")
+    backoff_max: int = setting(300, "longest wait, in seconds, before restarting a crash-looping unit")
+    keep_releases: int = setting(5, "releases whose images are kept for rollback; older images are removed")
+
+
+@dataclass
+class Logs:
+    retention_lines: int = setting(20000, "log lines kept per deployment, across unit replacements")
+
+
+@dataclass
+class Settings:
+    data_dir: str = setting("/var/lib/bae", "repos, state, caches, router config")
+    base_domain: str = setting("bae.localhost", "apps are served at APP.BASE_DOMAIN (bae.localhost resolves to loopback)")
+    ssh: SSH = setting(SSH(), "the SSH server")
+    router: Router = setting(Router(), "the HTTP router (nginx)")
+    build: Build = setting(Build(), "building releases")
+    scheduler: Scheduler = setting(Scheduler(), "running units")
+    plans: dict[str, Plan] = setting(_default_plans(), "unit sizes ps:resize chooses from")
+    logs: Logs = setting(Logs(), "app logs")
+
+    source: str = field(default="(defaults)", metadata={"internal": True})
+
+    @property
+    def data(self) -> Path:
+        return Path(self.data_dir)
+
+
+def _check(value, hint, key: str):
+    """Return ``value`` converted to the annotated type, or raise ConfigError naming ``key``."""
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"setting '{key}' must be a table ([{key}]), not {type(value).__name__}")
+        return _build(hint, value, key + ".")
+    if origin is dict:
+        _, item = typing.get_args(hint)
+        if not isinstance(value, dict):
+            raise ConfigError(f"setting '{key}' must be a table ([{key}]), not {type(value).__name__}")
+        return {name: _check(sub, item, f"{key}.{name}") for name, sub in value.items()}
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"setting '{key}' must be a list, not {type(value).__name__}")
+        return [_check(sub, item, f"{key}[]") for sub in value]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, bool):
+        raise ConfigError(f"setting '{key}' must be an integer, not a boolean")
+    if not isinstance(value, hint):
+        names = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+        raise ConfigError(
+            f"setting '{key}' must be {names.get(hint, hint.__name__)}, not {value!r}"
+        )
+    return value
+
+
+def _build(cls, data: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in known:
+            where = f"[{prefix[:-1]}]" if prefix else "the top level"
+            raise ConfigError(
+                f"unknown setting '{prefix}{key}'",
+                f"Known settings at {where}: {', '.join(sorted(known))}.",
+            )
+        kwargs[key] = _check(value, hints[key], prefix + key)
+    if cls is Settings and "plans" in kwargs and not kwargs["plans"]:
+        raise ConfigError("setting 'plans' must name at least one plan")
+    return cls(**kwargs)
+
+
+def load(path: str | os.PathLike | None = None) -> Settings:
+    """Read settings from ``path``, else ``$BAE_CONFIG``, else use the defaults."""
+    path = path or os.environ.get(ENV_VAR) or None
+    if path is None:
+        return Settings()
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"settings file {path} does not exist", f"Create it or unset {ENV_VAR}.") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read settings file {path}: {exc}") from None
+    settings = _build(Settings, data)
+    if settings.scheduler.default_plan not in settings.plans:
+        raise ConfigError(
+            f"setting 'scheduler.default_plan' names plan {settings.scheduler.default_plan!r}, which is not in [plans]",
+            f"Known plans: {', '.join(sorted(settings.plans))}.",
+        )
+    settings.source = str(path)
+    return settings
+
+
+def _toml_value(value) -> str:
+    return tomli_w.dumps({"v": value}).split("=", 1)[1].strip()
+
+
+def render(settings: Settings) -> str:
+    """The effective settings as TOML, each key preceded by its description."""
+    out = [f"# effective settings (from {settings.source})"]
+    tables = []
+    for f in dataclasses.fields(settings):
+        if f.metadata.get("internal"):
+            continue
+        value = getattr(settings, f.name)
+        if dataclasses.is_dataclass(value) or isinstance(value, dict):
+            tables.append((f, value))
+            continue
+        out += [f"# {f.metadata['doc']}", f"{f.name} = {_toml_value(value)}"]
+    for f, value in tables:
+        items = value.items() if isinstance(value, dict) else [(None, value)]
+        for sub, section in items:
+            name = f.name if sub is None else f"{f.name}.{sub}"
+            out += ["", f"[{name}]" + (f"  # {f.metadata['doc']}" if sub is None else "")]
+            for g in dataclasses.fields(section):
+                out += [f"# {g.metadata['doc']}", f"{g.name} = {_toml_value(getattr(section, g.name))}"]
+    return "\n".join(out) + "\n"

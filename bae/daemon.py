@@ -1,0 +1,73 @@
+"""``bae serve``: the SSH server, scheduler and router in one foreground process.
+
+It logs one line per connection, push and command to stderr, and on SIGTERM or
+SIGINT stops accepting, lets in-flight pushes finish (or refuses them), and exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+
+from bae.commands import Invocation, dispatch
+from bae.console import Console
+from bae.pipeline import Pipeline
+
+__all__ = ["serve", "configure_logging"]
+
+log = logging.getLogger("bae")
+
+
+def configure_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    for noisy in ("dulwich", "urllib3", "docker"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # paramiko logs every client that hangs up as an ERROR; our own line says it.
+    logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+
+
+def ssh_prog(platform) -> str:
+    port = platform.settings.ssh.port
+    return f"ssh {'' if port == 22 else f'-p {port} '}bae@{platform.public_host}"
+
+
+def serve(platform, console: Console) -> int:
+    from gitserver.session import SessionContext
+    from gitserver.sshd import SSHServer
+
+    configure_logging()
+    settings = platform.settings
+    stop = threading.Event()
+    prog = ssh_prog(platform)
+
+    def run_command(caller, argv, stdin, stdout, stderr, request) -> int:
+        inv = Invocation(platform, caller, Console(stdout, stderr), stdin, remote=True, prog=prog, request=request)
+        return dispatch(inv, argv)
+
+    context = SessionContext(platform.store, platform.repos, Pipeline(platform), run_command, prog)
+    ssh = SSHServer(settings.ssh.host, settings.ssh.port, platform.data / "ssh_host_ed25519_key",
+                    context, settings.ssh.max_connections)
+    platform.daemon = ssh
+
+    def on_signal(signum, frame) -> None:
+        log.info("received %s, shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    ssh.start()
+    console.step(f"bae is serving (data in {settings.data_dir}, settings from {settings.source})")
+    console.detail(f"SSH:  {ssh.address[0]}:{ssh.address[1]}  host key {ssh.fingerprint}")
+    console.detail(f"Try:  {prog} help")
+    log.info("ssh listening on %s:%s, host key %s", ssh.address[0], ssh.address[1], ssh.fingerprint)
+    while not stop.wait(1):
+        pass
+    ssh.stop(grace=60)
+    log.info("stopped")
+    return 0

@@ -1,0 +1,102 @@
+"""The deploy pipeline: push → build → release → deploy, with progress output.
+
+``Pipeline`` is the git server's deploy hook. It runs between "pack received"
+and "refs updated": if it raises, the push is refused and nothing changes.
+Every step's output streams to the pusher and is stored as the build's log.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from bae.console import DETAIL, ERROR, STEP
+from bae.errors import BaeError, DeployFailed
+
+__all__ = ["Pipeline", "BuildLog"]
+
+log = logging.getLogger("bae.pipeline")
+
+
+class BuildLog:
+    """Lines for the pusher (live) and for the build's stored log."""
+
+    def __init__(self, progress) -> None:
+        self.progress = progress
+        self.lines: list[str] = []
+        self._lock = threading.Lock()
+
+    def line(self, text: str) -> None:
+        with self._lock:
+            self.lines.append(text)
+        self.progress(text)
+
+    def step(self, text: str) -> None:
+        self.line(STEP + text)
+
+    def detail(self, text: str) -> None:
+        for part in text.splitlines() or [""]:
+            self.line(DETAIL + part)
+
+    def error(self, text: str) -> None:
+        for part in text.splitlines() or [""]:
+            self.line(ERROR + part)
+
+    @property
+    def cancelled(self) -> bool:
+        return bool(getattr(self.progress, "cancelled", False))
+
+    @property
+    def text(self) -> str:
+        with self._lock:
+            return "".join(line + "\n" for line in self.lines)
+
+
+class Pipeline:
+    """Turns a pushed commit into a running release, or refuses it."""
+
+    def __init__(self, platform) -> None:
+        self.platform = platform
+
+    def __call__(self, target, old: str, new: str, source, progress) -> None:
+        store = self.platform.store
+        dep = store.deployment(target.app, target.deployment)
+        build = store.start_build(dep, new, old, target.user.name)
+        out = BuildLog(progress)
+        started = time.monotonic()
+        log.info("build %s #%d of %s by %s started", dep.slug, build.number, new[:7], target.user.name)
+        out.step(f"Received {new[:7]} for {dep.slug} (build {build.number})")
+        result: dict = {}
+        try:
+            for stage in self.stages():
+                if out.cancelled:
+                    raise DeployFailed("the push was cancelled: the client disconnected")
+                stage(dep, build, source, out, result)
+        except BaeError as exc:
+            out.error(exc.message)
+            if exc.hint:
+                out.error(exc.hint)
+            out.error("Push rejected; the previous release keeps serving.")
+            store.finish_build(build, "failed", out.text, error=exc.message,
+                               keep=self.platform.settings.build.keep_builds)
+            log.info("build %s #%d failed after %.1f s: %s", dep.slug, build.number,
+                     time.monotonic() - started, exc.message)
+            raise DeployFailed(exc.message) from None
+        except BaseException:
+            out.error("Internal error in the platform; the push was rejected and nothing changed.")
+            store.finish_build(build, "failed", out.text, error="internal error",
+                               keep=self.platform.settings.build.keep_builds)
+            raise
+        store.finish_build(build, "succeeded", out.text, image=result.get("image"),
+                           process_types=result.get("process_types"),
+                           keep=self.platform.settings.build.keep_builds)
+        log.info("build %s #%d succeeded in %.1f s", dep.slug, build.number, time.monotonic() - started)
+
+    def stages(self) -> list:
+        """The pipeline's steps; each is ``stage(dep, build, source, out, result)``."""
+        return [self.record]
+
+    def record(self, dep, build, source, out: BuildLog, result: dict) -> None:
+        out.detail(f"Commit: {source.message.splitlines()[0][:72] if source.message else '(no message)'}")
+        out.step("Recorded (no build step configured)")

@@ -1,0 +1,100 @@
+"""The pieces every command and server share, built once per process.
+
+``Platform`` holds the settings, the store and the repository backend, and is
+where the daemon hangs the parts only it runs (scheduler, router). The CLI and
+``bae serve`` both start by building one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import socket
+from pathlib import Path
+
+from bae.config import Settings
+from bae.store import Store
+
+__all__ = ["Platform"]
+
+log = logging.getLogger("bae")
+
+
+class Platform:
+    """Settings + state + repositories; the daemon adds its running parts."""
+
+    def __init__(self, settings: Settings) -> None:
+        from gitserver.repos import Repositories
+
+        self.settings = settings
+        self.data = Path(settings.data_dir)
+        for sub in ("repos", "cache", "run", "logs"):
+            (self.data / sub).mkdir(parents=True, exist_ok=True)
+        os.chmod(self.data, 0o711)
+        self.store = Store(self.data / "bae.db")
+        self.repos = Repositories(self.data / "repos")
+        self.instance = self._instance_id()
+        self.daemon = None  # set by `bae serve` in its own process
+        self.on_destroy: list = []  # callables(deployment) run before a deployment is removed
+
+    def _instance_id(self) -> str:
+        """A random id naming this installation on the Docker Engine (container labels)."""
+        path = self.data / "instance-id"
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            value = secrets.token_hex(6)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(value + "\n")
+            try:
+                os.link(tmp, path)  # first writer wins
+            except FileExistsError:
+                pass
+            tmp.unlink()
+            return path.read_text().strip()
+
+    @property
+    def public_host(self) -> str:
+        return self.settings.ssh.public_host or socket.gethostname()
+
+    def git_url(self, app: str, deployment: str) -> str:
+        port = self.settings.ssh.port
+        hostport = self.public_host if port == 22 else f"{self.public_host}:{port}"
+        path = app if deployment == "default" else f"{app}/{deployment}"
+        return f"ssh://bae@{hostport}/{path}.git"
+
+    def hostname(self, app: str, deployment: str) -> str:
+        base = self.settings.base_domain
+        return f"{app}.{base}" if deployment == "default" else f"{deployment}.{app}.{base}"
+
+    def web_url(self, app: str, deployment: str) -> str:
+        port = self.settings.router.http_port
+        host = self.hostname(app, deployment)
+        return f"http://{host}/" if port == 80 else f"http://{host}:{port}/"
+
+    # -- lifecycle shared by commands ------------------------------------------
+
+    def app_info_lines(self, app) -> list[str]:
+        """Extra lines components add to apps:info (releases, units, domains...)."""
+        return []
+
+    def destroy_deployment(self, dep) -> None:
+        """Remove a deployment everywhere: units, routes, repo, cache, rows."""
+        with self.repos.lock(dep.app, dep.name):
+            for hook in self.on_destroy:
+                hook(dep)
+            self.store.destroy_deployment(dep)
+            self.repos.destroy(dep.app, dep.name)
+            shutil.rmtree(self.cache_dir(dep), ignore_errors=True)
+
+    def destroy_app(self, app) -> None:
+        for dep in self.store.deployments(app):
+            self.destroy_deployment(dep)
+        self.store.destroy_app(app)
+        self.repos.destroy(app.name)
+        shutil.rmtree(self.data / "cache" / app.name, ignore_errors=True)
+
+    def cache_dir(self, dep) -> Path:
+        return self.data / "cache" / dep.app / dep.name

@@ -1,0 +1,383 @@
+"""All state that is not in git or Docker: SQLite through sqlite-utils.
+
+The daemon and CLI processes open the same file at once: WAL mode, a busy
+timeout, and write transactions that take the write lock up front
+(``BEGIN IMMEDIATE``) so two writers queue instead of failing. Each thread gets
+its own connection. Schema changes are sqlite-utils migrations, applied when
+the store is opened. This is the only module that imports sqlite_utils.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+import sqlite_utils
+from sqlite_utils import Migrations
+
+from bae.errors import Conflict, NotFound
+from bae.model import DEFAULT_DEPLOYMENT, App, Build, Deployment, PublicKey, User
+
+__all__ = ["Store", "now"]
+
+migrations = Migrations("bae")
+
+
+def now() -> str:
+    """The current time as the ISO 8601 UTC string stored everywhere."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+@migrations()
+def m001_foundation(db: sqlite_utils.Database) -> None:
+    db["users"].create(
+        {"id": int, "name": str, "admin": int, "created_at": str},
+        pk="id", not_null={"name", "admin", "created_at"},
+    )
+    db["users"].create_index(["name"], unique=True)
+    db["keys"].create(
+        {"fingerprint": str, "user_id": int, "kind": str, "bits": int, "comment": str,
+         "openssh": str, "created_at": str},
+        pk="fingerprint", foreign_keys=[("user_id", "users", "id")],
+    )
+    db["keys"].create_index(["user_id"])
+    db["apps"].create(
+        {"id": int, "name": str, "owner_id": int, "created_at": str},
+        pk="id", foreign_keys=[("owner_id", "users", "id")], not_null={"name"},
+    )
+    db["apps"].create_index(["name"], unique=True)
+    db["collaborators"].create(
+        {"app_id": int, "user_id": int, "created_at": str},
+        pk=("app_id", "user_id"),
+        foreign_keys=[("app_id", "apps", "id"), ("user_id", "users", "id")],
+    )
+    db["deployments"].create(
+        {"id": int, "app_id": int, "name": str, "created_at": str, "buildpacks": str},
+        pk="id", foreign_keys=[("app_id", "apps", "id")], defaults={"buildpacks": "[]"},
+    )
+    db["deployments"].create_index(["app_id", "name"], unique=True)
+    db["builds"].create(
+        {"id": int, "deployment_id": int, "number": int, "commit_sha": str, "old_commit": str,
+         "status": str, "user": str, "started_at": str, "finished_at": str, "log": str,
+         "image": str, "process_types": str, "error": str},
+        pk="id", foreign_keys=[("deployment_id", "deployments", "id")],
+        defaults={"log": "", "process_types": "{}"},
+    )
+    db["builds"].create_index(["deployment_id", "number"], unique=True)
+
+
+class Store:
+    """Typed access to the platform's SQLite database."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self._local = threading.local()
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        if self.db.journal_mode != "wal":
+            self.db.enable_wal()
+        # One write transaction around all pending migrations: two processes
+        # starting at once queue here instead of both creating the same table.
+        with self.write() as db:
+            migrations.apply(db)
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA busy_timeout = 30000")
+            db = sqlite_utils.Database(conn)
+            self._local.db = db
+        return db
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite_utils.Database]:
+        """A write transaction holding SQLite's write lock from its first statement."""
+        db = self.db
+        if db.conn.in_transaction:
+            with db.atomic():
+                yield db
+            return
+        db.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.conn.execute("ROLLBACK")
+            raise
+        db.conn.execute("COMMIT")
+
+    def _one(self, sql: str, params=()) -> dict | None:
+        return next(self.db.query(sql, params), None)
+
+    # -- users ---------------------------------------------------------------
+
+    def add_user(self, name: str, admin: bool = False) -> User:
+        with self.write() as db:
+            if self._one("select id from users where name = ?", [name]):
+                raise Conflict(f"user '{name}' already exists", "Pick another name, or see `users:list`.")
+            db["users"].insert({"name": name, "admin": int(admin), "created_at": now()})
+        return self.user(name)
+
+    def user(self, name: str) -> User:
+        row = self._one("select * from users where name = ?", [name])
+        if not row:
+            raise NotFound(f"no user named '{name}'", "See `users:list` for the registered users.")
+        return _user(row)
+
+    def users(self) -> list[User]:
+        return [_user(r) for r in self.db.query("select * from users order by name")]
+
+    def remove_user(self, name: str) -> None:
+        user = self.user(name)
+        with self.write() as db:
+            owned = [r["name"] for r in db.query("select name from apps where owner_id = ?", [user.id])]
+            if owned:
+                raise Conflict(
+                    f"user '{name}' still owns {len(owned)} app(s): {', '.join(owned)}",
+                    "Destroy those apps first (apps:destroy APP --confirm APP).",
+                )
+            db.execute("delete from keys where user_id = ?", [user.id])
+            db.execute("delete from collaborators where user_id = ?", [user.id])
+            db.execute("delete from users where id = ?", [user.id])
+
+    # -- keys ----------------------------------------------------------------
+
+    def add_key(self, user: User, key: PublicKey) -> PublicKey:
+        with self.write() as db:
+            existing = self._one(
+                "select users.name as user from keys join users on users.id = keys.user_id "
+                "where fingerprint = ?", [key.fingerprint])
+            if existing:
+                owner = "you" if existing["user"] == user.name else f"user '{existing['user']}'"
+                raise Conflict(
+                    f"key {key.fingerprint} is already registered to {owner}",
+                    "A key may belong to one user only; generate a new key with ssh-keygen.",
+                )
+            db["keys"].insert({
+                "fingerprint": key.fingerprint, "user_id": user.id, "kind": key.kind,
+                "bits": key.bits, "comment": key.comment, "openssh": key.openssh,
+                "created_at": now(),
+            })
+        return self.key(key.fingerprint)
+
+    def key(self, fingerprint: str) -> PublicKey:
+        row = self._one(
+            "select keys.*, users.name as user from keys join users on users.id = keys.user_id "
+            "where fingerprint = ?", [fingerprint])
+        if not row:
+            raise NotFound(f"no key with fingerprint {fingerprint}", "See `keys:list` for the registered keys.")
+        return _key(row)
+
+    def user_for_key(self, fingerprint: str) -> User | None:
+        row = self._one(
+            "select users.* from keys join users on users.id = keys.user_id where fingerprint = ?",
+            [fingerprint])
+        return _user(row) if row else None
+
+    def keys(self, user: User | None = None) -> list[PublicKey]:
+        sql = "select keys.*, users.name as user from keys join users on users.id = keys.user_id"
+        params: list = []
+        if user:
+            sql += " where keys.user_id = ?"
+            params.append(user.id)
+        return [_key(r) for r in self.db.query(sql + " order by users.name, keys.created_at", params)]
+
+    def remove_key(self, user: User, fingerprint: str) -> None:
+        with self.write() as db:
+            cur = db.execute("delete from keys where user_id = ? and fingerprint = ?", [user.id, fingerprint])
+            if cur.rowcount == 0:
+                raise NotFound(
+                    f"user '{user.name}' has no key with fingerprint {fingerprint}",
+                    f"See `keys:list {user.name}` for that user's keys.",
+                )
+
+    # -- apps and deployments ------------------------------------------------
+
+    def create_app(self, name: str, owner: User | None) -> App:
+        with self.write() as db:
+            if self._one("select id from apps where name = ?", [name]):
+                raise Conflict(f"app '{name}' already exists", "Pick another name; app names are global.")
+            app_id = db["apps"].insert({
+                "name": name, "owner_id": owner.id if owner else None, "created_at": now(),
+            }).last_pk
+            db["deployments"].insert({
+                "app_id": app_id, "name": DEFAULT_DEPLOYMENT, "created_at": now(), "buildpacks": "[]",
+            })
+        return self.app(name)
+
+    def app(self, name: str) -> App:
+        row = self._one(
+            "select apps.*, users.name as owner from apps left join users on users.id = apps.owner_id "
+            "where apps.name = ?", [name])
+        if not row:
+            raise NotFound(f"no app named '{name}'", "See `apps:list` for the apps you can use.")
+        collaborators = tuple(r["name"] for r in self.db.query(
+            "select users.name from collaborators join users on users.id = collaborators.user_id "
+            "where app_id = ? order by users.name", [row["id"]]))
+        return App(row["id"], row["name"], row["owner"], row["created_at"], collaborators)
+
+    def apps(self, visible_to: User | None = None) -> list[App]:
+        """All apps, or only those ``visible_to`` owns or collaborates on."""
+        if visible_to is None:
+            rows = self.db.query("select name from apps order by name")
+        else:
+            rows = self.db.query(
+                "select name from apps where owner_id = :u or id in "
+                "(select app_id from collaborators where user_id = :u) order by name",
+                {"u": visible_to.id})
+        return [self.app(r["name"]) for r in list(rows)]
+
+    def destroy_app(self, app: App) -> None:
+        with self.write() as db:
+            dep_ids = [r["id"] for r in db.query("select id from deployments where app_id = ?", [app.id])]
+            for dep_id in dep_ids:
+                self._delete_deployment_rows(db, dep_id)
+            db.execute("delete from collaborators where app_id = ?", [app.id])
+            db.execute("delete from apps where id = ?", [app.id])
+
+    def add_collaborator(self, app: App, user: User) -> None:
+        if app.owner == user.name:
+            raise Conflict(f"user '{user.name}' owns app '{app.name}' already")
+        with self.write() as db:
+            if user.name in app.collaborators:
+                raise Conflict(f"user '{user.name}' has access to app '{app.name}' already")
+            db["collaborators"].insert({"app_id": app.id, "user_id": user.id, "created_at": now()})
+
+    def remove_collaborator(self, app: App, user: User) -> None:
+        with self.write() as db:
+            cur = db.execute("delete from collaborators where app_id = ? and user_id = ?", [app.id, user.id])
+            if cur.rowcount == 0:
+                raise NotFound(
+                    f"user '{user.name}' is not a collaborator on app '{app.name}'",
+                    f"See `access:list {app.name}`.",
+                )
+
+    def create_deployment(self, app: App, name: str) -> Deployment:
+        with self.write() as db:
+            if self._one("select id from deployments where app_id = ? and name = ?", [app.id, name]):
+                raise Conflict(f"app '{app.name}' has a deployment named '{name}' already")
+            db["deployments"].insert({"app_id": app.id, "name": name, "created_at": now(), "buildpacks": "[]"})
+        return self.deployment(app.name, name)
+
+    def deployment(self, app: str, name: str) -> Deployment:
+        row = self._one(
+            "select deployments.*, apps.name as app from deployments join apps on apps.id = deployments.app_id "
+            "where apps.name = ? and deployments.name = ?", [app, name])
+        if not row:
+            self.app(app)  # says "no app" when that is the problem
+            raise NotFound(
+                f"app '{app}' has no deployment named '{name}'",
+                f"See `deployments:list {app}`.",
+            )
+        return _deployment(row)
+
+    def deployment_by_id(self, dep_id: int) -> Deployment:
+        row = self._one(
+            "select deployments.*, apps.name as app from deployments join apps on apps.id = deployments.app_id "
+            "where deployments.id = ?", [dep_id])
+        if not row:
+            raise NotFound(f"no deployment with id {dep_id}")
+        return _deployment(row)
+
+    def deployments(self, app: App | None = None) -> list[Deployment]:
+        sql = ("select deployments.*, apps.name as app from deployments "
+               "join apps on apps.id = deployments.app_id")
+        params: list = []
+        if app:
+            sql += " where app_id = ?"
+            params.append(app.id)
+        return [_deployment(r) for r in self.db.query(sql + " order by apps.name, deployments.id", params)]
+
+    def destroy_deployment(self, dep: Deployment) -> None:
+        with self.write() as db:
+            self._delete_deployment_rows(db, dep.id)
+
+    def _delete_deployment_rows(self, db, dep_id: int) -> None:
+        for table in _DEPLOYMENT_TABLES:
+            if db[table].exists():
+                db.execute(f"delete from {table} where deployment_id = ?", [dep_id])
+        db.execute("delete from deployments where id = ?", [dep_id])
+
+    def set_buildpacks(self, dep: Deployment, buildpacks: list[str]) -> None:
+        with self.write() as db:
+            db.execute("update deployments set buildpacks = ? where id = ?", [json.dumps(buildpacks), dep.id])
+
+    # -- builds --------------------------------------------------------------
+
+    def start_build(self, dep: Deployment, commit: str, old_commit: str, user: str) -> Build:
+        with self.write() as db:
+            row = self._one("select max(number) as n from builds where deployment_id = ?", [dep.id])
+            number = (row["n"] or 0) + 1
+            build_id = db["builds"].insert({
+                "deployment_id": dep.id, "number": number, "commit_sha": commit,
+                "old_commit": old_commit, "status": "running", "user": user,
+                "started_at": now(), "log": "", "process_types": "{}",
+            }).last_pk
+        return self.build_by_id(build_id)
+
+    def finish_build(self, build: Build, status: str, log: str, image: str | None = None,
+                     process_types: dict | None = None, error: str | None = None,
+                     keep: int | None = None) -> Build:
+        with self.write() as db:
+            db["builds"].update(build.id, {
+                "status": status, "log": log, "finished_at": now(), "image": image,
+                "process_types": json.dumps(process_types or {}), "error": error,
+            })
+            if keep:
+                db.execute(
+                    "delete from builds where deployment_id = ? and number <= ? "
+                    "and id not in (select build_id from releases where build_id is not null)"
+                    if db["releases"].exists() else
+                    "delete from builds where deployment_id = ? and number <= ?",
+                    [build.deployment_id, build.number - keep])
+        return self.build_by_id(build.id)
+
+    def build_by_id(self, build_id: int) -> Build:
+        row = self._one("select * from builds where id = ?", [build_id])
+        if not row:
+            raise NotFound(f"no build with id {build_id}")
+        return _build(row)
+
+    def build(self, dep: Deployment, number: int) -> Build:
+        row = self._one("select * from builds where deployment_id = ? and number = ?", [dep.id, number])
+        if not row:
+            raise NotFound(f"{dep.slug} has no build {number}", f"See `builds {dep.slug}` for its builds.")
+        return _build(row)
+
+    def builds(self, dep: Deployment, limit: int = 20) -> list[Build]:
+        rows = self.db.query(
+            "select * from builds where deployment_id = ? order by number desc limit ?", [dep.id, limit])
+        return [_build(r) for r in rows]
+
+
+_DEPLOYMENT_TABLES = ["builds"]
+
+
+def _user(row: dict) -> User:
+    return User(row["id"], row["name"], bool(row["admin"]), row["created_at"])
+
+
+def _key(row: dict) -> PublicKey:
+    return PublicKey(row["fingerprint"], row["kind"], row["bits"], row["comment"] or "",
+                     row["openssh"], row.get("user", ""), row["created_at"])
+
+
+def _deployment(row: dict) -> Deployment:
+    return Deployment(row["id"], row["app"], row["name"], row["created_at"],
+                      tuple(json.loads(row["buildpacks"] or "[]")))
+
+
+def _build(row: dict) -> Build:
+    return Build(
+        id=row["id"], deployment_id=row["deployment_id"], number=row["number"],
+        commit=row["commit_sha"], old_commit=row["old_commit"] or "", status=row["status"],
+        user=row["user"], started_at=row["started_at"], finished_at=row["finished_at"],
+        log=row["log"] or "", image=row["image"], process_types=json.loads(row["process_types"] or "{}"),
+        error=row["error"],
+    )

@@ -1,0 +1,3 @@
+"""buildpacks (see DESIGN.md)."""
+
+__all__: list[str] = []

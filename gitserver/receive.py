@@ -1,0 +1,176 @@
+"""git-receive-pack with the deploy hook between "pack received" and "refs updated".
+
+dulwich's ``ReceivePackHandler`` speaks the protocol; this subclass replaces
+how a push is applied: the pack goes into a quarantine store, the deploy
+branch's new commit is handed to the deploy hook while its output streams to
+the pusher over side-band, and only when the hook returns do the pack files
+move in and the ref move (compare-and-swap). Anything else leaves the repo as
+it was. Called by the SSH session for ``git-receive-pack``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Protocol as TypingProtocol
+
+from dulwich.protocol import CAPABILITY_SIDE_BAND_64K, SIDE_BAND_CHANNEL_PROGRESS
+from dulwich.repo import Repo
+from dulwich.server import DictBackend, ReceivePackHandler
+
+from bae.errors import BaeError
+from bae.model import User
+from gitserver.repos import DEPLOY_BRANCHES, ZERO, Repositories, Source, migrate, quarantine
+
+__all__ = ["PushTarget", "DeployHook", "Progress", "receive_pack"]
+
+log = logging.getLogger("bae.gitserver")
+
+
+@dataclass(frozen=True)
+class PushTarget:
+    app: str
+    deployment: str
+    user: User
+
+    @property
+    def slug(self) -> str:
+        return self.app if self.deployment == "default" else f"{self.app}/{self.deployment}"
+
+
+class Progress:
+    """Lines for the pusher's terminal (``remote: …``), written as they happen.
+
+    Thread-safe; after the client went away writes are dropped and
+    ``cancelled`` turns true, so long work can stop early.
+    """
+
+    def __init__(self, write: Callable[[bytes], None] | None, alive: Callable[[], bool]) -> None:
+        self._write = write
+        self._alive = alive
+        self._lock = threading.Lock()
+        self._gone = False
+
+    def __call__(self, text: str) -> None:
+        self.write(text if text.endswith("\n") else text + "\n")
+
+    def write(self, text: str) -> None:
+        if self._write is None or self._gone:
+            return
+        with self._lock:
+            try:
+                self._write(text.encode("utf-8", "replace"))
+            except Exception:  # the client hung up; the push will be refused
+                self._gone = True
+
+    @property
+    def cancelled(self) -> bool:
+        return self._gone or not self._alive()
+
+
+class DeployHook(TypingProtocol):
+    def __call__(self, target: PushTarget, old: str, new: str, source: Source, progress: Progress) -> None:
+        """Build and deploy ``new``; raise BaeError to refuse the push."""
+
+
+def _branch(ref: bytes) -> str:
+    return ref.decode("utf-8", "replace").removeprefix("refs/heads/")
+
+
+class _Handler(ReceivePackHandler):
+    def __init__(self, repo: Repo, proto, target: PushTarget, repos: Repositories,
+                 hook: DeployHook, alive: Callable[[], bool]) -> None:
+        super().__init__(DictBackend({"/": repo}), ["/"], proto)
+        self.target = target
+        self.repos = repos
+        self.hook = hook
+        self.alive = alive
+
+    def _progress(self) -> Progress:
+        write = None
+        if self.has_capability(CAPABILITY_SIDE_BAND_64K):
+            def write(data: bytes) -> None:
+                self.proto.write_sideband(SIDE_BAND_CHANNEL_PROGRESS, data)
+        return Progress(write, self.alive)
+
+    def _apply_pack(self, refs):
+        progress = self._progress()
+        with quarantine(self.repo) as store:
+            if any(new != ZERO for _, new, _ in refs):
+                try:
+                    store.add_thin_pack(self.proto.read, getattr(self.proto, "recv", None))
+                except Exception as exc:  # truncated, corrupt, or the client hung up
+                    reason = str(exc).replace("\n", " ") or type(exc).__name__
+                    log.warning("push %s by %s: pack refused: %s", self.target.slug, self.target.user.name, reason)
+                    yield (b"unpack", f"bad pack: {reason}"[:200].encode())
+                    for _, _, ref in refs:
+                        yield (ref, b"unpacker error")
+                    return
+            yield (b"unpack", b"ok")
+            for status in self._update_refs(refs, store, progress):
+                yield status
+
+    def _refusal(self, old: bytes, new: bytes, ref: bytes, deploy_refs: list) -> str | None:
+        if ref not in DEPLOY_BRANCHES:
+            name = _branch(ref)
+            if ref.startswith(b"refs/heads/"):
+                return f"only master or main deploy; push your branch with: git push bae {name}:master"
+            return f"only the master or main branch can be pushed, not {ref.decode(errors='replace')}"
+        if new == ZERO:
+            return "deleting the deploy branch is not allowed (use apps:destroy or deployments:destroy)"
+        if len(deploy_refs) > 1:
+            return "push one deploy branch (master or main) at a time"
+        return None
+
+    def _update_refs(self, refs, store, progress: Progress):
+        deploy_refs = [r for r in refs if r[2] in DEPLOY_BRANCHES]
+        for old, new, ref in refs:
+            reason = self._refusal(old, new, ref, deploy_refs)
+            if reason:
+                progress(f" !     {_branch(ref)}: {reason}")
+                yield (ref, reason.encode())
+                continue
+            yield (ref, self._deploy(old, new, ref, store, progress))
+
+    def _deploy(self, old: bytes, new: bytes, ref: bytes, store, progress: Progress) -> bytes:
+        target = self.target
+        started = time.monotonic()
+        with self.repos.lock(target.app, target.deployment,
+                             waiting=lambda: progress("-----> Waiting for another push to this deployment to finish")):
+            try:
+                current = self.repo.refs[ref]
+            except KeyError:
+                current = ZERO
+            if current != old:
+                progress(" !     Another push updated this deployment while yours was uploading.")
+                progress(" !     Fetch, merge or rebase, and push again.")
+                return b"fetch first: the deployment moved during your push"
+            try:
+                source = Source(store, new)
+                self.hook(target, old.decode(), new.decode(), source, progress)
+            except BaeError as exc:
+                log.info("push %s by %s: refused: %s", target.slug, target.user.name, exc.message)
+                return exc.message.splitlines()[0][:200].encode("utf-8", "replace")
+            except Exception:
+                log.exception("push %s by %s: deploy hook crashed", target.slug, target.user.name)
+                progress(" !     Internal error in the platform while deploying; the operator's log has the details.")
+                return b"internal error while deploying (nothing was changed)"
+            migrate(store, self.repo)
+            if not self.repo.refs.set_if_equals(ref, None if old == ZERO else old, new):
+                return b"failed to update ref"
+            self.repo.refs.set_symbolic_ref(b"HEAD", ref)
+        log.info("push %s by %s: %s %s..%s ok (%.1f s)", target.slug, target.user.name, _branch(ref),
+                 old[:7].decode(), new[:7].decode(), time.monotonic() - started)
+        return b"ok"
+
+
+def receive_pack(repos: Repositories, target: PushTarget, proto, hook: DeployHook,
+                 alive: Callable[[], bool]) -> None:
+    """Serve one ``git-receive-pack`` conversation on ``proto`` for ``target``."""
+    repo = repos.open(target.app, target.deployment)
+    try:
+        _Handler(repo, proto, target, repos, hook, alive).handle()
+    finally:
+        repo.close()

@@ -1,0 +1,232 @@
+"""The repository backend: where each deployment's bare repo lives, and how a
+pushed commit is read.
+
+Paths are built only from validated names, so nothing a user sends reaches the
+file system unchecked. Pushes land in a quarantine object store first (like
+git's own ``tmp_objdir``): the pack is stored as received and indexed there,
+and its files move into the repository only when the deploy succeeded. A
+refused or broken push therefore leaves the repository byte-for-byte as it was.
+Called by the receive/upload handlers, the pipeline (``Source``) and the
+apps/deployments commands.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import io
+import os
+import shutil
+import stat
+import tarfile
+import tempfile
+import time
+from pathlib import Path, PurePosixPath
+from typing import Callable, Iterator
+
+from dulwich.object_store import DiskObjectStore
+from dulwich.objects import Blob, Commit, Tree
+from dulwich.repo import Repo
+
+from bae.errors import NotFound
+from bae.model import validate_name
+
+__all__ = ["Repositories", "Source", "DEPLOY_BRANCHES", "ZERO"]
+
+DEPLOY_BRANCHES = (b"refs/heads/master", b"refs/heads/main")
+ZERO = b"0" * 40
+
+
+class Repositories:
+    """One bare repository per deployment under ``root/APP/DEPLOYMENT.git``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, app: str, deployment: str) -> Path:
+        return self.root / validate_name("app", app) / (validate_name("deployment", deployment) + ".git")
+
+    def create(self, app: str, deployment: str) -> Path:
+        path = self.path(app, deployment)
+        if not (path / "HEAD").exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{deployment}-", dir=path.parent))
+            Repo.init_bare(str(tmp), default_branch=b"master").close()
+            os.rename(tmp, path)
+        return path
+
+    def open(self, app: str, deployment: str) -> Repo:
+        path = self.create(app, deployment)
+        return Repo(str(path))
+
+    def destroy(self, app: str, deployment: str | None = None) -> None:
+        """Remove one deployment's repo, or with ``deployment=None`` all of the app's."""
+        target = self.root / validate_name("app", app)
+        if deployment is not None:
+            target = self.path(app, deployment)
+        if target.exists():
+            graveyard = Path(tempfile.mkdtemp(prefix=".removing-", dir=self.root))
+            os.rename(target, graveyard / "x")  # atomic: never a half-deleted repo at the path
+            shutil.rmtree(graveyard, ignore_errors=True)
+        lock = self.root / app / f"{deployment}.lock" if deployment else None
+        if lock and lock.exists():
+            lock.unlink()
+
+    @contextlib.contextmanager
+    def lock(self, app: str, deployment: str, waiting: Callable[[], None] | None = None) -> Iterator[None]:
+        """Serialise pushes to one deployment (across threads and processes)."""
+        path = self.path(app, deployment).with_suffix(".lock")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if waiting:
+                    waiting()
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    @staticmethod
+    def deployed_commit(repo: Repo) -> bytes | None:
+        """The commit HEAD's branch points at (the last successful deploy), if any."""
+        try:
+            return repo.refs[b"HEAD"]
+        except KeyError:
+            return None
+
+
+@contextlib.contextmanager
+def quarantine(repo: Repo) -> Iterator[DiskObjectStore]:
+    """A throw-away object store that sees the repo's objects; removed on exit."""
+    objects = os.path.join(repo.controldir(), "objects")
+    qdir = tempfile.mkdtemp(prefix="incoming-", dir=objects)
+    try:
+        os.mkdir(os.path.join(qdir, "pack"))
+        store = DiskObjectStore(qdir, alternates=[objects])
+        try:
+            yield store
+        finally:
+            store.close()
+    finally:
+        shutil.rmtree(qdir, ignore_errors=True)
+
+
+def migrate(store: DiskObjectStore, repo: Repo) -> None:
+    """Move the quarantined packs into the repository (pack before index, as git does)."""
+    dest = os.path.join(repo.controldir(), "objects", "pack")
+    names = sorted(os.listdir(store.pack_dir))
+    for suffix in (".pack", ".rev", ".idx"):
+        for name in names:
+            if name.endswith(suffix):
+                os.replace(os.path.join(store.pack_dir, name), os.path.join(dest, name))
+    for name in os.listdir(store.path):  # loose objects, if a pack was exploded
+        if len(name) == 2 and not name.startswith("."):
+            src = os.path.join(store.path, name)
+            for obj in os.listdir(src):
+                os.makedirs(os.path.join(repo.controldir(), "objects", name), exist_ok=True)
+                os.replace(os.path.join(src, obj), os.path.join(repo.controldir(), "objects", name, obj))
+
+
+class Source:
+    """The files of one commit, read straight from the object store (no checkout)."""
+
+    UID = 1100  # the stack's `bae` user owns everything it unpacks
+
+    def __init__(self, store, commit: bytes) -> None:
+        self.store = store
+        self.commit_id = commit
+        obj = store[commit]
+        if not isinstance(obj, Commit):
+            raise NotFound(f"{commit.decode()} is not a commit")
+        self.commit: Commit = obj
+        self.tree: Tree = store[obj.tree]
+
+    @property
+    def sha(self) -> str:
+        return self.commit_id.decode()
+
+    @property
+    def message(self) -> str:
+        return self.commit.message.decode("utf-8", "replace").strip()
+
+    def root_names(self) -> list[str]:
+        return sorted(e.path.decode("utf-8", "replace") + ("/" if stat.S_ISDIR(e.mode) else "")
+                      for e in self.tree.iteritems())
+
+    def _entry(self, path: str):
+        tree = self.tree
+        parts = PurePosixPath(path).parts
+        for i, part in enumerate(parts):
+            try:
+                mode, sha = tree[part.encode()]
+            except KeyError:
+                return None
+            if i == len(parts) - 1:
+                return mode, sha
+            if not stat.S_ISDIR(mode):
+                return None
+            tree = self.store[sha]
+        return None
+
+    def read(self, path: str, limit: int = 1 << 20) -> bytes | None:
+        """A regular file's bytes (not a symlink's target), or None if absent."""
+        entry = self._entry(path)
+        if not entry or not stat.S_ISREG(entry[0]):
+            return None
+        blob = self.store[entry[1]]
+        return blob.as_raw_string()[:limit] if isinstance(blob, Blob) else None
+
+    def walk(self) -> Iterator[tuple[str, int, bytes]]:
+        """(path, mode, sha) for every file, symlink and submodule, depth first."""
+        stack = [("", self.tree)]
+        while stack:
+            prefix, tree = stack.pop()
+            for entry in tree.iteritems():
+                path = prefix + entry.path.decode("utf-8", "surrogateescape")
+                if stat.S_ISDIR(entry.mode):
+                    stack.append((path + "/", self.store[entry.sha]))
+                else:
+                    yield path, entry.mode, entry.sha
+
+    def tar(self, prefix: str, keep: Callable[[str], bool] = lambda p: True) -> Iterator[bytes]:
+        """The commit's files as an uncompressed tar stream under ``prefix``, owned by bae."""
+        buf = io.BytesIO()
+        mtime = int(self.commit.commit_time or time.time())
+        dirs: set[str] = set()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+
+            def add_dir(path: str) -> None:
+                if path in dirs or path in ("", "."):
+                    return
+                add_dir(str(PurePosixPath(path).parent))
+                info = tarfile.TarInfo(f"{prefix}/{path}")
+                info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, mtime
+                info.uid = info.gid = self.UID
+                tar.addfile(info)
+                dirs.add(path)
+
+            for path, mode, sha in self.walk():
+                if mode == 0o160000 or not keep(path):  # submodules are not fetched
+                    continue
+                add_dir(str(PurePosixPath(path).parent))
+                blob = self.store[sha]
+                info = tarfile.TarInfo(f"{prefix}/{path}")
+                info.mtime = mtime
+                info.uid = info.gid = self.UID
+                data = blob.as_raw_string()
+                if stat.S_ISLNK(mode):
+                    info.type, info.linkname, info.mode = tarfile.SYMTYPE, data.decode("utf-8", "surrogateescape"), 0o777
+                    tar.addfile(info)
+                else:
+                    info.mode = 0o755 if mode & 0o100 else 0o644
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+                if buf.tell() > 1 << 20:
+                    yield buf.getvalue()
+                    buf.seek(0)
+                    buf.truncate()
+        yield buf.getvalue()

@@ -1,0 +1,3 @@
+"""router (see DESIGN.md)."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""scheduler (see DESIGN.md)."""
+
+__all__: list[str] = []

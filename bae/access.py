@@ -26,9 +26,10 @@ def require_admin(caller: Caller, what: str) -> None:
 def _check(caller: Caller, app: App, role: str) -> App:
     if caller.admin or (caller.user and app.owner == caller.user.name):
         return app
-    if role == MEMBER and caller.user and caller.user.name in app.collaborators:
+    member = bool(caller.user and caller.user.name in app.collaborators)
+    if role == MEMBER and member:
         return app
-    if role == MEMBER:
+    if not member:
         raise AccessDenied(
             f"you ({caller.name}) do not have access to app '{app.name}'",
             f"Its owner can grant it: access:add {app.name} {caller.name}",

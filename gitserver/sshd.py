@@ -191,7 +191,11 @@ class SSHServer:
     def _session(self, chan: paramiko.Channel, policy: _Policy, peer: str) -> None:
         try:
             event = policy.ready.get(chan.get_id())
-            if event is None or not event.wait(30):
+            deadline = time.monotonic() + 30
+            while event is not None and not event.wait(0.2):
+                if chan.closed or not chan.get_transport().is_active() or time.monotonic() > deadline:
+                    event = None
+            if event is None:
                 chan.close()
                 return
             request = policy.requests[chan.get_id()]

@@ -1,0 +1,1 @@
+"""Benchmarks: each module measures bae against a reference in the same run."""

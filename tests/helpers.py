@@ -1,0 +1,180 @@
+"""Test helpers: run a real `bae serve`, drive it with real git and OpenSSH.
+
+Everything a test creates lives under its temporary directory; containers and
+images it causes carry the server's instance label and are removed at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BAE = [sys.executable, "-m", "bae"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port} after {timeout}s")
+
+
+def run(cmd, *, cwd=None, env=None, input=None, timeout=600, check=False) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, env=env, input=input, capture_output=True, timeout=timeout,
+                            text=not isinstance(input, bytes))
+    if check and result.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+class Server:
+    """A `bae serve` process with its own data directory, ports and config."""
+
+    def __init__(self, tmp: Path, extra_config: str = "") -> None:
+        self.tmp = Path(tmp)
+        self.data = self.tmp / "data"
+        self.ssh_port = free_port()
+        self.http_port = free_port()
+        self.config = self.tmp / "bae.toml"
+        self.config.write_text(
+            f'data_dir = "{self.data}"\n'
+            f'[ssh]\nhost = "127.0.0.1"\nport = {self.ssh_port}\npublic_host = "127.0.0.1"\n'
+            f'[router]\nhost = "127.0.0.1"\nhttp_port = {self.http_port}\n'
+            + extra_config
+        )
+        self.log_path = self.tmp / "serve.log"
+        self.proc: subprocess.Popen | None = None
+        self.known_hosts = self.tmp / "known_hosts"
+        self._keys = 0
+
+    @property
+    def env(self) -> dict:
+        env = dict(os.environ)
+        env["BAE_CONFIG"] = str(self.config)
+        env["PYTHONPATH"] = str(ROOT)
+        return env
+
+    def start(self, timeout: float = 30.0) -> "Server":
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(BAE + ["serve"], env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, cwd=self.tmp, start_new_session=True)
+        wait_port(self.ssh_port, timeout, self.proc)
+        return self
+
+    def stop(self, timeout: float = 90.0) -> int:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        return self.proc.returncode if self.proc else 0
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def bae(self, *args: str, input=None, check=False, timeout=600) -> subprocess.CompletedProcess:
+        """Run `bae ARGS` locally on the host (as the operator)."""
+        return run(BAE + list(args), env=self.env, input=input, check=check, timeout=timeout)
+
+    def user(self, name: str, admin: bool = False) -> "Client":
+        self.bae("users:add", name, *(["--admin"] if admin else []), check=True)
+        client = self.client(name)
+        self.bae("keys:add", name, str(client.key) + ".pub", check=True)
+        return client
+
+    def client(self, name: str, key_type: str = "ed25519") -> "Client":
+        self._keys += 1
+        key = self.tmp / "keys" / f"{name}-{self._keys}"
+        key.parent.mkdir(exist_ok=True)
+        run(["ssh-keygen", "-q", "-t", key_type, "-N", "", "-C", f"{name}@test", "-f", str(key)], check=True)
+        return Client(self, name, key)
+
+
+class Client:
+    """A developer's machine: an SSH key, and git/ssh commands that use it."""
+
+    def __init__(self, server: Server, name: str, key: Path) -> None:
+        self.server = server
+        self.name = name
+        self.key = key
+        self.ssh_cmd = [
+            "ssh", "-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=accept-new",
+            "-o", f"UserKnownHostsFile={server.known_hosts}", "-o", "LogLevel=ERROR",
+            "-o", "BatchMode=yes", "-p", str(server.ssh_port),
+        ]
+
+    @property
+    def public_key(self) -> str:
+        return Path(str(self.key) + ".pub").read_text()
+
+    def ssh(self, *args: str, input=None, timeout=600, extra=()) -> subprocess.CompletedProcess:
+        return run(self.ssh_cmd + list(extra) + ["bae@127.0.0.1"] + list(args), input=input, timeout=timeout)
+
+    @property
+    def git_env(self) -> dict:
+        env = dict(os.environ)
+        env["GIT_SSH_COMMAND"] = " ".join(self.ssh_cmd)
+        env.update(GIT_AUTHOR_NAME=self.name, GIT_AUTHOR_EMAIL=f"{self.name}@test",
+                   GIT_COMMITTER_NAME=self.name, GIT_COMMITTER_EMAIL=f"{self.name}@test")
+        return env
+
+    def url(self, target: str) -> str:
+        return f"ssh://bae@127.0.0.1:{self.server.ssh_port}/{target}.git"
+
+    def git(self, *args: str, cwd=None, timeout=600) -> subprocess.CompletedProcess:
+        return run(["git"] + list(args), cwd=cwd, env=self.git_env, timeout=timeout)
+
+    def push(self, repo: Path, target: str, refspec: str = "master", *flags: str, timeout=900) -> subprocess.CompletedProcess:
+        return self.git("push", *flags, self.url(target), refspec, cwd=repo, timeout=timeout)
+
+
+def make_repo(path: Path, files: dict[str, str | bytes], message: str = "initial", branch: str = "master") -> Path:
+    """A git repository at ``path`` holding ``files`` in one commit (or a new commit if it exists)."""
+    path = Path(path)
+    fresh = not (path / ".git").exists()
+    path.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@t")
+    if fresh:
+        run(["git", "init", "-q", "-b", branch], cwd=path, check=True)
+    for name, content in files.items():
+        target = path / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            target.write_bytes(content)
+        else:
+            target.write_text(content)
+        if name.startswith("bin/") or name.endswith(".sh"):
+            target.chmod(0o755)
+    run(["git", "add", "-A"], cwd=path, check=True)
+    run(["git", "commit", "-q", "--allow-empty", "-m", message], cwd=path, env=env, check=True)
+    return path
+
+
+def head(repo: Path) -> str:
+    return run(["git", "rev-parse", "HEAD"], cwd=repo, check=True).stdout.strip()
+
+
+def tmpdir(prefix: str = "bae-test-") -> Path:
+    return Path(tempfile.mkdtemp(prefix=prefix))

@@ -1,0 +1,74 @@
+"""`bae serve` as a process: host key, slow clients, clean shutdown."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import threading
+import time
+
+import pytest
+
+from helpers import Server, head, make_repo
+
+pytestmark = pytest.mark.integration
+
+
+def test_host_key_persists_and_is_printed(tmp_path):
+    srv = Server(tmp_path).start()
+    try:
+        time.sleep(0.5)
+        first = re.search(r"host key (SHA256:\S+)", srv.log()).group(1)
+    finally:
+        assert srv.stop() == 0
+    srv.start()
+    try:
+        time.sleep(0.5)
+        assert re.findall(r"host key (SHA256:\S+)", srv.log())[-1] == first
+        assert (srv.data / "ssh_host_ed25519_key").stat().st_mode & 0o777 == 0o600
+        admin = srv.user("root", admin=True)
+        scan = admin.ssh("whoami")
+        assert scan.returncode == 0
+        known = srv.known_hosts.read_text()
+        assert "ssh-ed25519" in known
+    finally:
+        assert srv.stop() == 0
+
+
+def test_slow_clients_do_not_block_others(tmp_path):
+    srv = Server(tmp_path).start()
+    try:
+        admin = srv.user("root", admin=True)
+        idle = [socket.create_connection(("127.0.0.1", srv.ssh_port)) for _ in range(20)]
+        started = time.monotonic()
+        assert admin.ssh("whoami").returncode == 0
+        assert time.monotonic() - started < 5
+        for s in idle:
+            s.close()
+    finally:
+        assert srv.stop() == 0
+
+
+def test_sigterm_lets_an_inflight_push_finish(tmp_path):
+    srv = Server(tmp_path).start()
+    admin = srv.user("root", admin=True)
+    admin.ssh("apps:create", "inflight")
+    repo = make_repo(tmp_path / "src", {f"f{i}.bin": os.urandom(1_000_000) for i in range(30)})
+    result = {}
+    pusher = threading.Thread(target=lambda: result.setdefault("push", admin.push(repo, "inflight")))
+    pusher.start()
+    time.sleep(0.4)  # the push is uploading now
+    started = time.monotonic()
+    code = srv.stop()
+    pusher.join()
+    assert code == 0
+    assert time.monotonic() - started < 60
+    push = result["push"]
+    git_dir = srv.data / "repos" / "inflight" / "default.git"
+    assert not list((git_dir / "objects").glob("incoming-*")), "the quarantine was left behind"
+    if push.returncode == 0:
+        assert (git_dir / "refs" / "heads" / "master").read_text().strip() == head(repo)
+    else:  # refused (the connection was closed): nothing was applied
+        assert not (git_dir / "refs" / "heads" / "master").exists()
+    assert "stopped" in srv.log()

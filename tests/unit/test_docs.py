@@ -1,0 +1,48 @@
+"""Docs that cannot drift: every command has help and is in the README; every
+setting has a description."""
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+
+from bae.commands import _load, table
+from bae.config import Settings
+
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+
+
+def commands():
+    _load()
+    return sorted(table.commands)
+
+
+def test_readme_starts_with_the_two_commands():
+    code = README.split("```sh", 1)[1].split("```", 1)[0].strip().splitlines()
+    assert [line.split()[0:2] for line in code] == [["make", "up"], ["make", "test"]]
+
+
+@pytest.mark.parametrize("name", commands())
+def test_command_has_help_and_is_documented(name):
+    cmd = table.commands[name]
+    assert cmd.help and cmd.help.strip(), f"{name} has no help text"
+    assert re.search(rf"`{re.escape(name)}(`| )", README), f"{name} is not in README's CLI reference"
+
+
+def _settings(obj, prefix=""):
+    for f in dataclasses.fields(obj):
+        if f.metadata.get("internal"):
+            continue
+        value = getattr(obj, f.name)
+        yield prefix + f.name, f
+        if dataclasses.is_dataclass(value):
+            yield from _settings(value, prefix + f.name + ".")
+        elif isinstance(value, dict):
+            for key, sub in value.items():
+                yield from _settings(sub, f"{prefix}{f.name}.{key}.")
+
+
+def test_every_setting_has_a_description():
+    for name, f in _settings(Settings()):
+        assert f.metadata.get("doc"), f"setting {name} has no description"

@@ -59,6 +59,14 @@ def serve(platform, console: Console) -> int:
         log.info("received %s, shutting down", signal.Signals(signum).name)
         stop.set()
 
+    try:
+        from buildpacks.runner import remove_stale_build_containers
+
+        stale = remove_stale_build_containers(platform.instance)
+        if stale:
+            log.info("removed %d build container(s) left by an earlier run", stale)
+    except Exception as exc:  # Docker down: builds will say so when they run
+        log.warning("could not look for stale build containers: %s", exc)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     ssh.start()

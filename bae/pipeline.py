@@ -95,8 +95,24 @@ class Pipeline:
 
     def stages(self) -> list:
         """The pipeline's steps; each is ``stage(dep, build, source, out, result)``."""
-        return [self.record]
+        return [self.build]
 
-    def record(self, dep, build, source, out: BuildLog, result: dict) -> None:
-        out.detail(f"Commit: {source.message.splitlines()[0][:72] if source.message else '(no message)'}")
-        out.step("Recorded (no build step configured)")
+    def build(self, dep, build, source, out: BuildLog, result: dict) -> None:
+        """Run the buildpacks over the pushed commit; leaves the image in ``result``."""
+        from buildpacks.runner import BuildRequest, run_build
+        from buildpacks.stack import stack_exists, stack_tag
+
+        platform = self.platform
+        settings = platform.settings.build
+        if not stack_exists(settings):
+            raise DeployFailed(f"the stack image {stack_tag(settings)} has not been built on this platform",
+                               "The operator builds it with: bae stack:build (make up does it).")
+        request = BuildRequest(
+            app=dep.app, deployment=dep.name, number=build.number, source=source,
+            buildpacks=dep.buildpacks, config=platform.build_config(dep), cache_dir=platform.cache_dir(dep),
+            repository=platform.image_repository(dep), instance=platform.instance,
+            stack=stack_tag(settings), settings=settings,
+        )
+        built = run_build(request, out)
+        result.update(image=built.image, image_id=built.image_id, process_types=built.process_types,
+                      buildpacks=built.buildpacks)

@@ -96,5 +96,13 @@ class Platform:
         self.repos.destroy(app.name)
         shutil.rmtree(self.data / "cache" / app.name, ignore_errors=True)
 
+    def build_config(self, dep) -> dict[str, str]:
+        """The config vars a build of ``dep`` sees in its env dir."""
+        return {}
+
+    def image_repository(self, dep) -> str:
+        """Docker repository of ``dep``'s release images (unique per installation)."""
+        return f"bae/{self.instance}/{dep.app}/{dep.name}"
+
     def cache_dir(self, dep) -> Path:
         return self.data / "cache" / dep.app / dep.name

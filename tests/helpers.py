@@ -17,6 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BAE = [sys.executable, "-m", "bae"]
+APPS = ROOT / "tests" / "apps"
 
 
 def free_port() -> int:
@@ -102,6 +103,16 @@ class Server:
         client = self.client(name)
         self.bae("keys:add", name, str(client.key) + ".pub", check=True)
         return client
+
+    def plain_app(self, client: "Client", target: str) -> None:
+        """Create an app (or deployment) that builds with the no-op test buildpack: fast pushes."""
+        app, _, dep = target.partition("/")
+        if dep:
+            result = client.ssh("deployments:create", app, dep)
+        else:
+            result = client.ssh("apps:create", app)
+        assert result.returncode == 0 or "already" in result.stderr, result.stderr
+        self.bae("buildpacks:set", target, str(APPS / "null-buildpack"), check=True)
 
     def client(self, name: str, key_type: str = "ed25519") -> "Client":
         self._keys += 1

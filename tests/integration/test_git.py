@@ -65,7 +65,7 @@ def dev(server):
 
 
 def test_push_clone_fetch(server, dev, tmp_path):
-    dev.ssh("apps:create", "pushy")
+    server.plain_app(dev, "pushy")
     repo = make_repo(tmp_path / "src", {"app.py": "print('hi')\n"})
     result = dev.push(repo, "pushy")
     assert result.returncode == 0, result.stderr
@@ -85,12 +85,13 @@ def test_push_clone_fetch(server, dev, tmp_path):
     # builds were recorded with their log
     builds = dev.ssh("builds", "pushy").stdout
     assert "succeeded" in builds and head(repo)[:7] in builds
-    assert "Received" in dev.ssh("builds:output", "pushy", "1").stdout
+    output = dev.ssh("builds:output", "pushy", "1").stdout
+    assert "Received" in output and "Plain files app detected" in output
 
 
 def test_main_branch_and_deployments(server, dev, tmp_path):
-    dev.ssh("apps:create", "mainly")
-    dev.ssh("deployments:create", "mainly", "worker")
+    server.plain_app(dev, "mainly")
+    server.plain_app(dev, "mainly/worker")
     repo = make_repo(tmp_path / "src", {"a": "1"}, branch="main")
     assert dev.push(repo, "mainly/worker", "main").returncode == 0
     clone = tmp_path / "clone"
@@ -105,7 +106,7 @@ def test_main_branch_and_deployments(server, dev, tmp_path):
 
 
 def test_other_branches_refused_with_hint(server, dev, tmp_path):
-    dev.ssh("apps:create", "branchy")
+    server.plain_app(dev, "branchy")
     repo = make_repo(tmp_path / "src", {"a": "1"})
     run(["git", "checkout", "-q", "-b", "feature"], cwd=repo)
     result = dev.push(repo, "branchy", "feature")
@@ -122,7 +123,7 @@ def test_other_branches_refused_with_hint(server, dev, tmp_path):
 
 def test_access_and_unknown_targets(server, dev, tmp_path):
     other = server.user("other")
-    dev.ssh("apps:create", "private")
+    server.plain_app(dev, "private")
     repo = make_repo(tmp_path / "src", {"a": "1"})
     denied = other.push(repo, "private")
     assert denied.returncode != 0 and "do not have access to app 'private'" in denied.stderr
@@ -145,7 +146,7 @@ def test_access_and_unknown_targets(server, dev, tmp_path):
     "/pri vate.git", "/" + "a" * 300 + ".git", "/private.git/../../x", "/PRIVATE.git", "~/private.git",
 ])
 def test_escaping_paths_refused(server, dev, path):
-    dev.ssh("apps:create", "private")
+    server.plain_app(dev, "private")
     before = snapshot(server.data / "repos")
     for service in ("git-receive-pack", "git-upload-pack"):
         result = dev.ssh(f"{service} {shlex.quote(path)}")
@@ -156,7 +157,7 @@ def test_escaping_paths_refused(server, dev, path):
 
 
 def test_corrupt_truncated_and_abandoned_packs_change_nothing(server, dev, tmp_path):
-    dev.ssh("apps:create", "packs")
+    server.plain_app(dev, "packs")
     repo = make_repo(tmp_path / "src", {"a": "1"})
     assert dev.push(repo, "packs").returncode == 0
     old = head(repo)
@@ -184,7 +185,7 @@ def test_corrupt_truncated_and_abandoned_packs_change_nothing(server, dev, tmp_p
 
 
 def test_two_pushes_to_one_deployment(server, dev, tmp_path):
-    dev.ssh("apps:create", "racy")
+    server.plain_app(dev, "racy")
     base = make_repo(tmp_path / "a", {"a": "1"})
     assert dev.push(base, "racy").returncode == 0
     other = tmp_path / "b"
@@ -213,7 +214,7 @@ def test_two_pushes_to_one_deployment(server, dev, tmp_path):
 def test_ten_concurrent_pushes_to_ten_apps(server, dev, tmp_path):
     names = [f"par-{i}" for i in range(10)]
     for name in names:
-        assert dev.ssh("apps:create", name).returncode == 0
+        server.plain_app(dev, name)
     repos = {n: make_repo(tmp_path / n, {"f.bin": os.urandom(300_000), "n": n}) for n in names}
     results = {}
 

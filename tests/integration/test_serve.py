@@ -53,7 +53,7 @@ def test_slow_clients_do_not_block_others(tmp_path):
 def test_sigterm_lets_an_inflight_push_finish(tmp_path):
     srv = Server(tmp_path).start()
     admin = srv.user("root", admin=True)
-    admin.ssh("apps:create", "inflight")
+    srv.plain_app(admin, "inflight")
     repo = make_repo(tmp_path / "src", {f"f{i}.bin": os.urandom(1_000_000) for i in range(30)})
     result = {}
     pusher = threading.Thread(target=lambda: result.setdefault("push", admin.push(repo, "inflight")))

@@ -1,0 +1,257 @@
+"""Run one build: the buildpacks in a throw-away container, committed to an image.
+
+The container starts from the stack image as user ``bae`` with the source at
+/home/bae/app, the deployment's cache at /cache (a host directory no other
+deployment sees), the config vars as an env dir, and the buildpacks copied in
+(writable, so their ``export`` files work). Its output streams to the pusher.
+On success the container is committed as the release image (entrypoint: tini
+and bae-launch); the container is removed in every case, also when the build
+fails, times out or the pusher disconnects.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import secrets
+import shutil
+import tarfile
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from docker.types import Mount
+
+from bae.errors import BaeError, DeployFailed
+from buildpacks.catalog import BUILTINS, Buildpack, fetch
+from buildpacks.engine import client, translated
+from buildpacks.procfile import parse_procfile
+from buildpacks.slugignore import slugignore_filter
+from buildpacks.stack import UID
+
+__all__ = ["BuildRequest", "BuildResult", "run_build", "remove_stale_build_containers", "APP_DIR", "ENTRYPOINT"]
+
+log = logging.getLogger("bae.build")
+
+APP_DIR = "/home/bae/app"
+ENTRYPOINT = ["/usr/bin/tini", "-g", "--", "/usr/local/bin/bae-launch"]
+BUILDER = Path(__file__).resolve().parent / "builder.py"
+CA_PATH = "/etc/ssl/certs/ca-certificates.crt"
+
+
+@dataclass
+class BuildRequest:
+    app: str
+    deployment: str
+    number: int
+    source: object  # gitserver.Source
+    buildpacks: tuple[str, ...]  # the deployment's list; empty: detect among the built-ins
+    config: dict[str, str]
+    cache_dir: Path
+    repository: str
+    instance: str
+    stack: str
+    settings: object  # bae.config.Build
+
+
+@dataclass
+class BuildResult:
+    image: str
+    image_id: str
+    process_types: dict[str, str]
+    buildpacks: list[str]
+    size: int
+    layer_size: int
+    warnings: list[str] = field(default_factory=list)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def _add_tree(tar: tarfile.TarFile, src: Path, arcname: str) -> None:
+    def owned(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.uid = info.gid = UID
+        info.uname = info.gname = "bae"
+        if info.isfile() and ("/bin/" in info.name or info.mode & 0o100):
+            info.mode = 0o755  # scripts without the execute bit still run
+        return info
+
+    tar.add(str(src), arcname=arcname, filter=owned)
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+    info.uid = info.gid = UID
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _build_env(req: BuildRequest) -> dict[str, str]:
+    s = req.settings
+    env = {
+        "HOME": "/home/bae", "STACK": "bae-bookworm", "LANG": "C.UTF-8",
+        "SOURCE_VERSION": req.source.sha, "BAE_APP": req.app, "BAE_DEPLOYMENT": req.deployment,
+        "BAE_STACK": req.stack,
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1",
+    }
+    if s.ca_bundle:
+        env.update(SSL_CERT_FILE=CA_PATH, REQUESTS_CA_BUNDLE=CA_PATH, PIP_CERT=CA_PATH, NODE_EXTRA_CA_CERTS=CA_PATH,
+                   GIT_SSL_CAINFO=CA_PATH, CURL_CA_BUNDLE=CA_PATH)
+    if s.pip_index_url:
+        env["PIP_INDEX_URL"] = s.pip_index_url
+    if s.npm_registry:
+        env["npm_config_registry"] = s.npm_registry
+    return env
+
+
+def _plan_archive(req: BuildRequest, packs: list[Buildpack], nonce: str) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        dirs = []
+        for i, bp in enumerate(packs):
+            arc = f"tmp/bae/buildpacks/{i}-{bp.name.replace('/', '-').replace('#', '-')}"
+            _add_tree(tar, bp.path, arc)
+            dirs.append({"name": bp.name, "dir": "/" + arc, "looks_for": bp.looks_for})
+        plan = {"mode": "configured" if req.buildpacks else "auto", "buildpacks": dirs, "nonce": nonce,
+                "env": _build_env(req)}
+        _add_bytes(tar, "tmp/bae/plan.json", json.dumps(plan).encode())
+        _add_bytes(tar, "tmp/bae/builder.py", BUILDER.read_bytes(), 0o755)
+        info = tarfile.TarInfo("tmp/bae/env")
+        info.type, info.mode, info.uid, info.gid = tarfile.DIRTYPE, 0o700, UID, UID
+        tar.addfile(info)
+        for key, value in req.config.items():
+            _add_bytes(tar, f"tmp/bae/env/{key}", value.encode(), 0o600)
+    return buf.getvalue()
+
+
+def remove_stale_build_containers(instance: str) -> int:
+    """Remove build containers a crashed platform left behind (called at start-up)."""
+    with translated("cleaning up old build containers"):
+        stale = client().containers.list(all=True, filters={"label": [f"bae.platform={instance}", "bae.role=build"]})
+        for container in stale:
+            container.remove(force=True)
+    return len(stale)
+
+
+class _Watch(threading.Thread):
+    """Kills the build container on timeout or when the pusher goes away."""
+
+    def __init__(self, container, timeout: float, out) -> None:
+        super().__init__(daemon=True)
+        self.container, self.deadline, self.out = container, time.monotonic() + timeout, out
+        self.done = threading.Event()
+        self.reason: str | None = None
+
+    def run(self) -> None:
+        while not self.done.wait(0.5):
+            if time.monotonic() > self.deadline:
+                self.reason = "timeout"
+            elif self.out.cancelled:
+                self.reason = "cancelled"
+            if self.reason:
+                try:
+                    self.container.kill()
+                except Exception:
+                    pass
+                return
+
+
+def run_build(req: BuildRequest, out) -> BuildResult:
+    """Build ``req`` into an image; raise DeployFailed (after cleaning up) if it fails."""
+    docker = client()
+    workdir = Path(tempfile.mkdtemp(prefix="bae-build-"))
+    container = None
+    try:
+        packs = [fetch(spec, workdir) for spec in req.buildpacks] if req.buildpacks else list(BUILTINS)
+        if req.buildpacks:
+            out.step("Using buildpacks: " + ", ".join(req.buildpacks))
+        keep = slugignore_filter((req.source.read(".slugignore") or b"").decode("utf-8", "replace"))
+        req.cache_dir.mkdir(parents=True, exist_ok=True)
+        os.chown(req.cache_dir, UID, UID)
+        nonce = "@@bae-result-" + secrets.token_hex(8) + "@@"
+        # Mounts, not volumes: the docker SDK's volumes= also declares image
+        # volumes, which docker commit would copy into the release image.
+        mounts = [Mount("/cache", str(req.cache_dir), type="bind")]
+        if req.settings.ca_bundle:
+            if not os.path.isfile(req.settings.ca_bundle):
+                raise BaeError(f"the CA bundle {req.settings.ca_bundle} (build.ca_bundle) does not exist",
+                               "Fix the setting, or set it to \"\" to use the stack's own CAs.")
+            mounts.append(Mount(CA_PATH, req.settings.ca_bundle, type="bind", read_only=True))
+        with translated("creating the build container"):
+            container = docker.containers.create(
+                req.stack, command=["/usr/bin/tini", "-g", "--", "python3", "/tmp/bae/builder.py"],
+                user="bae", working_dir=APP_DIR, mounts=mounts,
+                name=f"bae-{req.instance}-build-{req.app}-{req.deployment}-{req.number}-{secrets.token_hex(3)}",
+                labels={"bae.platform": req.instance, "bae.role": "build", "bae.app": req.app,
+                        "bae.deployment": req.deployment, "bae.build": str(req.number)},
+                mem_limit=req.settings.memory, memswap_limit=req.settings.memory,
+                pids_limit=4096, security_opt=["no-new-privileges"], cap_drop=["ALL"],
+            )
+            container.put_archive("/", req.source.tar(APP_DIR.lstrip("/"), keep))
+            container.put_archive("/", _plan_archive(req, packs, nonce))
+            container.start()
+        watch = _Watch(container, req.settings.timeout, out)
+        watch.start()
+        result_line = None
+        pending = b""
+        with translated("reading the build output"):
+            for chunk in container.logs(stream=True, follow=True):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for raw in lines:
+                    text = raw.decode("utf-8", "replace").rstrip("\r")
+                    if text.startswith(nonce):
+                        result_line = text[len(nonce):]
+                    else:
+                        out.line(text)
+            if pending:
+                out.line(pending.decode("utf-8", "replace"))
+            status = container.wait()
+        watch.done.set()
+        container.reload()
+        if watch.reason == "timeout":
+            raise DeployFailed(f"the build took longer than {req.settings.timeout} s and was stopped",
+                               "Make it faster, or raise build.timeout.")
+        if watch.reason == "cancelled":
+            raise DeployFailed("the build was stopped: the pusher disconnected")
+        if container.attrs["State"].get("OOMKilled"):
+            raise DeployFailed(f"the build ran out of memory (limit {req.settings.memory}, setting build.memory)")
+        if status.get("StatusCode") != 0 or result_line is None:
+            raise DeployFailed("the build failed" + (f" (exit {status.get('StatusCode')})" if status.get("StatusCode") else ""))
+        outcome = json.loads(result_line)
+        types, warnings = parse_procfile(outcome["procfile"]) if outcome["procfile"] is not None else ({}, [])
+        for warning in warnings:
+            out.error(warning)
+        out.step("Discovering process types")
+        if outcome["procfile"] is not None:
+            out.detail(f"Procfile declares types -> {', '.join(types) or '(none)'}")
+        defaults = {k: v for k, v in outcome["default_process_types"].items() if k not in types}
+        if defaults:
+            out.detail(f"Default types for buildpack -> {', '.join(defaults)}")
+        process_types = {**defaults, **types}
+        if not process_types:
+            out.error("No process types: add a Procfile with a line like 'web: gunicorn app:app'.")
+        tag = f"b{req.number}"
+        with translated("saving the release image"):
+            image = container.commit(repository=req.repository, tag=tag, changes=[
+                "USER bae", f"WORKDIR {APP_DIR}", "ENV HOME=/home/bae",
+                "ENTRYPOINT " + json.dumps(ENTRYPOINT), 'CMD ["bash"]',
+                "LABEL bae.role=image",
+            ])
+            image.reload()
+            layer = image.history()[0].get("Size", 0)
+        out.step(f"Built image {req.repository}:{tag} ({_mb(image.attrs['Size'])}, this build's layer {_mb(layer)})")
+        return BuildResult(f"{req.repository}:{tag}", image.id, process_types, outcome["buildpacks"],
+                           image.attrs["Size"], layer, warnings)
+    finally:
+        if container is not None:
+            try:
+                container.remove(force=True)
+            except Exception:
+                log.warning("could not remove build container %s", container.name)
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -28,10 +28,11 @@ class BaeError(Exception):
 
     exit_code = 1
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
+    def __init__(self, message: str, hint: str | None = None, *, shown: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.shown = shown  # already printed to the user (e.g. in a build log)
 
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message}\n{self.hint}"

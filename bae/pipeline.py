@@ -74,9 +74,10 @@ class Pipeline:
                     raise DeployFailed("the push was cancelled: the client disconnected")
                 stage(dep, build, source, out, result)
         except BaeError as exc:
-            out.error(exc.message)
-            if exc.hint:
-                out.error(exc.hint)
+            if not exc.shown:
+                out.error(exc.message)
+                if exc.hint:
+                    out.error(exc.hint)
             out.error("Push rejected; the previous release keeps serving.")
             store.finish_build(build, "failed", out.text, error=exc.message,
                                keep=self.platform.settings.build.keep_builds)

@@ -77,9 +77,7 @@ def _add_tree(tar: tarfile.TarFile, src: Path, arcname: str) -> None:
     def owned(info: tarfile.TarInfo) -> tarfile.TarInfo:
         info.uid = info.gid = UID
         info.uname = info.gname = "bae"
-        if info.isfile() and ("/bin/" in info.name or info.mode & 0o100):
-            info.mode = 0o755  # scripts without the execute bit still run
-        return info
+        return info  # modes kept: builder.py runs scripts through their shebang
 
     tar.add(str(src), arcname=arcname, filter=owned)
 
@@ -198,6 +196,7 @@ def run_build(req: BuildRequest, out) -> BuildResult:
         watch = _Watch(container, req.settings.timeout, out)
         watch.start()
         result_line = None
+        last_error = None
         pending = b""
         with translated("reading the build output"):
             for chunk in container.logs(stream=True, follow=True):
@@ -209,6 +208,8 @@ def run_build(req: BuildRequest, out) -> BuildResult:
                         result_line = text[len(nonce):]
                     else:
                         out.line(text)
+                        if text.startswith(" !     ") and last_error is None:
+                            last_error = text[7:].strip()
             if pending:
                 out.line(pending.decode("utf-8", "replace"))
             status = container.wait()
@@ -222,7 +223,9 @@ def run_build(req: BuildRequest, out) -> BuildResult:
         if container.attrs["State"].get("OOMKilled"):
             raise DeployFailed(f"the build ran out of memory (limit {req.settings.memory}, setting build.memory)")
         if status.get("StatusCode") != 0 or result_line is None:
-            raise DeployFailed("the build failed" + (f" (exit {status.get('StatusCode')})" if status.get("StatusCode") else ""))
+            if last_error:  # the buildpack said why; the ng line repeats its first error
+                raise DeployFailed(last_error, shown=True)
+            raise DeployFailed(f"the build failed (exit {status.get('StatusCode')}) without saying why; see its output above")
         outcome = json.loads(result_line)
         types, warnings = parse_procfile(outcome["procfile"]) if outcome["procfile"] is not None else ({}, [])
         for warning in warnings:

@@ -1,0 +1,292 @@
+"""Builds of real sample apps through a real push, and the failures that must refuse it."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import docker
+import pytest
+import requests
+
+from helpers import APPS, free_port, head, make_repo, run
+
+pytestmark = pytest.mark.integration
+
+
+def app_repo(tmp_path: Path, name: str, extra: dict | None = None) -> Path:
+    src = tmp_path / name
+    shutil.copytree(APPS / name, src)
+    return make_repo(src, extra or {}, f"{name} sample")
+
+
+def built_image(push_output: str) -> str:
+    return re.search(r"Built image (\S+) ", push_output).group(1)
+
+
+def run_unit(image: str, command: str, env: dict | None = None) -> tuple[str, int]:
+    """Start the image the way a unit starts (entrypoint + Procfile command) and return (id, host port)."""
+    client = docker.from_env(version="auto")
+    port = free_port()
+    container = client.containers.run(image, [command], detach=True, environment={"PORT": "5000", "DYNO": "web.1", **(env or {})},
+                                      ports={"5000/tcp": ("127.0.0.1", port)}, labels={"bae.test": "1"})
+    return container.id, port
+
+
+def get(port: int, path: str = "/", timeout: float = 30.0) -> requests.Response:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return requests.get(f"http://127.0.0.1:{port}{path}", timeout=2)
+        except requests.RequestException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def dev(server):
+    return server.user("builder")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cleanup_containers():
+    yield
+    client = docker.from_env(version="auto")
+    for c in client.containers.list(all=True, filters={"label": "bae.test=1"}):
+        c.remove(force=True)
+
+
+def no_build_containers(server) -> bool:
+    client = docker.from_env(version="auto")
+    instance = (server.data / "instance-id").read_text().strip()
+    return not client.containers.list(all=True, filters={"label": [f"bae.platform={instance}", "bae.role=build"]})
+
+
+def test_flask_with_gunicorn(server, dev, tmp_path):
+    dev.ssh("apps:create", "flask")
+    repo = app_repo(tmp_path, "flask")
+    push = dev.push(repo, "flask")
+    assert push.returncode == 0, push.stderr
+    log = push.stderr
+    assert "remote: -----> Python app detected" in log
+    assert "Using Python 3.11" in log and ".python-version requests 3.11" in log
+    assert "remote: -----> Installing requirements with pip" in log
+    assert "remote:        Procfile declares types -> web" in log
+    assert re.search(r"Built image \S+ \([\d.]+ MB, this build's layer [\d.]+ MB\)", log)
+    container, port = run_unit(built_image(log), "gunicorn app:app --bind 0.0.0.0:${PORT:-5000} --workers 2  # two workers")
+    assert get(port).text == "hello from flask on web.1\n"
+    # a code-only change reuses the cached virtualenv
+    make_repo(repo, {"app.py": (repo / "app.py").read_text().replace("hello", "howdy")}, "code change")
+    again = dev.push(repo, "flask")
+    assert again.returncode == 0, again.stderr
+    assert "Requirements unchanged: reusing the cached virtualenv" in again.stderr
+    assert "Installing requirements" not in again.stderr
+    container2, port2 = run_unit(built_image(again.stderr), "gunicorn app:app --bind 0.0.0.0:$PORT")
+    assert get(port2).text == "howdy from flask on web.1\n"
+    # builds are listed and their logs kept
+    listed = dev.ssh("builds", "flask").stdout
+    assert listed.count("succeeded") == 2
+    assert "Requirements unchanged" in dev.ssh("builds:output", "flask", "2").stdout
+    assert no_build_containers(server)
+
+
+def test_django_collectstatic(server, dev, tmp_path):
+    dev.ssh("apps:create", "django")
+    repo = app_repo(tmp_path, "django")
+    push = dev.push(repo, "django")
+    assert push.returncode == 0, push.stderr
+    assert "Running python manage.py collectstatic --noinput" in push.stderr
+    assert "static file" in push.stderr  # "1 static file copied"
+    image = built_image(push.stderr)
+    listing = docker.from_env(version="auto").containers.run(image, ["ls staticfiles"], remove=True).decode()
+    assert "site.css" in listing
+    _, port = run_unit(image, "gunicorn mysite.wsgi --bind 0.0.0.0:$PORT")
+    assert get(port).text == "hello from django\n"
+
+
+def test_express_with_lockfile(server, dev, tmp_path):
+    dev.ssh("apps:create", "express")
+    repo = app_repo(tmp_path, "express")
+    push = dev.push(repo, "express")
+    assert push.returncode == 0, push.stderr
+    log = push.stderr
+    assert "Node.js app detected" in log
+    assert "Installing dependencies with npm ci (package-lock.json)" in log
+    assert "Running npm run build" in log and "Pruning devDependencies" in log
+    assert "Default types for buildpack -> web" in log
+    _, port = run_unit(built_image(log), "npm start")
+    assert get(port).text == "hello from express on web.1\n"
+    assert get(port, "/built").text == "built at build time: true\n"
+    assert get(port, "/devdeps").text == "pruned\n"
+    make_repo(repo, {"server.js": (repo / "server.js").read_text() + "\n// change\n"}, "code")
+    again = dev.push(repo, "express")
+    assert again.returncode == 0 and "package-lock.json unchanged: restoring node_modules" in again.stderr
+
+
+def test_node_app_without_procfile(server, dev, tmp_path):
+    dev.ssh("apps:create", "plain-node")
+    push = dev.push(app_repo(tmp_path, "node-noprocfile"), "plain-node")
+    assert push.returncode == 0, push.stderr
+    assert "Installing dependencies with npm install (no lockfile" in push.stderr
+    assert "Default types for buildpack -> web" in push.stderr
+    _, port = run_unit(built_image(push.stderr), "npm start")
+    assert get(port).text == "hello from plain node\n"
+
+
+def test_custom_buildpacks_follow_the_contract(server, dev, tmp_path):
+    dev.ssh("apps:create", "custom")
+    bp = str(APPS / "custom-buildpack")
+    echo = str(APPS / "echo-buildpack")
+    refused = dev.ssh("buildpacks:set", "custom", bp)
+    assert refused.returncode != 0 and "only admins may use local buildpacks" in refused.stderr
+    assert server.bae("buildpacks:set", "custom", bp, echo).returncode == 0
+    assert bp in dev.ssh("buildpacks", "custom").stdout
+    repo = make_repo(tmp_path / "src", {"hello.txt": "hi there", ".slugignore": "docs/\n*.log\n",
+                                        "docs/manual.md": "x", "debug.log": "x", "keep.txt": "k"})
+    push = dev.push(repo, "custom")
+    assert push.returncode == 0, push.stderr
+    log = push.stderr
+    assert "Hello app detected" in log and "Echo app detected" in log
+    assert "cwd is " in log and "build number 1 in this cache" in log
+    assert "The echo buildpack sees HELLO_COMPILED=yes" in log  # export chaining
+    assert "Default types for buildpack -> web, greet" in log  # bin/release without the execute bit
+    image = built_image(log)
+    client = docker.from_env(version="auto")
+    files = client.containers.run(image, ["cat files.txt"], remove=True).decode().split()
+    assert "keep.txt" in files and "hello.txt" in files
+    assert "docs" not in files and "debug.log" not in files  # .slugignore
+    greeting = client.containers.run(image, ['echo "$GREETING from $HOME"'], remove=True).decode()
+    assert greeting.strip() == "hi there from /home/bae"  # .profile.d is sourced
+    owner = client.containers.run(image, ["stat -c %U /home/bae/app /home/bae/app/hello.txt; id -un"], remove=True).decode()
+    assert owner.split() == ["bae", "bae", "bae"]
+    # the cache persists between builds of this deployment only
+    make_repo(repo, {"hello.txt": "again"}, "again")
+    assert "build number 2 in this cache" in dev.push(repo, "custom").stderr
+    dev.ssh("deployments:create", "custom", "other")
+    server.bae("buildpacks:set", "custom/other", bp, check=True)
+    assert "build number 1 in this cache" in dev.push(repo, "custom/other").stderr
+    # back to detection: no built-in accepts this app
+    assert dev.ssh("buildpacks:clear", "custom").returncode == 0
+    make_repo(repo, {"x": "y"}, "x")
+    refused = dev.push(repo, "custom")
+    assert refused.returncode != 0
+    assert "No buildpack detected this app." in refused.stderr
+    assert "Files at the root of your push: .slugignore, hello.txt, keep.txt, x" in refused.stderr
+    assert "The python buildpack looks for: requirements.txt" in refused.stderr
+    assert "The nodejs buildpack looks for: package.json" in refused.stderr
+
+
+def test_git_url_buildpack_with_ref(server, dev, tmp_path):
+    bp_repo = tmp_path / "bp.git"
+    work = make_repo(tmp_path / "bp", {})
+    shutil.copytree(APPS / "custom-buildpack" / "bin", work / "bin", dirs_exist_ok=True)
+    make_repo(work, {}, "buildpack v1")
+    run(["git", "tag", "v1"], cwd=work, check=True)
+    run(["git", "clone", "-q", "--bare", str(work), str(bp_repo)], check=True)
+    dev.ssh("apps:create", "giturl")
+    bad = dev.ssh("buildpacks:set", "giturl", "not a url")
+    assert bad.returncode != 0 and "neither a built-in buildpack nor a git URL" in bad.stderr
+    assert dev.ssh("buildpacks:set", "giturl", f"file://{bp_repo}#v1").returncode != 0  # host paths: admins only
+    assert server.bae("buildpacks:set", "giturl", f"file://{bp_repo}#v1").returncode == 0
+    push = dev.push(make_repo(tmp_path / "src", {"hello.txt": "git"}), "giturl")
+    assert push.returncode == 0, push.stderr
+    assert "Hello app detected" in push.stderr
+    server.bae("buildpacks:set", "giturl", f"file://{bp_repo}#no-such-ref", check=True)
+    failed = dev.push(tmp_path / "src", "giturl", "master", "--force")
+    make_repo(tmp_path / "src", {"hello.txt": "again"}, "again")
+    failed = dev.push(tmp_path / "src", "giturl")
+    assert failed.returncode != 0 and "could not fetch buildpack" in failed.stderr
+
+
+def test_failed_builds_refuse_the_push_and_keep_the_log(server, dev, tmp_path):
+    dev.ssh("apps:create", "failing")
+    server.bae("buildpacks:set", "failing", str(APPS / "custom-buildpack"), check=True)
+    repo = make_repo(tmp_path / "src", {"hello.txt": "ok"})
+    assert dev.push(repo, "failing").returncode == 0
+    good = head(repo)
+    git_dir = server.data / "repos" / "failing" / "default.git"
+    make_repo(repo, {"fail.txt": "please"}, "breaks the build")
+    failed = dev.push(repo, "failing")
+    assert failed.returncode != 0
+    assert "fail.txt asks this build to fail" in failed.stderr
+    assert "the custom-buildpack buildpack failed to compile this app (exit 3)" in failed.stderr
+    assert "Push rejected; the previous release keeps serving." in failed.stderr
+    assert "[remote rejected] master -> master" in failed.stderr
+    assert (git_dir / "refs" / "heads" / "master").read_text().strip() == good
+    assert not list((git_dir / "objects").glob("incoming-*"))
+    builds = dev.ssh("builds", "failing").stdout
+    assert "failed" in builds
+    number = re.search(r"^(\d+)\s+failed", builds, re.M).group(1)
+    assert "fail.txt asks this build to fail" in dev.ssh("builds:output", "failing", number).stdout
+    bad = dev.ssh("builds:output", "failing", "x1")
+    assert bad.returncode != 0 and "is not a build number" in bad.stderr
+    assert no_build_containers(server)
+
+
+def test_bad_requirement_and_python_version(server, dev, tmp_path):
+    dev.ssh("apps:create", "badreq")
+    repo = make_repo(tmp_path / "src", {"requirements.txt": "this-package-does-not-exist-bae-test==1.0\n",
+                                        "Procfile": "web: python3 -m http.server $PORT\n"})
+    failed = dev.push(repo, "badreq")
+    assert failed.returncode != 0
+    assert "pip could not install the requirements" in failed.stderr
+    assert "No matching distribution found for this-package-does-not-exist-bae-test" in failed.stderr
+    make_repo(repo, {"requirements.txt": "", "runtime.txt": "# pinned\npython-3.9.18\n"}, "old python")
+    failed = dev.push(repo, "badreq")
+    assert failed.returncode != 0
+    assert "runtime.txt requests Python 3.9.18, but this stack provides Python 3.11" in failed.stderr
+    assert "git ls-remote" and not dev.git("ls-remote", dev.url("badreq")).stdout.strip()
+
+
+def test_disconnect_during_build_cleans_up(server, dev, tmp_path):
+    dev.ssh("apps:create", "slow")
+    server.bae("buildpacks:set", "slow", str(APPS / "custom-buildpack"), check=True)
+    repo = make_repo(tmp_path / "src", {"hello.txt": "x", "slow.txt": "sleep"})
+    proc = subprocess.Popen(["git", "push", dev.url("slow"), "master"], cwd=repo, env=dev.git_env,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    seen = []
+
+    def read():
+        for line in proc.stderr:
+            seen.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 60
+    while not any("sleeping" in line for line in seen):
+        assert time.monotonic() < deadline and proc.poll() is None, "".join(seen)
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)  # the pusher presses Ctrl-C: git and its ssh stop
+    proc.wait()
+    deadline = time.monotonic() + 20
+    while not no_build_containers(server):
+        assert time.monotonic() < deadline, "the build container outlived its pusher"
+        time.sleep(0.3)
+    assert not (server.data / "repos" / "slow" / "default.git" / "refs" / "heads" / "master").exists()
+    assert "failed" in dev.ssh("builds", "slow").stdout
+
+
+def test_concurrent_builds_of_different_deployments(server, dev, tmp_path):
+    names = ["conc-a", "conc-b", "conc-c"]
+    repos = {}
+    for name in names:
+        dev.ssh("apps:create", name)
+        server.bae("buildpacks:set", name, str(APPS / "custom-buildpack"), check=True)
+        repos[name] = make_repo(tmp_path / name, {"hello.txt": name})
+    results = {}
+    threads = [threading.Thread(target=lambda n=n: results.setdefault(n, dev.push(repos[n], n))) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for name in names:
+        assert results[name].returncode == 0, results[name].stderr
+        assert "build number 1 in this cache" in results[name].stderr  # separate caches
+    assert no_build_containers(server)

@@ -110,6 +110,7 @@ class Build:
     image: str | None = None
     process_types: dict = field(default_factory=dict)
     error: str | None = None
+    reuse: dict | None = None  # what a later build needs to reuse this one's output
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,7 @@ class Pipeline:
                                keep=self.platform.settings.build.keep_builds)
             raise
         store.finish_build(build, "succeeded", out.text, image=result.get("image"),
-                           process_types=result.get("process_types"),
+                           process_types=result.get("process_types"), reuse=result.get("reuse"),
                            keep=self.platform.settings.build.keep_builds)
         log.info("build %s #%d succeeded in %.1f s", dep.slug, build.number, time.monotonic() - started)
 
@@ -113,7 +113,8 @@ class Pipeline:
             buildpacks=dep.buildpacks, config=platform.build_config(dep), cache_dir=platform.cache_dir(dep),
             repository=platform.image_repository(dep), instance=platform.instance,
             stack=stack_tag(settings), settings=settings,
+            previous=platform.store.last_successful_build(dep),
         )
         built = run_build(request, out)
         result.update(image=built.image, image_id=built.image_id, process_types=built.process_types,
-                      buildpacks=built.buildpacks)
+                      buildpacks=built.buildpacks, reuse=built.reuse)

@@ -37,7 +37,7 @@ class Platform:
         self.repos = Repositories(self.data / "repos")
         self.instance = self._instance_id()
         self.daemon = None  # set by `bae serve` in its own process
-        self.on_destroy: list = []  # callables(deployment) run before a deployment is removed
+        self.on_destroy: list = [self._remove_images]  # callables(deployment) run before a deployment is removed
 
     def _instance_id(self) -> str:
         """A random id naming this installation on the Docker Engine (container labels)."""
@@ -95,6 +95,14 @@ class Platform:
         self.store.destroy_app(app)
         self.repos.destroy(app.name)
         shutil.rmtree(self.data / "cache" / app.name, ignore_errors=True)
+
+    def _remove_images(self, dep) -> None:
+        from buildpacks.runner import remove_images
+
+        try:
+            remove_images(self.image_repository(dep))
+        except Exception as exc:  # Docker down: the images stay; destroying goes on
+            log.warning("could not remove the images of %s/%s: %s", dep.app, dep.name, exc)
 
     def build_config(self, dep) -> dict[str, str]:
         """The config vars a build of ``dep`` sees in its env dir."""

@@ -71,6 +71,12 @@ def m001_foundation(db: sqlite_utils.Database) -> None:
     db["builds"].create_index(["deployment_id", "number"], unique=True)
 
 
+@migrations()
+def m002_build_reuse(db: sqlite_utils.Database) -> None:
+    # What a later build needs to know to reuse this one's output (see buildpacks.runner).
+    db["builds"].add_column("reuse", str)
+
+
 class Store:
     """Typed access to the platform's SQLite database."""
 
@@ -323,11 +329,12 @@ class Store:
 
     def finish_build(self, build: Build, status: str, log: str, image: str | None = None,
                      process_types: dict | None = None, error: str | None = None,
-                     keep: int | None = None) -> Build:
+                     keep: int | None = None, reuse: dict | None = None) -> Build:
         with self.write() as db:
             db["builds"].update(build.id, {
                 "status": status, "log": log, "finished_at": now(), "image": image,
                 "process_types": json.dumps(process_types or {}), "error": error,
+                "reuse": json.dumps(reuse) if reuse else None,
             })
             if keep:
                 db.execute(
@@ -349,6 +356,11 @@ class Store:
         if not row:
             raise NotFound(f"{dep.slug} has no build {number}", f"See `builds {dep.slug}` for its builds.")
         return _build(row)
+
+    def last_successful_build(self, dep: Deployment) -> Build | None:
+        row = self._one("select * from builds where deployment_id = ? and status = 'succeeded' "
+                        "order by number desc limit 1", [dep.id])
+        return _build(row) if row else None
 
     def builds(self, dep: Deployment, limit: int = 20) -> list[Build]:
         rows = self.db.query(
@@ -379,5 +391,5 @@ def _build(row: dict) -> Build:
         commit=row["commit_sha"], old_commit=row["old_commit"] or "", status=row["status"],
         user=row["user"], started_at=row["started_at"], finished_at=row["finished_at"],
         log=row["log"] or "", image=row["image"], process_types=json.loads(row["process_types"] or "{}"),
-        error=row["error"],
+        error=row["error"], reuse=json.loads(row["reuse"]) if row.get("reuse") else None,
     )

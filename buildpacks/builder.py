@@ -66,6 +66,20 @@ def source_export(bp):
             os.environ[key.decode()] = value.decode("utf-8", "replace")
 
 
+def declared_inputs(bp, so_far):
+    """Union the source paths this buildpack says its output depends on (``bae-inputs``).
+
+    A buildpack that writes no ``bae-inputs`` file, or lists ``*``, depends on
+    the whole source: then no later build may reuse this one's output.
+    """
+    path = os.path.join(bp["dir"], "bae-inputs")
+    if so_far is None or not os.path.isfile(path):
+        return None
+    with open(path) as fh:
+        names = {line.strip() for line in fh if line.strip()}
+    return None if "*" in names else so_far | names
+
+
 def detect(bp):
     cmd = script(bp, "detect")
     if cmd is None:
@@ -102,6 +116,7 @@ def main():
             lines.append("Add one of those files, or choose a buildpack with buildpacks:set.")
             fail(*lines)
     defaults = {}
+    inputs: set | None = set()
     for bp, display in chosen:
         say(f"{display} app detected")
         compile_cmd = script(bp, "compile")
@@ -112,6 +127,7 @@ def main():
         if result.returncode != 0:
             fail(f"the {bp['name']} buildpack failed to compile this app (exit {result.returncode}); see above.")
         source_export(bp)
+        inputs = declared_inputs(bp, inputs)
         release_cmd = script(bp, "release")
         if release_cmd:
             released = run(release_cmd + [BUILD], bp["dir"], capture=True)
@@ -135,7 +151,8 @@ def main():
     for entry in os.listdir("/tmp"):
         target = os.path.join("/tmp", entry)
         shutil.rmtree(target, ignore_errors=True) if os.path.isdir(target) else os.unlink(target)
-    result = {"buildpacks": [d for _, d in chosen], "default_process_types": defaults, "procfile": procfile}
+    result = {"buildpacks": [d for _, d in chosen], "default_process_types": defaults, "procfile": procfile,
+              "inputs": sorted(inputs) if inputs is not None else None}
     print(plan["nonce"] + json.dumps(result), flush=True)
 
 

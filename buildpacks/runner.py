@@ -30,10 +30,12 @@ from bae.errors import BaeError, DeployFailed
 from buildpacks.catalog import BUILTINS, Buildpack, fetch
 from buildpacks.engine import client, translated
 from buildpacks.procfile import parse_procfile
+from buildpacks.reuse import fingerprint, inputs_digest, plan_reuse
 from buildpacks.slugignore import slugignore_filter
 from buildpacks.stack import UID
 
-__all__ = ["BuildRequest", "BuildResult", "run_build", "remove_stale_build_containers", "APP_DIR", "ENTRYPOINT"]
+__all__ = ["BuildRequest", "BuildResult", "run_build", "remove_stale_build_containers", "remove_images",
+           "APP_DIR", "ENTRYPOINT"]
 
 log = logging.getLogger("bae.build")
 
@@ -56,6 +58,7 @@ class BuildRequest:
     instance: str
     stack: str
     settings: object  # bae.config.Build
+    previous: object = None  # bae.model.Build: the last successful build of this deployment
 
 
 @dataclass
@@ -67,6 +70,7 @@ class BuildResult:
     size: int
     layer_size: int
     warnings: list[str] = field(default_factory=list)
+    reuse: dict | None = None
 
 
 def _mb(n: int) -> str:
@@ -136,6 +140,15 @@ def remove_stale_build_containers(instance: str) -> int:
     return len(stale)
 
 
+def remove_images(repository: str) -> int:
+    """Remove every release image of one deployment (when it is destroyed)."""
+    with translated("removing release images"):
+        images = client().images.list(name=repository)
+        for image in images:
+            client().images.remove(image.id, force=True)
+    return len(images)
+
+
 class _Watch(threading.Thread):
     """Kills the build container on timeout or when the pusher goes away."""
 
@@ -159,6 +172,82 @@ class _Watch(threading.Thread):
                 return
 
 
+COMMIT_CHANGES = [
+    "USER bae", f"WORKDIR {APP_DIR}", "ENV HOME=/home/bae",
+    "ENTRYPOINT " + json.dumps(ENTRYPOINT), 'CMD ["bash"]', "LABEL bae.role=image",
+]
+
+
+def _process_types(out, procfile: str | None, defaults: dict[str, str]) -> dict[str, str]:
+    types, warnings = parse_procfile(procfile) if procfile is not None else ({}, [])
+    for warning in warnings:
+        out.error(warning)
+    out.step("Discovering process types")
+    if procfile is not None:
+        out.detail(f"Procfile declares types -> {', '.join(types) or '(none)'}")
+    defaults = {k: v for k, v in defaults.items() if k not in types}
+    if defaults:
+        out.detail(f"Default types for buildpack -> {', '.join(defaults)}")
+    if not types and not defaults:
+        out.error("No process types: add a Procfile with a line like 'web: gunicorn app:app'.")
+    return {**defaults, **types}
+
+
+def _commit(container, req: BuildRequest, out) -> tuple[object, int]:
+    tag = f"b{req.number}"
+    with translated("saving the release image"):
+        image = container.commit(repository=req.repository, tag=tag, changes=COMMIT_CHANGES + [
+            f"LABEL bae.build={req.number}"])
+        image.reload()
+        layer = image.history()[0].get("Size", 0)
+    out.step(f"Built image {req.repository}:{tag} ({_mb(image.attrs['Size'])}, this build's layer {_mb(layer)})")
+    return image, layer
+
+
+def _try_reuse(req: BuildRequest, out, fp: str, keep) -> BuildResult | None:
+    """The previous build plus a layer of changed files, when that is what a build would produce."""
+    prev = req.previous
+    if prev is None or not prev.reuse or not prev.image:
+        return None
+    try:
+        old_source = type(req.source)(req.source.store, prev.commit.encode())
+        plan = plan_reuse(prev.reuse, fp, req.source, old_source, keep)
+    except KeyError:  # the previous commit is gone (repository rewritten)
+        return None
+    if plan is None:
+        return None
+    import docker.errors
+
+    try:
+        client().images.get(prev.image)
+    except docker.errors.ImageNotFound:
+        return None
+    names = sorted(plan.changed)
+    out.step(f"Code-only change: reusing build {prev.number}'s {', '.join(prev.reuse.get('buildpacks', []))} output "
+             "(its inputs are unchanged)")
+    out.detail(f"{len(names)} file(s) changed" + (f": {', '.join(names[:5])}" + (" ..." if len(names) > 5 else "")
+                                                 if names else ""))
+    container = None
+    try:
+        with translated("preparing the release image"):
+            container = client().containers.create(
+                prev.image, name=f"bae-{req.instance}-build-{req.app}-{req.deployment}-{req.number}-{secrets.token_hex(3)}",
+                labels={"bae.platform": req.instance, "bae.role": "build"})
+            if names:
+                changed = set(names)
+                container.put_archive("/", req.source.tar(APP_DIR.lstrip("/"), lambda p: p in changed))
+        procfile = req.source.read("Procfile")
+        types = _process_types(out, procfile.decode("utf-8", "replace") if procfile is not None else None,
+                               prev.reuse.get("defaults", {}))
+        image, layer = _commit(container, req, out)
+    finally:
+        if container is not None:
+            container.remove(force=True)
+    reuse = dict(prev.reuse, depth=plan.depth)
+    return BuildResult(f"{req.repository}:b{req.number}", image.id, types, prev.reuse.get("buildpacks", []),
+                       image.attrs["Size"], layer, [], reuse)
+
+
 def run_build(req: BuildRequest, out) -> BuildResult:
     """Build ``req`` into an image; raise DeployFailed (after cleaning up) if it fails."""
     docker = client()
@@ -168,7 +257,13 @@ def run_build(req: BuildRequest, out) -> BuildResult:
         packs = [fetch(spec, workdir) for spec in req.buildpacks] if req.buildpacks else list(BUILTINS)
         if req.buildpacks:
             out.step("Using buildpacks: " + ", ".join(req.buildpacks))
-        keep = slugignore_filter((req.source.read(".slugignore") or b"").decode("utf-8", "replace"))
+        slugignore = req.source.read(".slugignore")
+        keep = slugignore_filter((slugignore or b"").decode("utf-8", "replace"))
+        fp = fingerprint(req.stack, [str(bp.path) for bp in packs], str(BUILDER), req.config, slugignore,
+                         (req.settings.pip_index_url, req.settings.npm_registry, req.settings.ca_bundle))
+        reused = _try_reuse(req, out, fp, keep)
+        if reused is not None:
+            return reused
         req.cache_dir.mkdir(parents=True, exist_ok=True)
         os.chown(req.cache_dir, UID, UID)
         nonce = "@@bae-result-" + secrets.token_hex(8) + "@@"
@@ -227,30 +322,14 @@ def run_build(req: BuildRequest, out) -> BuildResult:
                 raise DeployFailed(last_error, shown=True)
             raise DeployFailed(f"the build failed (exit {status.get('StatusCode')}) without saying why; see its output above")
         outcome = json.loads(result_line)
-        types, warnings = parse_procfile(outcome["procfile"]) if outcome["procfile"] is not None else ({}, [])
-        for warning in warnings:
-            out.error(warning)
-        out.step("Discovering process types")
-        if outcome["procfile"] is not None:
-            out.detail(f"Procfile declares types -> {', '.join(types) or '(none)'}")
-        defaults = {k: v for k, v in outcome["default_process_types"].items() if k not in types}
-        if defaults:
-            out.detail(f"Default types for buildpack -> {', '.join(defaults)}")
-        process_types = {**defaults, **types}
-        if not process_types:
-            out.error("No process types: add a Procfile with a line like 'web: gunicorn app:app'.")
-        tag = f"b{req.number}"
-        with translated("saving the release image"):
-            image = container.commit(repository=req.repository, tag=tag, changes=[
-                "USER bae", f"WORKDIR {APP_DIR}", "ENV HOME=/home/bae",
-                "ENTRYPOINT " + json.dumps(ENTRYPOINT), 'CMD ["bash"]',
-                "LABEL bae.role=image",
-            ])
-            image.reload()
-            layer = image.history()[0].get("Size", 0)
-        out.step(f"Built image {req.repository}:{tag} ({_mb(image.attrs['Size'])}, this build's layer {_mb(layer)})")
-        return BuildResult(f"{req.repository}:{tag}", image.id, process_types, outcome["buildpacks"],
-                           image.attrs["Size"], layer, warnings)
+        process_types = _process_types(out, outcome["procfile"], outcome["default_process_types"])
+        image, layer = _commit(container, req, out)
+        reuse = None
+        if outcome.get("inputs") is not None:
+            reuse = {"fingerprint": fp, "inputs": outcome["inputs"], "digest": inputs_digest(req.source, outcome["inputs"]),
+                     "defaults": outcome["default_process_types"], "buildpacks": outcome["buildpacks"], "depth": 0}
+        return BuildResult(f"{req.repository}:b{req.number}", image.id, process_types, outcome["buildpacks"],
+                           image.attrs["Size"], layer, [], reuse)
     finally:
         if container is not None:
             try:

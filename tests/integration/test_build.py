@@ -82,18 +82,30 @@ def test_flask_with_gunicorn(server, dev, tmp_path):
     assert re.search(r"Built image \S+ \([\d.]+ MB, this build's layer [\d.]+ MB\)", log)
     container, port = run_unit(built_image(log), "gunicorn app:app --bind 0.0.0.0:${PORT:-5000} --workers 2  # two workers")
     assert get(port).text == "hello from flask on web.1\n"
-    # a code-only change reuses the cached virtualenv
-    make_repo(repo, {"app.py": (repo / "app.py").read_text().replace("hello", "howdy")}, "code change")
+    # a code-only change reuses the previous build's output: one layer with the changed file
+    make_repo(repo, {"app.py": (repo / "app.py").read_text().replace("hello", "howdy"), "Procfile":
+                     (repo / "Procfile").read_text() + "clock: python -c 'print(1)'\n"}, "code change")
     again = dev.push(repo, "flask")
     assert again.returncode == 0, again.stderr
-    assert "Requirements unchanged: reusing the cached virtualenv" in again.stderr
+    assert "Code-only change: reusing build 1's Python output (its inputs are unchanged)" in again.stderr
+    assert "2 file(s) changed: Procfile, app.py" in again.stderr
+    assert "Procfile declares types -> web, clock" in again.stderr
     assert "Installing requirements" not in again.stderr
     container2, port2 = run_unit(built_image(again.stderr), "gunicorn app:app --bind 0.0.0.0:$PORT")
     assert get(port2).text == "howdy from flask on web.1\n"
+    # deleting a file runs the buildpacks again; the requirements still come from the cache
+    (repo / "Procfile").write_text((repo / "Procfile").read_text())
+    run(["git", "rm", "-q", ".python-version"], cwd=repo, check=True)
+    third = dev.push(make_repo(repo, {}, "delete a file"), "flask")
+    assert third.returncode == 0, third.stderr
+    assert "Code-only change" not in third.stderr
+    assert "Requirements unchanged: reusing the cached virtualenv" in third.stderr
+    _, port3 = run_unit(built_image(third.stderr), "gunicorn app:app --bind 0.0.0.0:$PORT")
+    assert get(port3).text == "howdy from flask on web.1\n"
     # builds are listed and their logs kept
     listed = dev.ssh("builds", "flask").stdout
-    assert listed.count("succeeded") == 2
-    assert "Requirements unchanged" in dev.ssh("builds:output", "flask", "2").stdout
+    assert listed.count("succeeded") == 3
+    assert "Code-only change" in dev.ssh("builds:output", "flask", "2").stdout
     assert no_build_containers(server)
 
 
@@ -128,6 +140,9 @@ def test_express_with_lockfile(server, dev, tmp_path):
     make_repo(repo, {"server.js": (repo / "server.js").read_text() + "\n// change\n"}, "code")
     again = dev.push(repo, "express")
     assert again.returncode == 0 and "package-lock.json unchanged: restoring node_modules" in again.stderr
+    assert "Running npm run build" in again.stderr  # build scripts read the code: no reuse
+    _, port2 = run_unit(built_image(again.stderr), "npm start")
+    assert get(port2, "/devdeps").text == "pruned\n"
 
 
 def test_node_app_without_procfile(server, dev, tmp_path):
@@ -290,3 +305,49 @@ def test_concurrent_builds_of_different_deployments(server, dev, tmp_path):
         assert results[name].returncode == 0, results[name].stderr
         assert "build number 1 in this cache" in results[name].stderr  # separate caches
     assert no_build_containers(server)
+
+
+def test_node_engine_installed_from_the_npm_registry(server, dev, tmp_path):
+    dev.ssh("apps:create", "node20")
+    package = '{"name": "n20", "version": "1.0.0", "engines": {"node": "20.x"}, "scripts": {"start": "node -v"}}'
+    push = dev.push(make_repo(tmp_path / "src", {"package.json": package}), "node20")
+    assert push.returncode == 0, push.stderr
+    assert re.search(r"Installing Node\.js 20\.\d+\.\d+ \(engines\.node: 20\.x; the stack has v18", push.stderr)
+    version = docker.from_env(version="auto").containers.run(built_image(push.stderr), ["node --version"], remove=True)
+    assert version.decode().startswith("v20.")
+    dev.ssh("apps:create", "node99")
+    impossible = package.replace("20.x", "99.x")
+    push = dev.push(make_repo(tmp_path / "src99", {"package.json": impossible}), "node99")
+    assert push.returncode == 0, push.stderr
+    assert "engines.node asks for 99.x, which the stack's Node.js v18" in push.stderr
+    assert "Building with v18" in push.stderr
+
+
+def test_pipfile_lock_and_pyproject(server, dev, tmp_path):
+    dev.ssh("apps:create", "pipfile")
+    lock = '{"_meta": {}, "default": {"six": {"version": "==1.16.0"}}, "develop": {}}'
+    push = dev.push(make_repo(tmp_path / "a", {"Pipfile.lock": lock, "Procfile": "web: python3 -m http.server $PORT"}),
+                    "pipfile")
+    assert push.returncode == 0, push.stderr
+    assert "Successfully installed six-1.16.0" in push.stderr
+    dev.ssh("apps:create", "pyproj")
+    project = '[project]\nname = "hello-bae"\nversion = "0.1"\n[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n'
+    push = dev.push(make_repo(tmp_path / "b", {"pyproject.toml": project, "hello_bae.py": "X = 1\n"}), "pyproj")
+    assert push.returncode == 0, push.stderr
+    assert "Successfully installed hello-bae-0.1" in push.stderr
+    out = docker.from_env(version="auto").containers.run(built_image(push.stderr), ["python -c 'import hello_bae; print(hello_bae.X)'"],
+                                                          remove=True, working_dir="/tmp")
+    assert out.decode().strip() == "1"
+
+
+def test_destroy_removes_images(server, dev, tmp_path):
+    dev.ssh("apps:create", "doomed")
+    server.bae("buildpacks:set", "doomed", str(APPS / "custom-buildpack"), check=True)
+    push = dev.push(make_repo(tmp_path / "src", {"hello.txt": "x"}), "doomed")
+    image = built_image(push.stderr)
+    client = docker.from_env(version="auto")
+    assert client.images.get(image)
+    assert dev.ssh("apps:destroy", "doomed", "--confirm", "doomed").returncode == 0
+    with pytest.raises(docker.errors.ImageNotFound):
+        client.images.get(image)
+    assert not (server.data / "cache" / "doomed").exists()

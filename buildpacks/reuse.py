@@ -1,0 +1,81 @@
+"""When a build may reuse the previous build's output instead of running the buildpacks.
+
+Docker's layer cache for buildpacks: a buildpack may declare (in ``bae-inputs``)
+the source files its output depends on; the built-in python and nodejs packs do
+when nothing they run reads the code (no collectstatic, no npm build scripts).
+If the previous successful build had such a declaration, the same fingerprint
+(stack, buildpacks, config, .slugignore) and identical inputs, and the new
+commit only adds or changes files, the new image is the previous one plus a
+layer with the changed files: what running the buildpacks would have produced.
+Pure logic over Source objects; the runner does the Docker part.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["fingerprint", "inputs_digest", "ReusePlan", "plan_reuse", "MAX_DEPTH"]
+
+MAX_DEPTH = 20  # fast layers stacked on one full build before the next full build
+
+
+@functools.lru_cache(maxsize=32)
+def _tree_digest(path: str) -> str:
+    h = hashlib.sha256()
+    if Path(path).is_file():
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    for file in sorted(Path(path).rglob("*")):
+        if file.is_file() and "__pycache__" not in file.parts:
+            h.update(str(file.relative_to(path)).encode() + b"\0" + file.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def fingerprint(stack: str, buildpack_dirs: list[str], builder: str, config: dict[str, str],
+                slugignore: bytes | None, extra: tuple = ()) -> str:
+    """Everything besides the source that decides what the buildpacks produce."""
+    data = {
+        "stack": stack,
+        "buildpacks": [_tree_digest(d) for d in buildpack_dirs],
+        "builder": _tree_digest(builder),
+        "config": sorted(config.items()),
+        "slugignore": hashlib.sha256(slugignore or b"").hexdigest(),
+        "extra": list(extra),
+    }
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def inputs_digest(source, inputs: list[str]) -> str:
+    h = hashlib.sha256()
+    for path in sorted(inputs):
+        entry = source._entry(path)
+        h.update(path.encode() + b"=" + (b"%o:%s" % (entry[0], entry[1]) if entry else b"absent") + b"\n")
+    return h.hexdigest()
+
+
+def _files(source, keep) -> dict[str, tuple[int, bytes]]:
+    return {path: (mode, sha) for path, mode, sha in source.walk() if mode != 0o160000 and keep(path)}
+
+
+@dataclass
+class ReusePlan:
+    changed: set[str]
+    depth: int
+
+
+def plan_reuse(previous_reuse: dict | None, fp: str, new_source, old_source, keep) -> ReusePlan | None:
+    """A plan to reuse the previous build, or None when the buildpacks must run."""
+    if not previous_reuse or previous_reuse.get("fingerprint") != fp:
+        return None
+    if previous_reuse.get("depth", 0) >= MAX_DEPTH:
+        return None
+    if inputs_digest(new_source, previous_reuse["inputs"]) != previous_reuse["digest"]:
+        return None
+    old, new = _files(old_source, keep), _files(new_source, keep)
+    if set(old) - set(new):
+        return None  # a deletion: a layer on top cannot remove files
+    changed = {path for path, entry in new.items() if old.get(path) != entry}
+    return ReusePlan(changed, previous_reuse.get("depth", 0) + 1)

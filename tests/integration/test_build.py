@@ -284,8 +284,10 @@ def test_disconnect_during_build_cleans_up(server, dev, tmp_path):
     while not no_build_containers(server):
         assert time.monotonic() < deadline, "the build container outlived its pusher"
         time.sleep(0.3)
-    assert not (server.data / "repos" / "slow" / "default.git" / "refs" / "heads" / "master").exists()
-    assert "failed" in dev.ssh("builds", "slow").stdout
+    builds = dev.ssh("builds", "slow").stdout
+    assert not (server.data / "repos" / "slow" / "default.git" / "refs" / "heads" / "master").exists(), (
+        builds + dev.ssh("builds:output", "slow", "1").stdout + server.log()[-3000:])
+    assert "failed" in builds
 
 
 def test_concurrent_builds_of_different_deployments(server, dev, tmp_path):

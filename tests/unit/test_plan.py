@@ -1,0 +1,128 @@
+"""The scheduler's pure decision function, with plain dataclasses (no Docker)."""
+
+from scheduler.plan import (Backoff, Context, Crashed, Done, Failed, Remove, Seen, Start, Stop, Want,
+                            backoff_delay, plan)
+
+
+def want(process="web", release=2, quantity=1, pending=False, plan_="s1", generation=0, app="a", dep="default"):
+    return Want(app, dep, process, release, pending, quantity, plan_, generation, process == "web")
+
+
+def unit(index=1, process="web", release=2, up=True, running=True, age=10.0, plan_="s1", generation=0, uid=None,
+         exit_code=None, oom=False, recorded=False, app="a", dep="default", stopping=False):
+    return Seen(uid or f"{app}-{process}-{index}-r{release}-{plan_}-{generation}", app, dep, process, release, index,
+                plan_, generation, running, age, up, exit_code, oom, stopping, process == "web", recorded)
+
+
+def ctx(**kw):
+    return Context(now=1000.0, boot_timeout=60.0, **kw)
+
+
+def kinds(actions):
+    return [type(a).__name__ for a in actions]
+
+
+def test_first_deploy_starts_then_completes():
+    w = want(pending=True)
+    assert plan([w], [], ctx()) == [Start(w, 1)]
+    assert plan([w], [unit(up=False, age=1)], ctx()) == []
+    assert plan([w], [unit()], ctx()) == [Done("a", "default", 2)]
+
+
+def test_rollout_keeps_old_units_until_all_new_are_up():
+    w = want(release=2, quantity=2, pending=True)
+    old = [unit(1, release=1), unit(2, release=1)]
+    assert plan([w], old, ctx()) == [Start(w, 1), Start(w, 2)]
+    half = old + [unit(1, up=True), unit(2, up=False, age=1)]
+    assert plan([w], half, ctx()) == []
+    full = old + [unit(1), unit(2)]
+    actions = plan([w], full, ctx())
+    assert [a.unit.release for a in actions if isinstance(a, Stop)] == [1, 1]
+    assert actions[-1] == Done("a", "default", 2)
+
+
+def test_a_new_unit_that_crashes_fails_the_deploy_and_leaves_old_units():
+    w = want(release=2, quantity=2, pending=True)
+    old = [unit(1, release=1), unit(2, release=1)]
+    crashed = unit(1, running=False, exit_code=1)
+    booting = unit(2, up=False, age=3)
+    actions = plan([w], old + [crashed, booting], ctx())
+    assert actions[0] == Failed("a", "default", 2, "web.1 crashed (exit 1)")
+    assert not [a for a in actions if isinstance(a, Stop) and a.unit.release == 1]
+    assert Stop(booting, "the deploy failed") in actions and Remove(crashed) in actions
+
+
+def test_a_web_unit_that_never_binds_port_fails_the_deploy():
+    w = want(release=2, pending=True)
+    actions = plan([w], [unit(1, release=1), unit(1, up=False, age=61)], ctx())
+    assert actions[0] == Failed("a", "default", 2, "web.1 never accepted connections on $PORT")
+
+
+def test_a_crash_outside_a_deploy_restarts_at_once_then_backs_off():
+    w = want()
+    dead = unit(1, running=False, exit_code=137)
+    actions = plan([w], [dead], ctx())
+    assert actions == [Crashed(dead, "web.1 crashed (exit 137)"), Remove(dead), Start(w, 1)]
+    # the second crash in a row waits (the container stays visible for ps)
+    actions = plan([w], [dead], ctx(backoff={w.key: Backoff(1, 0)}))
+    assert kinds(actions) == ["Crashed"]
+    recorded = unit(1, running=False, exit_code=137, recorded=True)
+    assert plan([w], [recorded], ctx(backoff={w.key: Backoff(2, 1001.0)})) == []
+    assert plan([w], [recorded], ctx(backoff={w.key: Backoff(2, 999.0)})) == [Remove(recorded), Start(w, 1)]
+
+
+def test_oom_is_reported_as_such():
+    w = want()
+    hog = unit(2, running=False, exit_code=137, oom=True)
+    actions = plan([want(quantity=2)], [unit(1), hog], ctx(memory={"s1": "256 MB"}))
+    assert Crashed(hog, "web.2 exceeded its 256 MB memory limit") in actions
+    assert w.key == ("a", "default", "web")
+
+
+def test_backoff_delays():
+    assert [backoff_delay(n, 300) for n in (1, 2, 3, 4, 12)] == [0, 1, 2, 4, 300]
+
+
+def test_scale_up_down_and_to_zero():
+    w = want(quantity=5)
+    assert kinds(plan([w], [unit(1)], ctx())) == ["Start"] * 4
+    assert [a.index for a in plan([w], [unit(1), unit(3)], ctx())] == [2, 4, 5]
+    three = [unit(1), unit(2), unit(3)]
+    stops = plan([want(quantity=1)], three, ctx())
+    assert [(type(a).__name__, a.unit.index) for a in stops] == [("Stop", 2), ("Stop", 3)]
+    assert kinds(plan([want(quantity=0)], three, ctx())) == ["Stop"] * 3
+
+
+def test_web_units_start_in_batches():
+    w = want(quantity=10)
+    assert len(plan([w], [], ctx(batch=5))) == 5
+    booting = [unit(i, up=False, age=1) for i in (1, 2)]
+    assert len(plan([w], booting, ctx(batch=5))) == 3
+
+
+def test_resize_and_restart_replace_units_after_the_new_ones_are_up():
+    w = want(plan_="m1")
+    old = unit(1, plan_="s1")
+    assert plan([w], [old], ctx()) == [Start(w, 1)]
+    assert plan([w], [old, unit(1, plan_="m1")], ctx()) == [Stop(old, "replaced")]
+    restarted = want(generation=1)
+    assert plan([restarted], [unit(1)], ctx()) == [Start(restarted, 1)]
+
+
+def test_worker_without_port_and_units_of_removed_deployments():
+    worker = want("worker", quantity=2)
+    web = want("web", quantity=0)
+    assert kinds(plan([web, worker], [], ctx())) == ["Start", "Start"]
+    stray = unit(1, app="gone")
+    dead = unit(2, app="gone", running=False, exit_code=0)
+    assert plan([], [stray, dead], ctx()) == [Stop(stray, "no longer wanted"), Remove(dead)]
+
+
+def test_stopping_units_are_ignored_and_deployments_are_independent():
+    w = want(quantity=1)
+    going = unit(1, release=1, stopping=True)
+    assert plan([w], [going, unit(1)], ctx()) == []
+    loop = want(app="b", quantity=1)
+    looping = unit(1, app="b", running=False, exit_code=1, recorded=True)
+    actions = plan([w, loop], [unit(1), looping], ctx(backoff={loop.key: Backoff(5, 2000.0)}))
+    assert actions == []  # b waits; a is untouched

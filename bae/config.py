@@ -97,7 +97,9 @@ class Scheduler:
     stop_grace: int = setting(30, "seconds between SIGTERM and SIGKILL when a unit stops")
     default_plan: str = setting("s1", "plan of a process type until ps:resize changes it")
     max_units: int = setting(20, "most units one process type may be scaled to")
+    rollout_batch: int = setting(5, "web units started at once during a deploy, resize or restart")
     backoff_max: int = setting(300, "longest wait, in seconds, before restarting a crash-looping unit")
+    backoff_reset: float = setting(30.0, "seconds a unit must stay up before its process type's crash count resets")
     keep_releases: int = setting(5, "releases whose images are kept for rollback; older images are removed")
 
 

@@ -50,6 +50,11 @@ def serve(platform, console: Console) -> int:
         inv = Invocation(platform, caller, Console(stdout, stderr), stdin, remote=True, prog=prog, request=request)
         return dispatch(inv, argv)
 
+    from scheduler.loop import Scheduler
+
+    scheduler = Scheduler(platform)
+    platform.scheduler = scheduler
+    scheduler.start()
     context = SessionContext(platform.store, platform.repos, Pipeline(platform), run_command, prog)
     ssh = SSHServer(settings.ssh.host, settings.ssh.port, platform.data / "ssh_host_ed25519_key",
                     context, settings.ssh.max_connections)
@@ -77,5 +82,6 @@ def serve(platform, console: Console) -> int:
     while not stop.wait(1):
         pass
     ssh.stop(grace=60)
-    log.info("stopped")
+    scheduler.stop()
+    log.info("stopped (units keep running; the next bae serve adopts them)")
     return 0

@@ -20,6 +20,8 @@ __all__ = [
     "App",
     "Deployment",
     "Build",
+    "Release",
+    "FormationEntry",
     "Caller",
     "DEFAULT_DEPLOYMENT",
 ]
@@ -88,6 +90,7 @@ class Deployment:
     name: str
     created_at: str
     buildpacks: tuple[str, ...] = ()
+    release_version: int | None = None  # the release the scheduler should run
 
     @property
     def slug(self) -> str:
@@ -111,6 +114,40 @@ class Build:
     process_types: dict = field(default_factory=dict)
     error: str | None = None
     reuse: dict | None = None  # what a later build needs to reuse this one's output
+
+
+@dataclass(frozen=True)
+class Release:
+    """``vN`` of a deployment: image + config snapshot + process types. Its content never changes;
+    ``status`` tracks its deploy: pending, active, superseded or failed."""
+
+    id: int
+    deployment_id: int
+    version: int
+    image: str
+    config: dict
+    process_types: dict
+    build_id: int | None
+    commit: str | None
+    user: str
+    description: str
+    status: str
+    created_at: str
+    error: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"v{self.version}"
+
+
+@dataclass(frozen=True)
+class FormationEntry:
+    """Desired units of one process type: how many, which plan, and the restart generation."""
+
+    process: str
+    quantity: int
+    plan: str
+    generation: int = 0
 
 
 @dataclass(frozen=True)

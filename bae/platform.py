@@ -37,7 +37,9 @@ class Platform:
         self.repos = Repositories(self.data / "repos")
         self.instance = self._instance_id()
         self.daemon = None  # set by `bae serve` in its own process
-        self.on_destroy: list = [self._remove_images]  # callables(deployment) run before a deployment is removed
+        self.on_destroy: list = [self._remove_units, self._remove_images]  # run before a deployment is removed
+        self.scheduler = None  # the reconcile loop, in `bae serve` only
+        self._runtime = None
 
     def _instance_id(self) -> str:
         """A random id naming this installation on the Docker Engine (container labels)."""
@@ -96,6 +98,34 @@ class Platform:
         self.repos.destroy(app.name)
         shutil.rmtree(self.data / "cache" / app.name, ignore_errors=True)
 
+    @property
+    def runtime(self):
+        """The scheduler's runtime (the Docker Engine), for commands that look at units."""
+        if self._runtime is None:
+            from scheduler.runtime_docker import DockerRuntime
+
+            self._runtime = DockerRuntime(self.instance)
+        return self._runtime
+
+    def notify(self) -> bool:
+        """Wake the scheduler of `bae serve` (in this process or another). False if none runs."""
+        if self.scheduler is not None:
+            self.scheduler.wake()
+            return True
+        path = self.data / "run" / "scheduler.sock"
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                sock.sendto(b"wake", str(path))
+            return True
+        except OSError:
+            return False
+
+    def _remove_units(self, dep) -> None:
+        try:
+            self.runtime.remove_all(app=dep.app, deployment=dep.name)
+        except Exception as exc:  # Docker down: the scheduler removes them later (they are orphans)
+            log.warning("could not remove the units of %s/%s: %s", dep.app, dep.name, exc)
+
     def _remove_images(self, dep) -> None:
         from buildpacks.runner import remove_images
 
@@ -106,6 +136,10 @@ class Platform:
 
     def build_config(self, dep) -> dict[str, str]:
         """The config vars a build of ``dep`` sees in its env dir."""
+        return {}
+
+    def release_config(self, dep) -> dict[str, str]:
+        """The config vars a new release of ``dep`` snapshots."""
         return {}
 
     def image_repository(self, dep) -> str:

@@ -21,7 +21,7 @@ import sqlite_utils
 from sqlite_utils import Migrations
 
 from bae.errors import Conflict, NotFound
-from bae.model import DEFAULT_DEPLOYMENT, App, Build, Deployment, PublicKey, User
+from bae.model import DEFAULT_DEPLOYMENT, App, Build, Deployment, FormationEntry, PublicKey, Release, User
 
 __all__ = ["Store", "now"]
 
@@ -75,6 +75,27 @@ def m001_foundation(db: sqlite_utils.Database) -> None:
 def m002_build_reuse(db: sqlite_utils.Database) -> None:
     # What a later build needs to know to reuse this one's output (see buildpacks.runner).
     db["builds"].add_column("reuse", str)
+
+
+@migrations()
+def m003_releases_and_formation(db: sqlite_utils.Database) -> None:
+    db["releases"].create(
+        {"id": int, "deployment_id": int, "version": int, "image": str, "config": str, "process_types": str,
+         "build_id": int, "commit_sha": str, "user": str, "description": str, "status": str, "error": str,
+         "created_at": str},
+        pk="id", foreign_keys=[("deployment_id", "deployments", "id")],
+    )
+    db["releases"].create_index(["deployment_id", "version"], unique=True)
+    db["formation"].create(
+        {"deployment_id": int, "process": str, "quantity": int, "plan": str, "generation": int},
+        pk=("deployment_id", "process"), foreign_keys=[("deployment_id", "deployments", "id")],
+    )
+    db["backoff"].create(
+        {"deployment_id": int, "process": str, "failures": int, "not_before": str, "reason": str},
+        pk=("deployment_id", "process"), foreign_keys=[("deployment_id", "deployments", "id")],
+    )
+    # the release the scheduler should run (None: nothing deployed)
+    db["deployments"].add_column("release_version", int)
 
 
 class Store:
@@ -368,7 +389,130 @@ class Store:
         return [_build(r) for r in rows]
 
 
-_DEPLOYMENT_TABLES = ["builds"]
+    # -- releases ------------------------------------------------------------
+
+    def create_release(self, dep: Deployment, *, image: str, config: dict, process_types: dict,
+                       build_id: int | None, commit: str | None, user: str, description: str,
+                       status: str = "pending") -> Release:
+        with self.write() as db:
+            row = self._one("select max(version) as v from releases where deployment_id = ?", [dep.id])
+            release_id = db["releases"].insert({
+                "deployment_id": dep.id, "version": (row["v"] or 0) + 1, "image": image,
+                "config": json.dumps(config), "process_types": json.dumps(process_types), "build_id": build_id,
+                "commit_sha": commit, "user": user, "description": description, "status": status,
+                "error": None, "created_at": now(),
+            }).last_pk
+        return self.release_by_id(release_id)
+
+    def release_by_id(self, release_id: int) -> Release:
+        row = self._one("select * from releases where id = ?", [release_id])
+        if not row:
+            raise NotFound(f"no release with id {release_id}")
+        return _release(row)
+
+    def release(self, dep: Deployment, version: int) -> Release:
+        row = self._one("select * from releases where deployment_id = ? and version = ?", [dep.id, version])
+        if not row:
+            raise NotFound(f"{dep.slug} has no release v{version}", f"See `releases {dep.slug}`.")
+        return _release(row)
+
+    def releases(self, dep: Deployment, limit: int = 20) -> list[Release]:
+        rows = self.db.query("select * from releases where deployment_id = ? order by version desc limit ?",
+                             [dep.id, limit])
+        return [_release(r) for r in rows]
+
+    def active_release(self, dep: Deployment) -> Release | None:
+        row = self._one("select * from releases where deployment_id = ? and status = 'active' "
+                        "order by version desc limit 1", [dep.id])
+        return _release(row) if row else None
+
+    def set_release_status(self, release: Release, status: str, error: str | None = None) -> None:
+        with self.write() as db:
+            db["releases"].update(release.id, {"status": status, "error": error})
+
+    def set_target(self, dep_id: int, version: int | None) -> None:
+        """Which release the scheduler should run for the deployment."""
+        with self.write() as db:
+            db.execute("update deployments set release_version = ? where id = ?", [version, dep_id])
+
+    def activate(self, release: Release) -> None:
+        """Mark ``release`` active and the deployment's previous active release superseded."""
+        with self.write() as db:
+            db.execute("update releases set status = 'superseded' where deployment_id = ? and status = 'active' "
+                       "and id != ?", [release.deployment_id, release.id])
+            db["releases"].update(release.id, {"status": "active", "error": None})
+
+    def fail_release(self, release: Release, reason: str) -> int | None:
+        """Mark ``release`` failed and point the deployment back at its active release (returned)."""
+        with self.write() as db:
+            db["releases"].update(release.id, {"status": "failed", "error": reason})
+            row = self._one("select version from releases where deployment_id = ? and status = 'active' "
+                            "order by version desc limit 1", [release.deployment_id])
+            version = row["version"] if row else None
+            db.execute("update deployments set release_version = ? where id = ? and release_version = ?",
+                       [version, release.deployment_id, release.version])
+        return version
+
+    # -- formation and backoff -----------------------------------------------
+
+    def formation(self, dep: Deployment) -> dict[str, FormationEntry]:
+        rows = self.db.query("select * from formation where deployment_id = ? order by process", [dep.id])
+        return {r["process"]: FormationEntry(r["process"], r["quantity"], r["plan"], r["generation"]) for r in rows}
+
+    def ensure_formation(self, dep: Deployment, process_types: dict, default_plan: str) -> None:
+        """Give new process types a formation row: web=1 on the first deploy, others 0 (Heroku's rule)."""
+        with self.write() as db:
+            known = {r["process"] for r in db.query("select process from formation where deployment_id = ?", [dep.id])}
+            for process in process_types:
+                if process not in known and process != "release":
+                    db["formation"].insert({"deployment_id": dep.id, "process": process,
+                                            "quantity": 1 if process == "web" else 0, "plan": default_plan,
+                                            "generation": 0})
+
+    def set_formation(self, dep: Deployment, process: str, *, quantity: int | None = None, plan: str | None = None,
+                      restart: bool = False, default_plan: str = "s1") -> None:
+        with self.write() as db:
+            row = self._one("select * from formation where deployment_id = ? and process = ?", [dep.id, process])
+            if row is None:
+                row = {"deployment_id": dep.id, "process": process, "quantity": 0, "plan": default_plan, "generation": 0}
+            if quantity is not None:
+                row["quantity"] = quantity
+            if plan is not None:
+                row["plan"] = plan
+            if restart:
+                row["generation"] = row["generation"] + 1
+            db["formation"].upsert(row, pk=("deployment_id", "process"))
+
+    def backoffs(self) -> dict[tuple[int, str], dict]:
+        return {(r["deployment_id"], r["process"]): r for r in self.db.query("select * from backoff")}
+
+    def set_backoff(self, dep_id: int, process: str, failures: int, not_before: str | None, reason: str | None) -> None:
+        with self.write() as db:
+            if failures == 0:
+                db.execute("delete from backoff where deployment_id = ? and process = ?", [dep_id, process])
+            else:
+                db["backoff"].upsert({"deployment_id": dep_id, "process": process, "failures": failures,
+                                      "not_before": not_before, "reason": reason}, pk=("deployment_id", "process"))
+
+    def targets(self) -> list[tuple[Deployment, Release | None, dict[str, FormationEntry]]]:
+        """Every deployment with the release it should run and its formation: the scheduler's input."""
+        out = []
+        for dep in self.deployments():
+            release = self.release(dep, dep.release_version) if dep.release_version else None
+            out.append((dep, release, self.formation(dep) if release else {}))
+        return out
+
+
+_DEPLOYMENT_TABLES = ["backoff", "formation", "releases", "builds"]
+
+
+def _release(row: dict) -> Release:
+    return Release(
+        id=row["id"], deployment_id=row["deployment_id"], version=row["version"], image=row["image"],
+        config=json.loads(row["config"] or "{}"), process_types=json.loads(row["process_types"] or "{}"),
+        build_id=row["build_id"], commit=row["commit_sha"], user=row["user"], description=row["description"],
+        status=row["status"], created_at=row["created_at"], error=row["error"],
+    )
 
 
 def _user(row: dict) -> User:
@@ -382,7 +526,7 @@ def _key(row: dict) -> PublicKey:
 
 def _deployment(row: dict) -> Deployment:
     return Deployment(row["id"], row["app"], row["name"], row["created_at"],
-                      tuple(json.loads(row["buildpacks"] or "[]")))
+                      tuple(json.loads(row["buildpacks"] or "[]")), row.get("release_version"))
 
 
 def _build(row: dict) -> Build:

@@ -108,6 +108,7 @@ class Failed:
     deployment: str
     release: int
     reason: str
+    unit_id: str = ""  # the unit whose failure failed the deploy (its output is shown)
 
 
 @dataclass(frozen=True)
@@ -142,12 +143,19 @@ class Context:
     memory: dict = field(default_factory=dict)  # plan -> "256 MB", for messages
 
 
-def plan(wants: list[Want], seen: list[Seen], ctx: Context) -> list:
-    """What to do now so that ``seen`` moves towards ``wants``."""
+def plan(wants: list[Want], seen: list[Seen], ctx: Context, pending: tuple = ()) -> list:
+    """What to do now so that ``seen`` moves towards ``wants``.
+
+    ``pending`` lists (app, deployment, release) being deployed that have no
+    process types at all: there is nothing to start, so they are done at once.
+    """
     actions: list = []
     by_dep: dict[tuple[str, str], list[Want]] = {}
     for w in wants:
         by_dep.setdefault((w.app, w.deployment), []).append(w)
+    for app, deployment, release in pending:
+        if (app, deployment) not in by_dep:
+            actions.append(Done(app, deployment, release))
     units: dict[tuple[str, str], list[Seen]] = {}
     for u in seen:
         units.setdefault((u.app, u.deployment), []).append(u)
@@ -182,7 +190,7 @@ def _plan_deployment(wants: list[Want], units: list[Seen], ctx: Context) -> list
     for u in broken:
         reason = crash_reason(u, ctx.memory.get(u.plan))
         if pending and u.release == release and current(u):
-            actions.append(Failed(u.app, u.deployment, release, reason))
+            actions.append(Failed(u.app, u.deployment, release, reason, u.id))
             return actions + [Stop(x, "the deploy failed") if x.running else Remove(x)
                               for x in live if x.release == release]
         if (current(u) or u.running) and not u.recorded:

@@ -311,15 +311,16 @@ def test_concurrent_builds_of_different_deployments(server, dev, tmp_path):
 
 def test_node_engine_installed_from_the_npm_registry(server, dev, tmp_path):
     dev.ssh("apps:create", "node20")
-    package = '{"name": "n20", "version": "1.0.0", "engines": {"node": "20.x"}, "scripts": {"start": "node -v"}}'
-    push = dev.push(make_repo(tmp_path / "src", {"package.json": package}), "node20")
+    package = '{"name": "n20", "version": "1.0.0", "engines": {"node": "20.x"}}'
+    server_js = "require('http').createServer((q, s) => s.end(process.version)).listen(process.env.PORT)"
+    push = dev.push(make_repo(tmp_path / "src", {"package.json": package, "server.js": server_js}), "node20")
     assert push.returncode == 0, push.stderr
     assert re.search(r"Installing Node\.js 20\.\d+\.\d+ \(engines\.node: 20\.x; the stack has v18", push.stderr)
     version = docker.from_env(version="auto").containers.run(built_image(push.stderr), ["node --version"], remove=True)
     assert version.decode().startswith("v20.")
     dev.ssh("apps:create", "node99")
     impossible = package.replace("20.x", "99.x")
-    push = dev.push(make_repo(tmp_path / "src99", {"package.json": impossible}), "node99")
+    push = dev.push(make_repo(tmp_path / "src99", {"package.json": impossible, "server.js": server_js}), "node99")
     assert push.returncode == 0, push.stderr
     assert "engines.node asks for 99.x, which the stack's Node.js v18" in push.stderr
     assert "Building with v18" in push.stderr

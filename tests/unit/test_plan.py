@@ -47,15 +47,16 @@ def test_a_new_unit_that_crashes_fails_the_deploy_and_leaves_old_units():
     crashed = unit(1, running=False, exit_code=1)
     booting = unit(2, up=False, age=3)
     actions = plan([w], old + [crashed, booting], ctx())
-    assert actions[0] == Failed("a", "default", 2, "web.1 crashed (exit 1)")
+    assert actions[0] == Failed("a", "default", 2, "web.1 crashed (exit 1)", crashed.id)
     assert not [a for a in actions if isinstance(a, Stop) and a.unit.release == 1]
     assert Stop(booting, "the deploy failed") in actions and Remove(crashed) in actions
 
 
 def test_a_web_unit_that_never_binds_port_fails_the_deploy():
     w = want(release=2, pending=True)
-    actions = plan([w], [unit(1, release=1), unit(1, up=False, age=61)], ctx())
-    assert actions[0] == Failed("a", "default", 2, "web.1 never accepted connections on $PORT")
+    silent = unit(1, up=False, age=61)
+    actions = plan([w], [unit(1, release=1), silent], ctx())
+    assert actions[0] == Failed("a", "default", 2, "web.1 never accepted connections on $PORT", silent.id)
 
 
 def test_a_crash_outside_a_deploy_restarts_at_once_then_backs_off():
@@ -126,3 +127,9 @@ def test_stopping_units_are_ignored_and_deployments_are_independent():
     looping = unit(1, app="b", running=False, exit_code=1, recorded=True)
     actions = plan([w, loop], [unit(1), looping], ctx(backoff={loop.key: Backoff(5, 2000.0)}))
     assert actions == []  # b waits; a is untouched
+
+
+def test_a_release_without_process_types_is_done_at_once():
+    old = unit(1, release=1)
+    actions = plan([], [old], ctx(), pending=(("a", "default", 2),))
+    assert actions == [Done("a", "default", 2), Stop(old, "no longer wanted")]

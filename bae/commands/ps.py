@@ -1,0 +1,171 @@
+"""ps, ps:scale, ps:resize, ps:restart, plans."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import click
+
+from bae.access import deployment_for
+from bae.commands import Invocation, command
+from bae.errors import Invalid
+
+_PAIR = re.compile(r"([A-Za-z0-9][A-Za-z0-9_-]{0,29})=(.+)")
+
+
+def _pairs(args: tuple[str, ...], example: str) -> list[tuple[str, str]]:
+    if not args:
+        raise Invalid("say what to change", f"For example: {example}")
+    out = []
+    for arg in args:
+        match = _PAIR.fullmatch(arg)
+        if not match:
+            raise Invalid(f"'{arg[:60]}' is not TYPE=VALUE", f"For example: {example}")
+        out.append((match.group(1).lower(), match.group(2)))
+    return out
+
+
+def _release_of(inv: Invocation, dep):
+    if not dep.release_version:
+        raise Invalid(f"nothing is deployed to {dep.slug} yet", f"Push first: git push {inv.platform.git_url(dep.app, dep.name)} master")
+    return inv.store.release(dep, dep.release_version)
+
+
+def _known_type(release, process: str, dep) -> None:
+    if process not in release.process_types or process == "release":
+        known = ", ".join(p for p in sorted(release.process_types) if p != "release") or "(none)"
+        raise Invalid(f"v{release.version} of {dep.slug} has no process type '{process}'",
+                      f"Its process types: {known} (from the Procfile).")
+
+
+def _wait(inv: Invocation, dep, processes: set[str], wait: bool) -> None:
+    """Wake the scheduler; unless told not to, wait until the processes run as wanted."""
+    from scheduler.status import converged, deployment_status
+
+    if not inv.platform.notify():
+        inv.console.detail("bae serve is not running: the change applies when it starts.")
+        return
+    if not wait or not processes:
+        inv.console.detail(f"Watch it with: {inv.prog} ps {dep.slug}")
+        return
+    limit = inv.platform.settings.scheduler.boot_timeout + 30
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        fresh = inv.store.deployment(dep.app, dep.name)
+        formation = inv.store.formation(fresh)
+        if converged(deployment_status(inv.platform, fresh, inv.platform.runtime), fresh.release_version,
+                     formation, processes):
+            inv.console.step("done")
+            return
+        time.sleep(0.25)
+    inv.console.error(f"the units did not settle within {limit} s", f"See `{inv.prog} ps {dep.slug}` and the app's logs.")
+    raise click.exceptions.Exit(1)
+
+
+@command("ps")
+@click.argument("target", metavar="APP[/DEP]")
+def ps(inv: Invocation, target: str) -> None:
+    """Show the units of a deployment: state, age, release, plan and address."""
+    from scheduler.status import deployment_status, duration
+
+    dep = deployment_for(inv.caller, inv.store, target)
+    release = inv.store.release(dep, dep.release_version) if dep.release_version else None
+    formation = inv.store.formation(dep)
+    statuses = deployment_status(inv.platform, dep, inv.platform.runtime)
+    if release is None:
+        inv.console.out(f"Nothing is deployed to {dep.slug} yet.")
+    for process, command_ in sorted((release.process_types if release else {}).items()):
+        if process == "release":
+            continue
+        entry = formation.get(process)
+        quantity, plan = (entry.quantity, entry.plan) if entry else (0, "-")
+        inv.console.out(f"=== {process} ({plan}): {command_} ({quantity})")
+        for s in (s for s in statuses if s.process == process):
+            state = f"{s.state} {duration(s.since)}" + (f" ({s.detail})" if s.detail else "")
+            inv.console.out(f"{s.unit:<10} {state:<44} v{s.release:<4} {s.plan:<4} {s.address}".rstrip())
+    strays = [s for s in statuses if not release or s.process not in release.process_types]
+    for s in strays:
+        inv.console.out(f"{s.unit:<10} {s.state} {duration(s.since)} v{s.release} {s.plan} (stopping)")
+
+
+@command("ps:scale")
+@click.argument("target", metavar="APP[/DEP]")
+@click.argument("changes", nargs=-1, metavar="TYPE=N[:PLAN]...")
+@click.option("--wait/--no-wait", default=True, help="Wait until the units are up (default) or return at once.")
+def ps_scale(inv: Invocation, target: str, changes: tuple[str, ...], wait: bool) -> None:
+    """Set how many units of each process type run (horizontal scaling), optionally with a plan."""
+    from scheduler.plans import check_plan
+
+    dep = deployment_for(inv.caller, inv.store, target)
+    release = _release_of(inv, dep)
+    limit = inv.platform.settings.scheduler.max_units
+    plans = inv.platform.settings.plans
+    wanted = []
+    for process, value in _pairs(changes, f"ps:scale {dep.slug} web=2 worker=1"):
+        _known_type(release, process, dep)
+        count, _, plan = value.partition(":")
+        if not count.isdigit() or len(count) > 6:
+            raise Invalid(f"'{value[:30]}' is not a number of units for {process}", "Use a whole number like 2 (or 2:m1).")
+        if int(count) > limit:
+            raise Invalid(f"{process}={count} is more than the limit of {limit} units per process type",
+                          "The operator sets the limit (scheduler.max_units).")
+        wanted.append((process, int(count), check_plan(plans, plan) if plan else None))
+    for process, count, plan in wanted:
+        inv.store.set_formation(dep, process, quantity=count, plan=plan,
+                                default_plan=inv.platform.settings.scheduler.default_plan)
+    formation = inv.store.formation(dep)
+    inv.console.step("Scaling " + ", ".join(f"{p} to {n} ({formation[p].plan})" for p, n, _ in wanted))
+    _wait(inv, dep, {p for p, _, _ in wanted}, wait)
+
+
+@command("ps:resize")
+@click.argument("target", metavar="APP[/DEP]")
+@click.argument("changes", nargs=-1, metavar="TYPE=PLAN...")
+@click.option("--wait/--no-wait", default=True, help="Wait until the resized units are up (default).")
+def ps_resize(inv: Invocation, target: str, changes: tuple[str, ...], wait: bool) -> None:
+    """Change the plan (memory, CPU, pids) of process types: vertical scaling; units are replaced."""
+    from scheduler.plans import check_plan
+
+    dep = deployment_for(inv.caller, inv.store, target)
+    release = _release_of(inv, dep)
+    plans = inv.platform.settings.plans
+    wanted = []
+    for process, plan in _pairs(changes, f"ps:resize {dep.slug} web=m1"):
+        _known_type(release, process, dep)
+        wanted.append((process, check_plan(plans, plan)))
+    for process, plan in wanted:
+        inv.store.set_formation(dep, process, plan=plan, default_plan=plan)
+    inv.console.step("Resizing " + ", ".join(f"{p} to {plan}" for p, plan in wanted))
+    _wait(inv, dep, {p for p, _ in wanted}, wait)
+
+
+@command("ps:restart")
+@click.argument("target", metavar="APP[/DEP]")
+@click.argument("process", required=False, metavar="[TYPE]")
+@click.option("--wait/--no-wait", default=True, help="Wait until the new units are up (default).")
+def ps_restart(inv: Invocation, target: str, process: str | None, wait: bool) -> None:
+    """Replace the units of a deployment (or of one process type), new ones up before old ones stop."""
+    dep = deployment_for(inv.caller, inv.store, target)
+    release = _release_of(inv, dep)
+    if process is not None:
+        _known_type(release, process.lower(), dep)
+    formation = inv.store.formation(dep)
+    types = [process.lower()] if process else [p for p, f in formation.items() if f.quantity and p in release.process_types]
+    for p in types:
+        inv.store.set_formation(dep, p, restart=True)
+    inv.console.step("Restarting " + (", ".join(types) or "nothing (no units are scaled up)"))
+    _wait(inv, dep, set(types), wait)
+
+
+@command("plans")
+def plans(inv: Invocation) -> None:
+    """List the plans (unit sizes) with their memory, CPU and process limits."""
+    from scheduler.plans import memory_label
+
+    default = inv.platform.settings.scheduler.default_plan
+    inv.console.table(
+        ["plan", "memory", "cpu", "pids", ""],
+        [[name, memory_label(p.memory), f"{p.cpu:g}", p.pids, "(default)" if name == default else ""]
+         for name, p in sorted(inv.platform.settings.plans.items(), key=lambda kv: (kv[1].cpu, kv[0]))],
+    )

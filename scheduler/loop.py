@@ -1,0 +1,427 @@
+"""The reconcile loop inside `bae serve`: observe, plan, act, repeat.
+
+Observed state comes from the runtime (containers by label) plus what this
+process knows about them (which web units accept connections, which are
+being stopped, which starts are under way). The desired state comes from the
+store. ``plan`` decides; this module performs the actions on a thread pool so
+that a slow stop never delays a start. It wakes immediately on a deploy, a
+scale, a restart, a Docker event (a unit died) or a datagram on the wake
+socket (from `bae` commands in other processes), and at least every
+``scheduler.interval`` seconds otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Callable
+
+from bae.errors import BaeError, DeployFailed
+from scheduler.plan import (Backoff, Context, Crashed, Done, Failed, Remove, Seen, Start, Stop, Want,
+                            backoff_delay, plan)
+from scheduler.plans import memory_label
+from scheduler.runtime_docker import PORT, DockerRuntime, UnitInfo, UnitSpec
+
+__all__ = ["Scheduler", "Endpoint", "WORKER_SETTLE"]
+
+log = logging.getLogger("bae.scheduler")
+
+WORKER_SETTLE = 1.0  # a unit without a port counts as up once it has run this long
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the router may send a deployment's traffic: one up web unit."""
+
+    unit: str  # web.1
+    address: str  # container address, ip:port
+    published: str  # 127.0.0.1:port on the host
+
+
+@dataclass
+class _Waiter:
+    event: threading.Event = field(default_factory=threading.Event)
+    error: str | None = None
+    progress: Callable[[str], None] | None = None
+
+
+class Scheduler:
+    def __init__(self, platform, runtime: DockerRuntime | None = None,
+                 on_routes: Callable[[dict], None] | None = None,
+                 on_event: Callable[[object, str], None] | None = None) -> None:
+        self.platform = platform
+        self.settings = platform.settings.scheduler
+        self.runtime = runtime or DockerRuntime(platform.instance)
+        self.on_routes = on_routes
+        self.on_event = on_event  # (deployment, text): platform events for the app's log
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="unit")
+        self._starting: dict[str, Seen] = {}  # placeholder id -> Seen, until the container exists
+        self._started: dict[str, float] = {}  # container id -> when first seen without a start time
+        self._stopping: set[str] = set()
+        self._up: dict[str, float] = {}  # container id -> monotonic time it was first up
+        self._recorded: set[str] = set()
+        self._backoff: dict[tuple, Backoff] = {}
+        self._waiters: dict[tuple[str, str, int], _Waiter] = {}  # (app, deployment, version)
+        self._routes: dict[tuple[str, str], tuple[Endpoint, ...]] = {}
+        self._threads: list[threading.Thread] = []
+        self._event_at = 0.0
+        self.sock_path = platform.data / "run" / "scheduler.sock"
+
+    # -- life cycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        self._recover()
+        for target, name in ((self._run, "scheduler"), (self._watch, "docker-events"), (self._listen, "wake-socket")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        """Stop reconciling. Units keep running; the next `bae serve` adopts them."""
+        self._stop.set()
+        self._wake.set()
+        try:
+            self.sock_path.unlink()
+        except FileNotFoundError:
+            pass
+        for thread in self._threads:
+            if thread.name == "scheduler":
+                thread.join(10)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _recover(self) -> None:
+        """Deploys that were under way when the platform stopped are refused: their pushes are gone."""
+        store = self.platform.store
+        for dep, release, _ in store.targets():
+            if release is not None and release.status == "pending":
+                back_to = store.fail_release(release, "the platform restarted during the deploy")
+                log.info("%s: v%d was being deployed when bae stopped; back to %s", dep.slug, release.version,
+                         f"v{back_to}" if back_to else "nothing")
+        now_wall, now = time.time(), time.monotonic()
+        deps = {d.id: d for d in store.deployments()}
+        for (dep_id, process), row in store.backoffs().items():
+            if dep_id in deps:
+                not_before = datetime.fromisoformat(row["not_before"]).timestamp() if row["not_before"] else 0
+                self._backoff[(deps[dep_id].app, deps[dep_id].name, process)] = Backoff(
+                    row["failures"], now + max(0.0, not_before - now_wall))
+
+    def _watch(self) -> None:
+        def on_event(action: str, labels: dict) -> None:
+            if action in ("die", "destroy", "oom", "start", "stop", "kill"):
+                # the container list may lag the event a little: poll fast for a moment
+                self._event_at = time.monotonic()
+                self._wake.set()
+
+        self.runtime.watch(on_event, self._stop)
+
+    def _listen(self) -> None:
+        try:
+            self.sock_path.unlink()
+        except FileNotFoundError:
+            pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(str(self.sock_path))
+        os.chmod(self.sock_path, 0o600)
+        sock.settimeout(1.0)
+        while not self._stop.is_set():
+            try:
+                sock.recv(64)
+                self._wake.set()
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+        sock.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            busy = False
+            try:
+                busy = self.tick()
+            except Exception:
+                log.exception("reconcile pass failed; retrying")
+                busy = False
+                self._stop.wait(1)
+            self._wake.wait(0.1 if busy else self.settings.interval)
+            self._wake.clear()
+
+    # -- deploys ----------------------------------------------------------------
+
+    def deploy(self, dep, release, progress: Callable[[str], None] | None = None) -> None:
+        """Run ``release`` for ``dep`` with the zero-downtime rule; raise DeployFailed if it cannot."""
+        store = self.platform.store
+        waiter = _Waiter(progress=progress)
+        key = (dep.app, dep.name, release.version)
+        with self._lock:
+            self._waiters[key] = waiter
+        try:
+            store.set_target(dep.id, release.version)
+            self.wake()
+            limit = self.settings.boot_timeout + 120
+            if not waiter.event.wait(limit):
+                store.fail_release(release, "the deploy did not finish in time")
+                self.wake()
+                raise DeployFailed(f"the deploy of v{release.version} did not finish within {limit} s")
+        finally:
+            with self._lock:
+                self._waiters.pop(key, None)
+        if waiter.error:
+            raise DeployFailed(waiter.error, _failure_hint(waiter.error, self.settings.boot_timeout))
+
+    def _tell(self, app: str, deployment: str, text: str) -> None:
+        """A platform event: the operator's log, the pusher waiting on a deploy, the app's log."""
+        log.info("%s: %s", app if deployment == "default" else f"{app}/{deployment}", text)
+        with self._lock:
+            waiters = [w for (a, d, _), w in self._waiters.items() if (a, d) == (app, deployment)]
+        for w in waiters:
+            if w.progress:
+                w.progress(text)
+        if self.on_event:
+            self.on_event((app, deployment), text)
+
+    # -- one pass ---------------------------------------------------------------
+
+    def tick(self) -> bool:
+        """Observe, plan, act. Returns True while something is in flight (poll fast)."""
+        store = self.platform.store
+        plans = self.platform.settings.plans
+        now = time.monotonic()
+        wants: list[Want] = []
+        specs: dict[tuple[str, str, str], tuple] = {}
+        dep_ids: dict[tuple[str, str], int] = {}
+        pending = []
+        for dep, release, formation in store.targets():
+            dep_ids[(dep.app, dep.name)] = dep.id
+            if release is None:
+                continue
+            if release.status == "pending":
+                pending.append((dep.app, dep.name, release.version))
+            for process, command in release.process_types.items():
+                if process == "release":
+                    continue
+                entry = formation.get(process)
+                if entry is None:
+                    continue
+                w = Want(dep.app, dep.name, process, release.version, release.status == "pending",
+                         entry.quantity, entry.plan, entry.generation, process == "web")
+                wants.append(w)
+                specs[w.key] = (dep, release, command)
+        infos = self.runtime.list_units()
+        by_id = {i.id: i for i in infos}
+        seen = [self._seen(info, now) for info in infos]
+        with self._lock:
+            seen += list(self._starting.values())
+            self._stopping &= set(by_id)
+            for gone in [i for i in self._up if i not in by_id]:
+                del self._up[gone]
+            for gone in [i for i in self._started if i not in by_id]:
+                del self._started[gone]
+            self._recorded &= set(by_id)
+        self._reset_backoff(seen, now)
+        ctx = Context(now=now, boot_timeout=self.settings.boot_timeout, batch=max(1, self.settings.rollout_batch),
+                      backoff_max=self.settings.backoff_max, backoff=dict(self._backoff),
+                      memory={name: memory_label(p.memory) for name, p in plans.items()})
+        actions = plan(wants, seen, ctx, tuple(pending))
+        self._apply(actions, specs, dep_ids, by_id)
+        self._publish_routes(infos)
+        with self._lock:
+            busy = bool(self._starting) or any(not s.up and s.running and not s.stopping for s in seen)
+        return busy or now - self._event_at < 1.0
+
+    def _seen(self, info: UnitInfo, now: float) -> Seen:
+        if info.started_at:  # the container's own start time: the same age `ps` shows
+            age = max(0.0, time.time() - info.started_at)
+        else:  # created, not started yet
+            age = now - self._started.setdefault(info.id, now)
+        up = info.id in self._up
+        if info.running and not up:
+            if (info.web and self.runtime.probe(info)) or (not info.web and age >= WORKER_SETTLE):
+                self._up[info.id] = now
+                up = True
+                if info.release:
+                    self._tell(info.app, info.deployment, f"{info.unit} up" +
+                               (f" after {age:.1f} s" if age < 600 else ""))
+        if not info.running:
+            self._up.pop(info.id, None)
+        return Seen(info.id, info.app, info.deployment, info.process, info.release, info.index, info.plan,
+                    info.generation, info.running, age, up, info.exit_code, info.oom, info.id in self._stopping,
+                    info.web, info.id in self._recorded)
+
+    def _reset_backoff(self, seen: list[Seen], now: float) -> None:
+        for s in seen:
+            if s.up and s.running and s.id in self._up and now - self._up[s.id] >= self.settings.backoff_reset:
+                if self._backoff.get(s.key, Backoff()).failures:
+                    self._backoff.pop(s.key, None)
+                    dep_id = self._dep_id(s.app, s.deployment)
+                    if dep_id:
+                        self.platform.store.set_backoff(dep_id, s.process, 0, None, None)
+
+    def _dep_id(self, app: str, deployment: str) -> int | None:
+        try:
+            return self.platform.store.deployment(app, deployment).id
+        except BaeError:
+            return None
+
+    # -- actions ----------------------------------------------------------------
+
+    def _apply(self, actions: list, specs: dict, dep_ids: dict, by_id: dict) -> None:
+        stops = [a for a in actions if isinstance(a, Stop)]
+        for a in stops:
+            if a.unit.id in by_id:
+                with self._lock:
+                    self._stopping.add(a.unit.id)
+        if stops:  # take them out of the router before they get SIGTERM
+            self._publish_routes(list(by_id.values()))
+        for a in actions:
+            try:
+                if isinstance(a, Start):
+                    self._start(a, specs[a.want.key], dep_ids)
+                elif isinstance(a, Stop):
+                    if a.unit.id in by_id:
+                        self._tell(a.unit.app, a.unit.deployment, f"{a.unit.name} (v{a.unit.release}) stopping: {a.reason}")
+                        self._pool.submit(self.runtime.stop, a.unit.id, self.settings.stop_grace)
+                elif isinstance(a, Remove):
+                    if a.unit.id in by_id:
+                        self._pool.submit(self.runtime.remove, a.unit.id)
+                elif isinstance(a, Crashed):
+                    self._crashed(a, dep_ids)
+                elif isinstance(a, Failed):
+                    self._failed(a, dep_ids)
+                elif isinstance(a, Done):
+                    self._done(a, dep_ids)
+            except Exception:
+                log.exception("applying %s failed", type(a).__name__)
+
+    def _start(self, action: Start, spec_parts: tuple, dep_ids: dict) -> None:
+        dep, release, command = spec_parts
+        w = action.want
+        plan_ = self.platform.settings.plans[w.plan]
+        spec = UnitSpec(
+            app=w.app, deployment=w.deployment, process=w.process, index=action.index, release=w.release,
+            plan=w.plan, generation=w.generation, image=release.image, command=command,
+            env=dict(release.config), web=w.web, memory=plan_.memory, cpu=plan_.cpu, pids=plan_.pids,
+            stop_grace=self.settings.stop_grace, ca_bundle=self.platform.settings.build.ca_bundle,
+        )
+        placeholder_id = f"starting:{w.app}:{w.deployment}:{w.process}:{action.index}:{w.release}:{w.plan}:{w.generation}"
+        placeholder = Seen(placeholder_id, w.app, w.deployment, w.process, w.release, action.index, w.plan,
+                           w.generation, True, 0.0, False, web=w.web)
+        with self._lock:
+            if placeholder_id in self._starting:
+                return
+            self._starting[placeholder_id] = placeholder
+        def run() -> None:
+            try:
+                self.runtime.start(spec)
+            except BaeError as exc:
+                self._tell(w.app, w.deployment, f"{w.process}.{action.index}: {exc.message}")
+                key = w.key
+                back = self._backoff.get(key, Backoff())
+                failures = back.failures + 1
+                self._backoff[key] = Backoff(failures, time.monotonic() + max(1.0, backoff_delay(failures, self.settings.backoff_max)))
+                if w.pending:
+                    self._resolve(w.app, w.deployment, w.release, exc.message)
+                    self.platform.store.fail_release(release, exc.message)
+            finally:
+                with self._lock:
+                    self._starting.pop(placeholder_id, None)
+                self._wake.set()
+
+        self._tell(w.app, w.deployment, f"{w.process}.{action.index} starting (v{w.release}, {w.plan})")
+        self._pool.submit(run)
+
+    def _crashed(self, a: Crashed, dep_ids: dict) -> None:
+        u = a.unit
+        self._recorded.add(u.id)
+        key = u.key
+        back = self._backoff.get(key, Backoff())
+        failures = back.failures + 1
+        delay = backoff_delay(failures, self.settings.backoff_max)
+        self._backoff[key] = Backoff(failures, time.monotonic() + delay)
+        dep_id = dep_ids.get((u.app, u.deployment))
+        if dep_id:
+            wall = datetime.now(timezone.utc) + timedelta(seconds=delay)
+            self.platform.store.set_backoff(dep_id, u.process, failures, wall.isoformat(), a.reason)
+        self._tell(u.app, u.deployment, f"{a.reason}, restarting " + (f"in {delay:.0f}s" if delay else "now"))
+
+    def _failed(self, a: Failed, dep_ids: dict) -> None:
+        store = self.platform.store
+        dep_id = dep_ids.get((a.app, a.deployment))
+        if dep_id is None:
+            return
+        dep = store.deployment_by_id(dep_id)
+        release = store.release(dep, a.release)
+        if release.status != "pending":
+            return
+        back_to = store.fail_release(release, a.reason)
+        output = self.runtime.logs(a.unit_id, tail=15) if a.unit_id else ""
+        if output.strip():
+            self._tell(a.app, a.deployment, f"the last output of {a.reason.split()[0]}:")
+            for line in output.rstrip().splitlines()[-15:]:
+                self._tell(a.app, a.deployment, f"  {line[:300]}")
+        self._tell(a.app, a.deployment,
+                   f"deploy of v{a.release} failed: {a.reason}; " + (f"v{back_to} keeps serving" if back_to else "nothing was running before"))
+        self._resolve(a.app, a.deployment, a.release, a.reason)
+
+    def _done(self, a: Done, dep_ids: dict) -> None:
+        store = self.platform.store
+        dep_id = dep_ids.get((a.app, a.deployment))
+        if dep_id is None:
+            return
+        dep = store.deployment_by_id(dep_id)
+        release = store.release(dep, a.release)
+        if release.status != "pending":
+            return
+        store.activate(release)
+        self._tell(a.app, a.deployment, f"v{a.release} is live")
+        self._resolve(a.app, a.deployment, a.release, None)
+
+    def _resolve(self, app: str, deployment: str, version: int, error: str | None) -> None:
+        with self._lock:
+            waiter = self._waiters.get((app, deployment, version))
+        if waiter:
+            waiter.error = error
+            waiter.event.set()
+
+    # -- routes -----------------------------------------------------------------
+
+    def endpoints(self) -> dict[tuple[str, str], tuple[Endpoint, ...]]:
+        """The up web units of every deployment, as the router should see them."""
+        with self._lock:
+            return dict(self._routes)
+
+    def _publish_routes(self, infos: list[UnitInfo]) -> None:
+        routes: dict[tuple[str, str], list[Endpoint]] = {}
+        with self._lock:
+            for info in infos:
+                if info.web and info.running and info.id in self._up and info.id not in self._stopping:
+                    routes.setdefault((info.app, info.deployment), []).append(
+                        Endpoint(info.unit, f"{info.ip}:{PORT}", f"127.0.0.1:{info.host_port}"))
+            frozen = {k: tuple(sorted(v, key=lambda e: e.address)) for k, v in routes.items()}
+            changed = frozen != self._routes
+            self._routes = frozen
+        if changed and self.on_routes:
+            try:
+                self.on_routes(frozen)
+            except Exception:
+                log.exception("the router did not take the new routes")
+
+
+def _failure_hint(error: str, boot_timeout: int) -> str | None:
+    if "never accepted connections" in error:
+        return (f"A web process must listen on 0.0.0.0:$PORT within {boot_timeout} s "
+                "(e.g. gunicorn app:app --bind 0.0.0.0:$PORT).")
+    if "exceeded" in error:
+        return "Use less memory, or a larger plan: ps:resize APP web=m1."
+    return "The unit's last output is above; `logs` shows more."

@@ -1,0 +1,255 @@
+"""The local Docker Engine as the scheduler's runtime: units are containers.
+
+Units are found by their labels (``bae.platform``, ``bae.role=unit``,
+``bae.app``, ``bae.deployment``, ``bae.process``, ``bae.release``,
+``bae.index``, ``bae.plan``, ``bae.generation``), never by ids kept
+elsewhere. Each unit runs as user ``bae`` under tini with the plan's memory
+(no swap beyond it), CPU and pids limits, no capabilities, no new privileges,
+no Docker socket; a web unit's $PORT is published on 127.0.0.1 only.
+docker's errors are translated to BaeError here.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import docker
+import docker.errors
+import requests.exceptions
+from docker.types import LogConfig, Mount
+
+from bae.errors import BaeError, Unavailable
+
+__all__ = ["UnitSpec", "UnitInfo", "DockerRuntime", "PORT", "CA_PATH"]
+
+log = logging.getLogger("bae.runtime")
+
+PORT = 5000  # each unit has its own network namespace, so every web unit listens on the same $PORT
+CA_PATH = "/etc/ssl/certs/ca-certificates.crt"
+
+
+@dataclass(frozen=True)
+class UnitSpec:
+    app: str
+    deployment: str
+    process: str
+    index: int
+    release: int
+    plan: str
+    generation: int
+    image: str
+    command: str
+    env: dict
+    web: bool
+    memory: str
+    cpu: float
+    pids: int
+    stop_grace: int
+    ca_bundle: str = ""
+
+
+@dataclass
+class UnitInfo:
+    id: str
+    name: str
+    app: str
+    deployment: str
+    process: str
+    index: int
+    release: int
+    plan: str
+    generation: int
+    web: bool
+    running: bool
+    status: str
+    ip: str | None = None
+    host_port: int | None = None
+    started_at: float | None = None  # epoch seconds
+    finished_at: float | None = None
+    exit_code: int | None = None
+    oom: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def unit(self) -> str:
+        return f"{self.process}.{self.index}"
+
+
+def _epoch(stamp: str | None) -> float | None:
+    if not stamp or stamp.startswith("0001-"):
+        return None
+    stamp = stamp.rstrip("Z")
+    if "." in stamp:
+        head, frac = stamp.split(".", 1)
+        stamp = f"{head}.{frac[:6]}"
+    return datetime.fromisoformat(stamp + "+00:00").timestamp()
+
+
+class DockerRuntime:
+    """Starts, stops, lists and probes unit containers of one bae installation."""
+
+    def __init__(self, instance: str) -> None:
+        self.instance = instance
+        try:
+            self.client = docker.from_env(version="auto", timeout=120)
+            self.api = self.client.api
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise Unavailable(f"the Docker Engine does not answer ({exc.__class__.__name__})",
+                              "Start it (make up starts dockerd).") from None
+        self._inspected: dict[str, tuple] = {}
+        self._lock = threading.Lock()
+
+    def _filters(self, **labels: str) -> dict:
+        return {"label": [f"bae.platform={self.instance}", "bae.role=unit"] + [f"bae.{k}={v}" for k, v in labels.items()]}
+
+    def list_units(self, **labels: str) -> list[UnitInfo]:
+        """Every unit container (running or exited) of this installation, by label."""
+        try:
+            rows = self.api.containers(all=True, filters=self._filters(**labels))
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise Unavailable(f"listing units failed: {exc}") from None
+        units = []
+        for row in rows:
+            labels_ = row.get("Labels") or {}
+            try:
+                info = UnitInfo(
+                    id=row["Id"], name=(row.get("Names") or ["?"])[0].lstrip("/"),
+                    app=labels_["bae.app"], deployment=labels_["bae.deployment"], process=labels_["bae.process"],
+                    index=int(labels_["bae.index"]), release=int(labels_["bae.release"]), plan=labels_.get("bae.plan", ""),
+                    generation=int(labels_.get("bae.generation", "0")), web=labels_.get("bae.web") == "1",
+                    # "created": between create and start; not a crash
+                    running=row.get("State") in ("running", "created", "restarting"), status=row.get("State", "?"),
+                )
+            except (KeyError, ValueError):
+                continue  # not one of ours after all
+            networks = (row.get("NetworkSettings") or {}).get("Networks") or {}
+            for net in networks.values():
+                if net.get("IPAddress"):
+                    info.ip = net["IPAddress"]
+                    break
+            for port in row.get("Ports") or []:
+                if port.get("PrivatePort") == PORT and port.get("PublicPort"):
+                    info.host_port = port["PublicPort"]
+            self._add_state(info)
+            units.append(info)
+        return units
+
+    def _add_state(self, info: UnitInfo) -> None:
+        """Start time, exit code and OOM flag (from inspect, cached per container and state)."""
+        key = (info.id, info.status)
+        with self._lock:
+            cached = self._inspected.get(key)
+        if cached is None:
+            try:
+                state = self.api.inspect_container(info.id)["State"]
+            except docker.errors.NotFound:
+                return
+            except (docker.errors.DockerException, requests.exceptions.RequestException):
+                return
+            cached = (_epoch(state.get("StartedAt")), _epoch(state.get("FinishedAt")),
+                      state.get("ExitCode"), bool(state.get("OOMKilled")))
+            with self._lock:
+                if len(self._inspected) > 5000:
+                    self._inspected.clear()
+                self._inspected[key] = cached
+        info.started_at, info.finished_at, code, info.oom = cached
+        if not info.running:
+            info.exit_code = code
+
+    def start(self, spec: UnitSpec) -> str:
+        """Create and start a unit; returns its container id."""
+        labels = {
+            "bae.platform": self.instance, "bae.role": "unit", "bae.app": spec.app,
+            "bae.deployment": spec.deployment, "bae.process": spec.process, "bae.index": str(spec.index),
+            "bae.release": str(spec.release), "bae.plan": spec.plan, "bae.generation": str(spec.generation),
+            "bae.web": "1" if spec.web else "0",
+        }
+        unit = f"{spec.process}.{spec.index}"
+        env = {**spec.env, "BAE_APP": spec.app, "BAE_DEPLOYMENT": spec.deployment, "BAE_UNIT": unit,
+               "DYNO": unit, "BAE_RELEASE": f"v{spec.release}"}
+        if spec.web:
+            env["PORT"] = str(PORT)
+        mounts = [Mount(CA_PATH, spec.ca_bundle, type="bind", read_only=True)] if spec.ca_bundle else []
+        name = f"bae-{self.instance}-{spec.app}-{spec.deployment}-{spec.process}.{spec.index}-v{spec.release}-{secrets.token_hex(3)}"
+        host_config = self.api.create_host_config(
+            mem_limit=spec.memory, memswap_limit=spec.memory, nano_cpus=int(spec.cpu * 1e9), pids_limit=spec.pids,
+            security_opt=["no-new-privileges"], cap_drop=["ALL"], mounts=mounts,
+            port_bindings={PORT: ("127.0.0.1", None)} if spec.web else None,
+            log_config=LogConfig(type="json-file", config={"max-size": "10m", "max-file": "3"}),
+            restart_policy={"Name": "no"},
+        )
+        try:
+            created = self.api.create_container(
+                spec.image, command=[spec.command], name=name, labels=labels, environment=env, user="bae",
+                hostname=f"{spec.process}-{spec.index}", host_config=host_config,
+                ports=[PORT] if spec.web else None, stop_timeout=spec.stop_grace,
+            )
+            self.api.start(created["Id"])
+        except docker.errors.ImageNotFound:
+            raise BaeError(f"the image {spec.image} of v{spec.release} is gone",
+                           "Push again to rebuild it, or roll back to a release whose image exists.") from None
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise BaeError(f"starting {unit} failed: {getattr(exc, 'explanation', None) or exc}") from None
+        return created["Id"]
+
+    def stop(self, unit_id: str, grace: int) -> None:
+        """SIGTERM, up to ``grace`` seconds, SIGKILL; then remove the container."""
+        try:
+            self.api.stop(unit_id, timeout=grace)
+        except docker.errors.NotFound:
+            return
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            log.warning("stopping %s failed: %s", unit_id[:12], exc)
+        self.remove(unit_id)
+
+    def remove(self, unit_id: str) -> None:
+        try:
+            self.api.remove_container(unit_id, force=True)
+        except docker.errors.NotFound:
+            pass
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            log.warning("removing %s failed: %s", unit_id[:12], exc)
+
+    @staticmethod
+    def probe(info: UnitInfo, timeout: float = 0.25) -> bool:
+        """Does the unit accept TCP connections on $PORT (at its own address, not docker's proxy)?"""
+        if not info.ip:
+            return False
+        try:
+            with socket.create_connection((info.ip, PORT), timeout=timeout):
+                return True
+        except OSError:
+            return False
+
+    def watch(self, on_event, stop: threading.Event) -> None:
+        """Call ``on_event(action, labels)`` for container events of our units until ``stop`` is set."""
+        while not stop.is_set():
+            try:
+                stream = self.api.events(decode=True, filters={"type": "container", "label": [
+                    f"bae.platform={self.instance}", "bae.role=unit"]})
+                for event in stream:
+                    if stop.is_set():
+                        stream.close()
+                        return
+                    on_event(event.get("Action", ""), (event.get("Actor") or {}).get("Attributes") or {})
+            except Exception as exc:  # dockerd restarted: reconnect
+                log.info("docker events stream ended (%s); reconnecting", exc.__class__.__name__)
+                stop.wait(1)
+
+    def logs(self, unit_id: str, tail: int = 20) -> str:
+        try:
+            return self.api.logs(unit_id, tail=tail).decode("utf-8", "replace")
+        except (docker.errors.DockerException, requests.exceptions.RequestException):
+            return ""
+
+    def remove_all(self, **labels: str) -> int:
+        units = self.list_units(**labels)
+        for info in units:
+            self.remove(info.id)
+        return len(units)

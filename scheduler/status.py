@@ -1,0 +1,82 @@
+"""What `ps` shows: each unit's state, read from the runtime (by label) and the
+store (formation, crash backoff). Works in any process, not only `bae serve`:
+a web unit is "up" when it accepts a connection on $PORT right now.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+from scheduler.plans import memory_label
+from scheduler.runtime_docker import DockerRuntime, UnitInfo
+
+__all__ = ["UnitStatus", "deployment_status", "converged", "duration"]
+
+
+@dataclass
+class UnitStatus:
+    unit: str
+    process: str
+    index: int
+    state: str  # up, starting, crashed
+    since: float  # seconds in that state
+    release: int
+    plan: str
+    address: str
+    detail: str = ""
+    generation: int = 0
+
+
+def duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m"
+    if seconds < 86400:
+        return f"{seconds // 3600}h"
+    return f"{seconds // 86400}d"
+
+
+def _state(info: UnitInfo, runtime: DockerRuntime, now: float, backoff: dict | None, memory: dict) -> UnitStatus:
+    address = f"127.0.0.1:{info.host_port}" if info.host_port else ""
+    base = dict(unit=info.unit, process=info.process, index=info.index, release=info.release, plan=info.plan,
+                address=address, generation=info.generation)
+    if info.running:
+        age = now - (info.started_at or now)
+        up = runtime.probe(info) if info.web else age >= 1.0
+        return UnitStatus(state="up" if up else "starting", since=age, **base)
+    since = now - (info.finished_at or now)
+    if info.oom:
+        detail = f"exceeded its {memory.get(info.plan, info.plan)} memory limit"
+    else:
+        detail = f"exit {info.exit_code}"
+    if backoff and backoff.get("not_before"):
+        wait = datetime.fromisoformat(backoff["not_before"]).timestamp() - now
+        detail += f", restarting in {duration(wait)}" if wait > 0 else ", restarting"
+    return UnitStatus(state="crashed", since=since, detail=detail, **base)
+
+
+def deployment_status(platform, dep, runtime: DockerRuntime) -> list[UnitStatus]:
+    now = time.time()
+    backoffs = platform.store.backoffs()
+    memory = {name: memory_label(p.memory) for name, p in platform.settings.plans.items()}
+    units = [_state(info, runtime, now, backoffs.get((dep.id, info.process)), memory)
+             for info in runtime.list_units(app=dep.app, deployment=dep.name)]
+    return sorted(units, key=lambda u: (u.process, u.index, u.release))
+
+
+def converged(statuses: list[UnitStatus], release: int, formation: dict, processes: set[str]) -> bool:
+    """Do the ``processes`` run exactly as wanted: every unit current and up, none left over?"""
+    for process in processes:
+        entry = formation.get(process)
+        quantity = entry.quantity if entry else 0
+        mine = [s for s in statuses if s.process == process]
+        current = [s for s in mine if s.release == release and entry and s.plan == entry.plan
+                   and s.generation == entry.generation and s.state == "up"]
+        if len(current) != quantity or len(mine) != quantity:
+            return False
+    return True
+

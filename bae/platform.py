@@ -12,6 +12,7 @@ import os
 import secrets
 import shutil
 import socket
+import time
 from pathlib import Path
 
 from bae.config import Settings
@@ -37,7 +38,7 @@ class Platform:
         self.repos = Repositories(self.data / "repos")
         self.instance = self._instance_id()
         self.daemon = None  # set by `bae serve` in its own process
-        self.on_destroy: list = [self._remove_units, self._remove_images]  # run before a deployment is removed
+        self.on_destroy: list = [self._remove_units, self._remove_images]  # run when a deployment is removed
         self.scheduler = None  # the reconcile loop, in `bae serve` only
         self._runtime = None
 
@@ -85,9 +86,10 @@ class Platform:
     def destroy_deployment(self, dep) -> None:
         """Remove a deployment everywhere: units, routes, repo, cache, rows."""
         with self.repos.lock(dep.app, dep.name):
+            self.store.destroy_deployment(dep)  # the scheduler stops wanting its units
+            self.notify()
             for hook in self.on_destroy:
                 hook(dep)
-            self.store.destroy_deployment(dep)
             self.repos.destroy(dep.app, dep.name)
             shutil.rmtree(self.cache_dir(dep), ignore_errors=True)
 
@@ -129,10 +131,16 @@ class Platform:
     def _remove_images(self, dep) -> None:
         from buildpacks.runner import remove_images
 
-        try:
-            remove_images(self.image_repository(dep))
-        except Exception as exc:  # Docker down: the images stay; destroying goes on
-            log.warning("could not remove the images of %s/%s: %s", dep.app, dep.name, exc)
+        for attempt in range(3):
+            try:
+                remove_images(self.image_repository(dep))
+                return
+            except Exception as exc:  # in use by a unit a reconcile pass started meanwhile, or Docker down
+                if attempt == 2:
+                    log.warning("could not remove the images of %s/%s: %s", dep.app, dep.name, exc)
+                    return
+                time.sleep(1)
+                self._remove_units(dep)
 
     def build_config(self, dep) -> dict[str, str]:
         """The config vars a build of ``dep`` sees in its env dir."""

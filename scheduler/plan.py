@@ -7,8 +7,8 @@ labels), never at events. The executor (``scheduler.loop``) does the I/O.
 Rules, per deployment:
 - a unit is *current* when its release, plan and restart generation are the
   wanted ones; others are *outdated* (an older release, a resize, a restart);
-- missing current units are started (lowest free index first, at most
-  ``batch`` starting at once), unless the process type is backing off after
+- missing current units are started (lowest free index first; while units
+  are being replaced, at most ``batch`` web units starting at once), unless the process type is backing off after
   crashes; extra current units are stopped at once (scale down);
 - outdated units keep serving until every wanted current unit is up, then they
   stop together: a deploy that fails leaves the old units untouched;
@@ -220,7 +220,9 @@ def _plan_deployment(wants: list[Want], units: list[Seen], ctx: Context) -> list
         if back.not_before > ctx.now:
             continue  # crash-looping: wait (the crashed containers stay visible meanwhile)
         starting = sum(1 for u in mine if not u.up)
-        room = max(0, ctx.batch - starting) if w.web else missing
+        replacing = any(u.process == w.process and not current(u) for u in ok)
+        # batches only while replacing running units (deploy, resize, restart); a plain scale-up starts all
+        room = max(0, ctx.batch - starting) if w.web and (replacing or pending) else missing
         used = {u.index for u in mine}
         free = [i for i in range(1, w.quantity + 1) if i not in used][: min(missing, room)]
         for index in free:

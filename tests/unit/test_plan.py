@@ -94,11 +94,15 @@ def test_scale_up_down_and_to_zero():
     assert kinds(plan([want(quantity=0)], three, ctx())) == ["Stop"] * 3
 
 
-def test_web_units_start_in_batches():
-    w = want(quantity=10)
+def test_web_units_start_in_batches_when_replacing():
+    w = want(quantity=10, pending=True)
     assert len(plan([w], [], ctx(batch=5))) == 5
     booting = [unit(i, up=False, age=1) for i in (1, 2)]
     assert len(plan([w], booting, ctx(batch=5))) == 3
+    resized = want(quantity=10, plan_="m1")
+    old = [unit(i, plan_="s1") for i in range(1, 11)]
+    assert len([a for a in plan([resized], old, ctx(batch=5)) if isinstance(a, Start)]) == 5
+    assert len(plan([want(quantity=10)], [], ctx(batch=5))) == 10  # a plain scale-up starts them all
 
 
 def test_resize_and_restart_replace_units_after_the_new_ones_are_up():

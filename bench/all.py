@@ -1,0 +1,8 @@
+"""`make bench`: every benchmark, one after the other."""
+
+from bench import build, push, scale
+
+if __name__ == "__main__":
+    push.main()
+    build.main()
+    scale.main()

@@ -1,0 +1,132 @@
+"""bench/scale: how fast bae starts and heals units, against bare `docker run`.
+
+(1) Scale web 0→10 on a deployed app until all 10 units accept connections on
+    $PORT, against 10 bare `docker run -d` of the same image and command,
+    started concurrently in the same run and timed the same way (until each
+    container's port accepts a connection). Target: ratio ≤ 1.3.
+(2) Kill a web unit (`docker kill`) and time until its replacement accepts
+    connections. Target: ≤ 2 s. Each kill is a first crash of its app (a crash
+    loop backs off on purpose).
+Prints medians of RUNS runs.
+
+Run: .venv/bin/python -m bench.scale [RUNS]
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import sys
+import threading
+import time
+
+import docker
+
+from bench.common import ROOT, Server, make_repo, median, tmpdir
+
+N = 10
+
+
+def accepts(ip: str, port: int = 5000) -> bool:
+    try:
+        with socket.create_connection((ip, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def wait_all_up(engine, ids_fn, count: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ids = ids_fn()
+        if len(ids) >= count:
+            ips = []
+            for cid in ids:
+                try:
+                    nets = engine.api.inspect_container(cid)["NetworkSettings"]["Networks"]
+                    ips.append(next(iter(nets.values()))["IPAddress"])
+                except (docker.errors.NotFound, StopIteration):
+                    ips.append("")
+            if all(ip and accepts(ip) for ip in ips):
+                return
+        time.sleep(0.02)
+    raise TimeoutError("units did not come up")
+
+
+def main(runs: int = 3) -> None:
+    engine = docker.from_env(version="auto")
+    tmp = tmpdir("bae-bench-scale-")
+    (tmp / "bae").mkdir()
+    server = Server(tmp / "bae").start()
+    instance = (server.data / "instance-id").read_text().strip()
+    try:
+        client = server.user("bench", admin=True)
+        src = tmp / "pyweb"
+        shutil.copytree(ROOT / "tests" / "apps" / "pyweb", src)
+        repo = make_repo(src, {}, "pyweb")
+        apps = [f"scale-{i}" for i in range(runs)]
+        for app in apps:
+            client.ssh("apps:create", app)
+            push = client.push(repo, app)
+            assert push.returncode == 0, push.stderr
+        image = engine.api.containers(filters={"label": [f"bae.platform={instance}", "bae.app=scale-0"]})[0]["Image"]
+        client.ssh("ps:scale", "scale-0", "web=0")
+
+        def units(app: str) -> list[str]:
+            return [c["Id"] for c in engine.api.containers(filters={"label": [
+                f"bae.platform={instance}", "bae.role=unit", f"bae.app={app}", "bae.process=web"]})]
+
+        ours, theirs = [], []
+        for _ in range(runs):
+            started = time.perf_counter()
+            assert client.ssh("ps:scale", "scale-0", f"web={N}", "--no-wait").returncode == 0
+            wait_all_up(engine, lambda: units("scale-0"), N)
+            ours.append(time.perf_counter() - started)
+            client.ssh("ps:scale", "scale-0", "web=0")
+
+            made: list[str] = []
+            lock = threading.Lock()
+
+            def run_one() -> None:
+                c = engine.containers.run(image, ["python3 app.py"], detach=True, environment={"PORT": "5000"},
+                                          labels={"bae-bench": "1"})
+                with lock:
+                    made.append(c.id)
+
+            started = time.perf_counter()
+            threads = [threading.Thread(target=run_one) for _ in range(N)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            wait_all_up(engine, lambda: list(made), N)
+            theirs.append(time.perf_counter() - started)
+            for cid in made:
+                engine.api.remove_container(cid, force=True)
+
+        heal = []
+        for app in apps[1:] + apps[:1]:
+            if app == "scale-0":
+                client.ssh("ps:scale", app, "web=1")
+            (victim,) = units(app)
+            started = time.perf_counter()
+            engine.api.kill(victim)
+            wait_all_up(engine, lambda: [u for u in units(app) if u != victim], 1)
+            heal.append(time.perf_counter() - started)
+
+        print(f"\n== scale and heal, median of {runs} runs")
+        print(f"{'case':<44}{'bae':>9}{'reference':>12}{'ratio':>8}  target")
+        print(f"{'scale web 0→10, all accepting connections':<44}{median(ours):>8.2f}s{median(theirs):>11.2f}s"
+              f"{median(ours) / median(theirs):>8.2f}  ≤ 1.3 (vs 10 concurrent docker run)")
+        print(f"{'kill a unit → replacement accepting':<44}{median(heal):>8.2f}s{'':>12}{'':>8}  ≤ 2 s")
+    finally:
+        server.stop()
+        for c in engine.api.containers(all=True, filters={"label": [f"bae.platform={instance}"]}):
+            engine.api.remove_container(c["Id"], force=True)
+        for c in engine.api.containers(all=True, filters={"label": ["bae-bench=1"]}):
+            engine.api.remove_container(c["Id"], force=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 3)

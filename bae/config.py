@@ -54,11 +54,11 @@ class Router:
     http_port: int = setting(80, "TCP port nginx listens on for end-user HTTP traffic")
     nginx: str = setting("nginx", "nginx binary the router runs")
     client_max_body_size: str = setting("100m", "largest request body nginx accepts (nginx size syntax)")
-    connect_timeout: float = setting(5.0, "seconds to wait for a unit to accept a connection")
+    connect_timeout: float = setting(3.0, "seconds to wait for a unit to accept a connection before trying another")
     read_timeout: float = setting(60.0, "seconds a unit may take to answer before the user gets a 504")
     send_timeout: float = setting(60.0, "seconds a unit may take to read a request body")
     keepalive: int = setting(32, "idle keep-alive connections nginx keeps per app to its units")
-    worker_processes: int = setting(0, "nginx worker processes (0: one per CPU core)")
+    worker_processes: int = setting(1, "nginx worker processes (0: one per CPU core); one leaves the CPU to the units on small hosts")
 
 
 @dataclass

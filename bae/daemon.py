@@ -50,10 +50,14 @@ def serve(platform, console: Console) -> int:
         inv = Invocation(platform, caller, Console(stdout, stderr), stdin, remote=True, prog=prog, request=request)
         return dispatch(inv, argv)
 
+    from router import Router
     from scheduler.loop import Scheduler
 
-    scheduler = Scheduler(platform)
+    router = Router(platform)
+    router.start()
+    scheduler = Scheduler(platform, on_routes=router.sync)
     platform.scheduler = scheduler
+    platform.router = router
     scheduler.start()
     context = SessionContext(platform.store, platform.repos, Pipeline(platform), run_command, prog)
     ssh = SSHServer(settings.ssh.host, settings.ssh.port, platform.data / "ssh_host_ed25519_key",
@@ -77,11 +81,16 @@ def serve(platform, console: Console) -> int:
     ssh.start()
     console.step(f"bae is serving (data in {settings.data_dir}, settings from {settings.source})")
     console.detail(f"SSH:  {ssh.address[0]}:{ssh.address[1]}  host key {ssh.fingerprint}")
+    console.detail(f"HTTP: {settings.router.host}:{settings.router.http_port}  (apps at APP.{settings.base_domain})")
+    for dep in platform.store.deployments():
+        if dep.release_version:
+            console.detail(f"      {dep.slug}: {platform.web_url(dep.app, dep.name)}")
     console.detail(f"Try:  {prog} help")
     log.info("ssh listening on %s:%s, host key %s", ssh.address[0], ssh.address[1], ssh.fingerprint)
     while not stop.wait(1):
         pass
     ssh.stop(grace=60)
     scheduler.stop()
+    router.stop()
     log.info("stopped (units keep running; the next bae serve adopts them)")
     return 0

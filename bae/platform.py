@@ -40,6 +40,7 @@ class Platform:
         self.daemon = None  # set by `bae serve` in its own process
         self.on_destroy: list = [self._remove_units, self._remove_images]  # run when a deployment is removed
         self.scheduler = None  # the reconcile loop, in `bae serve` only
+        self.router = None  # nginx, in `bae serve` only
         self._runtime = None
 
     def _instance_id(self) -> str:

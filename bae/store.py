@@ -98,6 +98,13 @@ def m003_releases_and_formation(db: sqlite_utils.Database) -> None:
     db["deployments"].add_column("release_version", int)
 
 
+@migrations()
+def m004_domains(db: sqlite_utils.Database) -> None:
+    db["domains"].create({"hostname": str, "deployment_id": int, "created_at": str}, pk="hostname",
+                         foreign_keys=[("deployment_id", "deployments", "id")])
+    db["domains"].create_index(["deployment_id"])
+
+
 class Store:
     """Typed access to the platform's SQLite database."""
 
@@ -503,7 +510,39 @@ class Store:
         return out
 
 
-_DEPLOYMENT_TABLES = ["backoff", "formation", "releases", "builds"]
+    # -- custom domains --------------------------------------------------------
+
+    def add_domain(self, dep: Deployment, hostname: str) -> None:
+        with self.write() as db:
+            row = self._one(
+                "select apps.name as app, deployments.name as dep from domains "
+                "join deployments on deployments.id = domains.deployment_id join apps on apps.id = deployments.app_id "
+                "where hostname = ?", [hostname])
+            if row:
+                owner = row["app"] if row["dep"] == DEFAULT_DEPLOYMENT else f"{row['app']}/{row['dep']}"
+                where = "this deployment" if owner == dep.slug else "another deployment"
+                raise Conflict(f"{hostname} already routes to {where}",
+                               "A hostname belongs to one deployment; remove it there first (domains:remove).")
+            db["domains"].insert({"hostname": hostname, "deployment_id": dep.id, "created_at": now()})
+
+    def remove_domain(self, dep: Deployment, hostname: str) -> None:
+        with self.write() as db:
+            cur = db.execute("delete from domains where hostname = ? and deployment_id = ?", [hostname, dep.id])
+            if cur.rowcount == 0:
+                raise NotFound(f"{dep.slug} has no domain {hostname}", f"See `domains {dep.slug}`.")
+
+    def domains(self, dep: Deployment | None = None) -> dict[int, list[str]]:
+        """Custom hostnames by deployment id."""
+        sql, params = "select * from domains", []
+        if dep is not None:
+            sql, params = sql + " where deployment_id = ?", [dep.id]
+        out: dict[int, list[str]] = {}
+        for row in self.db.query(sql + " order by hostname", params):
+            out.setdefault(row["deployment_id"], []).append(row["hostname"])
+        return out
+
+
+_DEPLOYMENT_TABLES = ["domains", "backoff", "formation", "releases", "builds"]
 
 
 def _release(row: dict) -> Release:

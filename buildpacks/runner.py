@@ -144,8 +144,11 @@ def remove_images(repository: str) -> int:
     """Remove every release image of one deployment (when it is destroyed)."""
     with translated("removing release images"):
         images = client().images.list(name=repository)
-        for image in images:
-            client().images.remove(image.id, force=True)
+        # newest first, by tag: a reused build's image is a child of the one before it,
+        # and removing the child's last tag also removes the untagged parents
+        for image in sorted(images, key=lambda i: i.attrs.get("Created", ""), reverse=True):
+            for tag in image.tags:
+                client().images.remove(tag, force=True)
     return len(images)
 
 

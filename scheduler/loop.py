@@ -234,8 +234,11 @@ class Scheduler:
                       backoff_max=self.settings.backoff_max, backoff=dict(self._backoff),
                       memory={name: memory_label(p.memory) for name, p in plans.items()})
         actions = plan(wants, seen, ctx, tuple(pending))
+        self._resolutions: list[tuple] = []
         self._apply(actions, specs, dep_ids, by_id)
         self._publish_routes(infos)
+        for resolution in self._resolutions:  # pushes learn the outcome once the router routes it
+            self._resolve(*resolution)
         with self._lock:
             busy = bool(self._starting) or any(not s.up and s.running and not s.stopping for s in seen)
         return busy or now - self._event_at < 1.0
@@ -385,7 +388,7 @@ class Scheduler:
             return
         store.activate(release)
         self._tell(a.app, a.deployment, f"v{a.release} is live")
-        self._resolve(a.app, a.deployment, a.release, None)
+        self._resolutions.append((a.app, a.deployment, a.release, None))
 
     def _resolve(self, app: str, deployment: str, version: int, error: str | None) -> None:
         with self._lock:
@@ -409,9 +412,9 @@ class Scheduler:
                     routes.setdefault((info.app, info.deployment), []).append(
                         Endpoint(info.unit, f"{info.ip}:{PORT}", f"127.0.0.1:{info.host_port}"))
             frozen = {k: tuple(sorted(v, key=lambda e: e.address)) for k, v in routes.items()}
-            changed = frozen != self._routes
             self._routes = frozen
-        if changed and self.on_routes:
+        # every pass: the router also follows hostnames and deployments; it only reloads on a change
+        if self.on_routes:
             try:
                 self.on_routes(frozen)
             except Exception:

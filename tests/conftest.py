@@ -17,6 +17,7 @@ def server(tmp_path_factory):
     srv = Server(tmp_path_factory.mktemp("bae")).start()
     yield srv
     code = srv.stop()
+    srv.cleanup()
     log = srv.log()
     assert "Traceback" not in log, f"the server logged a traceback:\n{log[-5000:]}"
     assert code == 0, f"bae serve exited {code}:\n{log[-3000:]}"

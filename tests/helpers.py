@@ -50,18 +50,25 @@ def run(cmd, *, cwd=None, env=None, input=None, timeout=600, check=False) -> sub
 class Server:
     """A `bae serve` process with its own data directory, ports and config."""
 
-    def __init__(self, tmp: Path, extra_config: str = "") -> None:
+    def __init__(self, tmp: Path, settings: dict | None = None) -> None:
+        import tomli_w
+
         self.tmp = Path(tmp)
         self.data = self.tmp / "data"
         self.ssh_port = free_port()
         self.http_port = free_port()
         self.config = self.tmp / "bae.toml"
-        self.config.write_text(
-            f'data_dir = "{self.data}"\n'
-            f'[ssh]\nhost = "127.0.0.1"\nport = {self.ssh_port}\npublic_host = "127.0.0.1"\n'
-            f'[router]\nhost = "127.0.0.1"\nhttp_port = {self.http_port}\n'
-            + extra_config
-        )
+        config = {
+            "data_dir": str(self.data),
+            "ssh": {"host": "127.0.0.1", "port": self.ssh_port, "public_host": "127.0.0.1"},
+            "router": {"host": "127.0.0.1", "http_port": self.http_port},
+        }
+        for section, values in (settings or {}).items():
+            if isinstance(values, dict):
+                config.setdefault(section, {}).update(values)
+            else:
+                config[section] = values
+        self.config.write_text(tomli_w.dumps(config))
         self.log_path = self.tmp / "serve.log"
         self.proc: subprocess.Popen | None = None
         self.known_hosts = self.tmp / "known_hosts"
@@ -90,6 +97,28 @@ class Server:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         return self.proc.returncode if self.proc else 0
+
+    def cleanup(self) -> None:
+        """Remove every container and image this server's platform created (after stop())."""
+        import docker
+
+        path = self.data / "instance-id"
+        if not path.exists():
+            return
+        instance = path.read_text().strip()
+        engine = docker.from_env(version="auto")
+        for row in engine.api.containers(all=True, filters={"label": f"bae.platform={instance}"}):
+            try:
+                engine.api.remove_container(row["Id"], force=True)
+            except docker.errors.NotFound:
+                pass
+        images = engine.images.list(name=f"bae/{instance}/*/*")
+        for image in sorted(images, key=lambda i: i.attrs.get("Created", ""), reverse=True):
+            for tag in image.tags:
+                try:
+                    engine.images.remove(tag, force=True)
+                except docker.errors.APIError:
+                    pass
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -189,3 +218,89 @@ def head(repo: Path) -> str:
 
 def tmpdir(prefix: str = "bae-test-") -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+class Load:
+    """Continuous HTTP load from a few threads with keep-alive connections; counts every outcome.
+
+    A request fails when it raises or answers anything but 200. The one retry is the
+    one every standard client makes (RFC 9112 section 9.3.1; browsers, curl, Go): a GET
+    sent on a *reused* keep-alive connection that the server closed before any byte
+    of a response came back is sent again on a new connection. nginx closes idle
+    keep-alive connections when it reloads, so these happen; they are counted in
+    ``resent`` and reported, and anything else is a failure.
+    """
+
+    def __init__(self, url: str, host: str, threads: int = 4, rate: float = 300.0) -> None:
+        import threading
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        self.address = (parts.hostname, parts.port or 80)
+        self.path = parts.path or "/"
+        self.host, self.threads, self.interval = host, threads, threads / rate
+        self.ok = 0
+        self.resent = 0
+        self.failures: list[str] = []
+        self.units: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._workers = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def _run(self) -> None:
+        import http.client
+        import json as json_
+
+        conn, reused = None, False
+        while not self._stop.is_set():
+            started = time.monotonic()
+            if conn is None:
+                conn, reused = http.client.HTTPConnection(*self.address, timeout=15), False
+            try:
+                conn.request("GET", self.path, headers={"Host": self.host})
+                response = conn.getresponse()
+            except (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected) as exc:
+                conn.close()
+                conn = None
+                with self._lock:
+                    if reused:
+                        self.resent += 1  # resent at once on a new connection, like any client
+                        continue
+                    self.failures.append(f"{type(exc).__name__}: {exc}"[:200])
+                continue
+            except Exception as exc:
+                conn.close()
+                conn = None
+                with self._lock:
+                    self.failures.append(f"{type(exc).__name__}: {exc}"[:200])
+                continue
+            try:
+                body = response.read()
+                with self._lock:
+                    if response.status == 200:
+                        self.ok += 1
+                        unit = json_.loads(body).get("BAE_UNIT", "?")
+                        self.units[unit] = self.units.get(unit, 0) + 1
+                    else:
+                        self.failures.append(f"HTTP {response.status}: {body[:100]!r}")
+                if response.will_close:
+                    conn.close()
+                    conn = None
+                else:
+                    reused = True
+            except Exception as exc:  # the response broke off: a failure
+                conn.close()
+                conn = None
+                with self._lock:
+                    self.failures.append(f"{type(exc).__name__} while reading: {exc}"[:200])
+            self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+
+    def __enter__(self) -> "Load":
+        for w in self._workers:
+            w.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for w in self._workers:
+            w.join(20)

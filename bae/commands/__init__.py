@@ -26,7 +26,7 @@ __all__ = ["Invocation", "command", "dispatch", "table", "TOPICS", "command_help
 
 log = logging.getLogger("bae.commands")
 
-TOPICS = ["system", "users", "keys", "apps", "deployments", "access", "builds", "buildpacks", "stack", "ps", "releases"]
+TOPICS = ["system", "users", "keys", "apps", "deployments", "access", "builds", "buildpacks", "stack", "ps", "releases", "domains"]
 
 
 class _Table(click.Group):

@@ -278,8 +278,9 @@ def test_disconnect_during_build_cleans_up(server, dev, tmp_path):
     while not any("sleeping" in line for line in seen):
         assert time.monotonic() < deadline and proc.poll() is None, "".join(seen)
         time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGINT)  # the pusher presses Ctrl-C: git and its ssh stop
-    proc.wait()
+    # the pusher goes away: git and its ssh die (SIGTERM: SIGINT may be ignored when run in the background)
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=10)
     deadline = time.monotonic() + 20
     while not no_build_containers(server):
         assert time.monotonic() < deadline, "the build container outlived its pusher"

@@ -16,7 +16,7 @@ from helpers import APPS, Server, make_repo
 
 pytestmark = pytest.mark.integration
 
-CONFIG = "[scheduler]\nboot_timeout = 8\nstop_grace = 5\nbackoff_reset = 60\n"
+CONFIG = {"scheduler": {"boot_timeout": 8, "stop_grace": 5, "backoff_reset": 60.0}}
 
 
 def wait_for(predicate, timeout=30.0, interval=0.2, what="condition"):
@@ -47,14 +47,6 @@ def up(client, target, process="web"):
     return {k: v for k, v in units(client, target).items() if k.startswith(process + ".") and v["state"] == "up"}
 
 
-def remove_all(server):
-    for c in containers(server):
-        try:
-            c.remove(force=True)
-        except docker.errors.NotFound:
-            pass
-
-
 def containers(server, **labels):
     engine = docker.from_env(version="auto")
     instance = (server.data / "instance-id").read_text().strip()
@@ -83,7 +75,7 @@ def server(tmp_path_factory):
     srv = Server(tmp_path_factory.mktemp("sched"), CONFIG).start()
     yield srv
     assert srv.stop() == 0
-    remove_all(srv)
+    srv.cleanup()
     assert "Traceback" not in srv.log(), srv.log()[-4000:]
 
 
@@ -283,4 +275,4 @@ def test_restarting_bae_serve_adopts_units_and_heals_what_died_meanwhile(tmp_pat
                  what="the unit that died while bae was down to be replaced")
     finally:
         srv.stop()
-        remove_all(srv)
+        srv.cleanup()

@@ -34,6 +34,7 @@ def test_host_key_persists_and_is_printed(tmp_path):
         assert "ssh-ed25519" in known
     finally:
         assert srv.stop() == 0
+        srv.cleanup()
 
 
 def test_slow_clients_do_not_block_others(tmp_path):
@@ -48,6 +49,7 @@ def test_slow_clients_do_not_block_others(tmp_path):
             s.close()
     finally:
         assert srv.stop() == 0
+        srv.cleanup()
 
 
 def test_sigterm_lets_an_inflight_push_finish(tmp_path):
@@ -62,6 +64,7 @@ def test_sigterm_lets_an_inflight_push_finish(tmp_path):
     started = time.monotonic()
     code = srv.stop()
     pusher.join()
+    srv.cleanup()
     assert code == 0
     assert time.monotonic() - started < 60
     push = result["push"]

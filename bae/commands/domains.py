@@ -1,0 +1,45 @@
+"""domains, domains:add, domains:remove."""
+
+from __future__ import annotations
+
+import click
+
+from bae.access import deployment_for
+from bae.commands import Invocation, command
+
+
+@command("domains")
+@click.argument("target", metavar="APP[/DEP]")
+def domains(inv: Invocation, target: str) -> None:
+    """List the hostnames that route to a deployment."""
+    dep = deployment_for(inv.caller, inv.store, target)
+    inv.console.out(f"=== {dep.slug}")
+    inv.console.out(f"{inv.platform.hostname(dep.app, dep.name)}  (the platform's)")
+    for host in inv.store.domains(dep).get(dep.id, []):
+        inv.console.out(host)
+
+
+@command("domains:add")
+@click.argument("target", metavar="APP[/DEP]")
+@click.argument("hostname")
+def domains_add(inv: Invocation, target: str, hostname: str) -> None:
+    """Route a custom hostname (or *.example.com) to a deployment."""
+    from router.table import check_hostname
+
+    dep = deployment_for(inv.caller, inv.store, target)
+    host = check_hostname(hostname, inv.platform.settings.base_domain)
+    inv.store.add_domain(dep, host)
+    inv.platform.notify()
+    inv.console.step(f"{host} now routes to {dep.slug}")
+    inv.console.detail(f"Point its DNS at this platform (an A record, or a CNAME to {inv.platform.hostname(dep.app, dep.name)}).")
+
+
+@command("domains:remove")
+@click.argument("target", metavar="APP[/DEP]")
+@click.argument("hostname")
+def domains_remove(inv: Invocation, target: str, hostname: str) -> None:
+    """Stop routing a custom hostname to a deployment."""
+    dep = deployment_for(inv.caller, inv.store, target)
+    inv.store.remove_domain(dep, hostname.strip().lower().rstrip("."))
+    inv.platform.notify()
+    inv.console.step(f"{hostname} no longer routes to {dep.slug}")

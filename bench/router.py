@@ -1,0 +1,111 @@
+"""bench/router: traffic through bae's router (nginx) against traffic straight to the units.
+
+A Flask + gunicorn app (tests/apps/flask: 2 sync workers per unit, the gunicorn
+default kind) runs as 2 web units of the default plan. In one run, ROUNDS times:
+  (a) wrk straight to the two units' own ports (one wrk per unit, half the
+      connections each, run together; requests/s summed),
+  (b) wrk through the router (Host: APP.bae.localhost) with all the connections,
+  (c) at low load (one connection), p50 latency straight vs through the router.
+Prints requests/s, p50 and p99 for each, the throughput ratio (target ≥ 0.9) and
+the router's added p50 latency at low load (target ≤ 0.2 ms).
+
+Run: .venv/bin/python -m bench.router [SECONDS] [CONNECTIONS] [ROUNDS]
+(medians are printed)
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+import docker
+
+from bench.common import ROOT, Server, make_repo, tmpdir
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def _ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
+    return float(value) * _UNITS[unit]
+
+
+def wrk_start(url: str, connections: int, seconds: int, threads: int = 1, host: str | None = None):
+    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    if host:
+        cmd += ["-H", f"Host: {host}"]
+    return subprocess.Popen(cmd + [url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wrk_result(proc) -> dict:
+    out = proc.communicate()[0]
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))
+    p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))
+    errors = re.search(r"Socket errors: (.*)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": rps, "p50": p50, "p99": p99, "errors": (errors.group(1) if errors else ""),
+            "non2xx": int(non2xx.group(1)) if non2xx else 0}
+
+
+def main(seconds: int = 8, connections: int = 64, rounds: int = 3, plan: str = "s1",
+         procfile: str | None = None, settings: dict | None = None) -> None:
+    tmp = tmpdir("bae-bench-router-")
+    (tmp / "bae").mkdir()
+    server = Server(tmp / "bae", settings).start()
+    engine = docker.from_env(version="auto")
+    instance = (server.data / "instance-id").read_text().strip()
+    try:
+        client = server.user("bench", admin=True)
+        src = tmp / "flask"
+        shutil.copytree(ROOT / "tests" / "apps" / "flask", src)
+        client.ssh("apps:create", "bench")
+        push = client.push(make_repo(src, {"Procfile": procfile} if procfile else {}, "flask"), "bench")
+        assert push.returncode == 0, push.stderr
+        assert client.ssh("ps:scale", "bench", f"web=2:{plan}").returncode == 0
+        ips = [next(iter(engine.api.inspect_container(c["Id"])["NetworkSettings"]["Networks"].values()))["IPAddress"]
+               for c in engine.api.containers(filters={"label": [f"bae.platform={instance}", "bae.app=bench"]})]
+        host = "bench.bae.localhost"
+        router_url = f"http://127.0.0.1:{server.http_port}/"
+        for proc in [wrk_start(f"http://{ip}:5000/", 2, 2) for ip in ips] + [wrk_start(router_url, 2, 2, host=host)]:
+            proc.communicate()  # warm up both paths
+
+        direct, routed, low_direct, low_routed = [], [], [], []
+        for _ in range(rounds):
+            runs = [wrk_result(p) for p in [wrk_start(f"http://{ip}:5000/", connections // 2, seconds) for ip in ips]]
+            direct.append({"rps": sum(r["rps"] for r in runs), "p50": statistics.mean(r["p50"] for r in runs),
+                           "p99": max(r["p99"] for r in runs), "errors": ", ".join(r["errors"] for r in runs if r["errors"])})
+            time.sleep(1)
+            routed.append(wrk_result(wrk_start(router_url, connections, seconds, threads=2, host=host)))
+            time.sleep(1)
+            low_direct.append(wrk_result(wrk_start(f"http://{ips[0]}:5000/", 1, seconds // 2)))
+            low_routed.append(wrk_result(wrk_start(router_url, 1, seconds // 2, host=host)))
+
+        def med(rows, key):
+            return statistics.median(r[key] for r in rows)
+
+        print(f"\n== router: Flask + gunicorn ({plan}) × 2 units, {connections} connections, "
+              f"median of {rounds} rounds of {seconds}s")
+        print(f"{'path':<30}{'requests/s':>12}{'p50 ms':>9}{'p99 ms':>9}  errors")
+        for name, rows in (("straight to the 2 units", direct), ("through the router", routed)):
+            errors = "; ".join(r["errors"] for r in rows if r["errors"]) or "none"
+            non2xx = sum(r.get("non2xx", 0) for r in rows)
+            print(f"{name:<30}{med(rows, 'rps'):>12.0f}{med(rows, 'p50'):>9.2f}{med(rows, 'p99'):>9.2f}  {errors}"
+                  + (f", {non2xx} non-2xx" if non2xx else ""))
+        print(f"throughput ratio router/direct: {med(routed, 'rps') / med(direct, 'rps'):.2f}   (target ≥ 0.9)")
+        ld, lr = med(low_direct, "p50"), med(low_routed, "p50")
+        print(f"low load (1 connection) p50: direct {ld:.3f} ms, router {lr:.3f} ms, added {lr - ld:.3f} ms"
+              "   (target ≤ 0.2 ms)")
+    finally:
+        server.stop()
+        for c in engine.api.containers(all=True, filters={"label": [f"bae.platform={instance}"]}):
+            engine.api.remove_container(c["Id"], force=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main(*[int(a) for a in sys.argv[1:4]])

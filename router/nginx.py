@@ -1,0 +1,248 @@
+"""The router's data plane: an nginx it owns, configured from the route table.
+
+``render`` turns routes into a complete nginx.conf (pure). ``Nginx`` runs nginx
+in the foreground under `bae serve` with its own prefix and pid file under the
+data directory, and applies a new configuration only after ``nginx -t``
+accepted it, by a graceful reload (SIGHUP: old workers finish their requests).
+A bad render never replaces a good configuration.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from bae.errors import BaeError, Unavailable
+from router.pages import PAGES, page
+from router.table import Route
+
+__all__ = ["render", "Nginx"]
+
+log = logging.getLogger("bae.router")
+
+# One JSON object per request: what `logs --router` shows. Kept lean: every
+# variable costs the router CPU on every request.
+_LOG_FORMAT = (
+    '{"time":"$time_iso8601","request_id":"$bae_request_id","method":"$request_method","path":"$request_uri",'
+    '"status":$status,"bytes":$body_bytes_sent,"duration":$request_time,"unit":"$bae_unit",'
+    '"upstream_time":"$upstream_response_time","client":"$remote_addr"}'
+)
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _error_pages() -> list[str]:
+    lines = []
+    for status in (502, 503, 504):
+        lines.append(f"    error_page {status} @bae{status};")
+        lines.append(f"    location @bae{status} {{ default_type text/html; add_header X-Request-Id $bae_request_id always; "
+                     f"return {status} {_quote(page(status))}; }}")
+    return lines
+
+
+def render(routes: list[Route], *, prefix: Path, logs: Path, listen: str, settings, user: str | None) -> str:
+    """A complete nginx.conf for ``routes`` (settings: bae.config.Router)."""
+    workers = settings.worker_processes or "auto"
+    units = sorted({(e.address, e.unit) for r in routes for e in r.endpoints})
+    out = [
+        "# Rendered by bae (router/nginx.py) from the route table; do not edit: it is replaced on every change.",
+        *( [f"user {user};"] if user else [] ),
+        f"worker_processes {workers};",
+        f"pid {prefix}/nginx.pid;",
+        f"error_log {prefix}/logs/error.log warn;",
+        "events { worker_connections 8192; multi_accept on; }",
+        "http {",
+        "  default_type application/octet-stream;",
+        "  server_tokens off; sendfile on; tcp_nodelay on;",
+        "  keepalive_timeout 65s; keepalive_requests 100000;",
+        "  server_names_hash_bucket_size 128; server_names_hash_max_size 8192;",
+        f"  client_max_body_size {settings.client_max_body_size};",
+        *[f"  {kind}_temp_path {prefix}/tmp/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")],
+        '  map $http_x_request_id $bae_request_id { default $request_id; "~^[A-Za-z0-9._:+=/-]{8,200}$" $http_x_request_id; }',
+        '  map $msec $bae_request_start { "~^(?<s>[0-9]+)[.](?<ms>[0-9]+)$" $s$ms; default $msec; }',
+        '  map $http_upgrade $bae_connection { default upgrade; "" ""; }',
+        "  map $upstream_addr $bae_unit {",
+        '    default "-";',
+        *[f"    {address} {unit};" for address, unit in units],
+        "  }",
+        f"  log_format bae escape=json '{_LOG_FORMAT}';",
+        "  access_log off;",
+        "  proxy_http_version 1.1;",
+        "  proxy_set_header Host $host;",
+        "  proxy_set_header Connection $bae_connection;",
+        "  proxy_set_header Upgrade $http_upgrade;",
+        "  proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
+        "  proxy_set_header X-Forwarded-Proto $scheme;",
+        "  proxy_set_header X-Forwarded-Port $server_port;",
+        "  proxy_set_header X-Request-Id $bae_request_id;",
+        "  proxy_set_header X-Request-Start $bae_request_start;",
+        f"  proxy_connect_timeout {int(settings.connect_timeout * 1000)}ms;",
+        f"  proxy_read_timeout {int(settings.read_timeout * 1000)}ms;",
+        f"  proxy_send_timeout {int(settings.send_timeout * 1000)}ms;",
+        "  proxy_next_upstream error timeout; proxy_next_upstream_tries 3;",
+        "  add_header X-Request-Id $bae_request_id always;",
+    ]
+    for r in routes:
+        if r.endpoints:
+            out.append(f"  upstream u-{r.key} {{")
+            out += [f"    server {e.address} max_fails=1 fail_timeout=5s;" for e in r.endpoints]
+            out.append(f"    keepalive {settings.keepalive}; keepalive_timeout 60s;")
+            out.append("  }")
+    out += [
+        "  server {",
+        f"    listen {listen} default_server backlog=4096;",
+        "    server_name _;",
+        f"    access_log {logs}/_unknown.log bae buffer=32k flush=1s;",
+        f"    location / {{ default_type text/html; return 404 {_quote(page(404))}; }}",
+        "  }",
+    ]
+    for r in routes:
+        out += [
+            "  server {",
+            f"    listen {listen};",
+            f"    server_name {' '.join(r.hostnames)};",
+            f"    access_log {logs}/{r.key}.log bae buffer=64k flush=1s;",
+            *_error_pages(),
+        ]
+        if r.endpoints:
+            out.append(f"    location / {{ proxy_pass http://u-{r.key}; }}")
+        else:
+            out.append("    location / { return 503; }")
+        out.append("  }")
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+def _worker_user() -> str | None:
+    if os.geteuid() != 0:
+        return None
+    for name, group in (("www-data", "www-data"), ("nobody", "nogroup")):
+        try:
+            pwd.getpwnam(name)
+            return f"{name} {group}"
+        except KeyError:
+            continue
+    return None
+
+
+class Nginx:
+    """nginx under `bae serve`: start, apply a checked configuration, stop."""
+
+    def __init__(self, binary: str, prefix: Path, logs: Path, host: str, port: int, settings) -> None:
+        self.binary = binary
+        self.prefix = Path(prefix)
+        self.logs = Path(logs)
+        self.listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.host, self.port = host, port
+        self.settings = settings
+        self.user = _worker_user()
+        self.conf = self.prefix / "nginx.conf"
+        self.proc: subprocess.Popen | None = None
+        self.current = ""
+        self._lock = threading.Lock()
+        for sub in ("logs", "tmp/client_body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
+            (self.prefix / sub).mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        if self.user:
+            uid = pwd.getpwnam(self.user.split()[0]).pw_uid
+            for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+                os.chown(self.prefix / "tmp" / sub, uid, -1)
+
+    def render(self, routes: list[Route]) -> str:
+        return render(routes, prefix=self.prefix, logs=self.logs, listen=self.listen, settings=self.settings,
+                      user=self.user)
+
+    def _check(self, path: Path) -> str | None:
+        """nginx -t on ``path``: None if fine, else nginx's complaint."""
+        proc = subprocess.run([self.binary, "-t", "-q", "-p", str(self.prefix), "-c", str(path)],
+                              capture_output=True, text=True)
+        return None if proc.returncode == 0 else (proc.stderr.strip() or f"nginx -t exited {proc.returncode}")
+
+    def _write_checked(self, text: str) -> str | None:
+        candidate = self.prefix / "nginx.conf.new"
+        candidate.write_text(text)
+        problem = self._check(candidate)
+        if problem is None:
+            os.replace(candidate, self.conf)
+        return problem
+
+    def start(self, routes: list[Route]) -> None:
+        try:
+            probe = socket.socket()
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((self.host if self.host != "0.0.0.0" else "", self.port))
+            probe.close()
+        except OSError as exc:
+            raise Unavailable(f"the router cannot listen on {self.listen}: {exc.strerror}",
+                              "Stop what uses that port, or set router.http_port.") from None
+        text = self.render(routes)
+        problem = self._write_checked(text)
+        if problem:
+            raise BaeError(f"nginx refused bae's configuration: {problem}")
+        self.current = text
+        self.proc = subprocess.Popen([self.binary, "-p", str(self.prefix), "-c", str(self.conf), "-g", "daemon off;"],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise Unavailable(f"nginx exited at start: {self.proc.stderr.read().decode(errors='replace').strip()}")
+            try:
+                with socket.create_connection(("127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host, self.port), 0.2):
+                    break
+            except OSError:
+                time.sleep(0.05)
+        log.info("router: nginx (pid %d) listening on %s", self.proc.pid, self.listen)
+
+    def _workers(self) -> set[int]:
+        try:
+            return {int(p) for p in Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()}
+        except (OSError, ValueError):
+            return set()
+
+    @staticmethod
+    def _retired(pid: int) -> bool:
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return True  # gone
+        return b"shutting down" in title or not title
+
+    def apply(self, routes: list[Route]) -> bool:
+        """Make nginx route ``routes``: check, swap, reload gracefully. False if nginx refused it."""
+        with self._lock:
+            text = self.render(routes)
+            if text == self.current:
+                return True
+            problem = self._write_checked(text)
+            if problem:
+                log.error("router: nginx refused the new configuration, keeping the old one: %s", problem)
+                return False
+            before = self._workers()
+            self.proc.send_signal(signal.SIGHUP)
+            # The new configuration serves every new connection once new workers run and every
+            # old worker has stopped accepting (it is "shutting down", finishing in-flight requests).
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline:
+                if (self._workers() - before) and all(self._retired(pid) for pid in before):
+                    break
+                time.sleep(0.005)
+            self.current = text
+            return True
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)  # graceful: finish in-flight requests
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

@@ -101,6 +101,7 @@ class Scheduler:
     backoff_max: int = setting(300, "longest wait, in seconds, before restarting a crash-looping unit")
     backoff_reset: float = setting(30.0, "seconds a unit must stay up before its process type's crash count resets")
     keep_releases: int = setting(5, "releases whose images are kept for rollback; older images are removed")
+    release_timeout: int = setting(600, "seconds a Procfile release: command may run before the release fails")
 
 
 @dataclass

@@ -39,6 +39,19 @@ class Console:
     def raw(self, data: bytes) -> None:
         with self._lock:
             self._out.write(data)
+            flush = getattr(self._out, "flush", None)
+            if flush:
+                flush()
+
+    def raw_out(self, data: bytes) -> None:
+        self.raw(data)
+
+    def raw_err(self, data: bytes) -> None:
+        with self._lock:
+            self._err.write(data)
+            flush = getattr(self._err, "flush", None)
+            if flush:
+                flush()
 
     def err(self, text: str) -> None:
         self._write(self._err, text + "\n")

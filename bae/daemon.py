@@ -47,7 +47,10 @@ def serve(platform, console: Console) -> int:
     prog = ssh_prog(platform)
 
     def run_command(caller, argv, stdin, stdout, stderr, request) -> int:
-        inv = Invocation(platform, caller, Console(stdout, stderr), stdin, remote=True, prog=prog, request=request)
+        chan = getattr(request, "channel", None)
+        alive = (lambda: not chan.closed and chan.get_transport().is_active()) if chan is not None else (lambda: True)
+        inv = Invocation(platform, caller, Console(stdout, stderr), stdin, remote=True, prog=prog, request=request,
+                         alive=alive)
         return dispatch(inv, argv)
 
     from router import Router

@@ -96,7 +96,7 @@ class Pipeline:
 
     def stages(self) -> list:
         """The pipeline's steps; each is ``stage(dep, build, source, out, result)``."""
-        return [self.build, self.release, self.deploy]
+        return [self.build, self.release]
 
     def build(self, dep, build, source, out: BuildLog, result: dict) -> None:
         """Run the buildpacks over the pushed commit; leaves the image in ``result``."""
@@ -120,27 +120,11 @@ class Pipeline:
                       buildpacks=built.buildpacks, reuse=built.reuse)
 
     def release(self, dep, build, source, out: BuildLog, result: dict) -> None:
-        """Record release vN: the image, a snapshot of the config vars, the process types."""
-        platform = self.platform
-        release = platform.store.create_release(
-            dep, image=result["image"], config=platform.release_config(dep), process_types=result["process_types"],
-            build_id=build.id, commit=build.commit, user=build.user, description=f"deploy {build.commit[:7]}",
-        )
-        platform.store.ensure_formation(dep, release.process_types, platform.settings.scheduler.default_plan)
-        result["release"] = release
+        """Release vN (image, config snapshot, process types), its release phase, and the rollout."""
+        from bae.deploy import roll_out
 
-    def deploy(self, dep, build, source, out: BuildLog, result: dict) -> None:
-        """Run the release's formation; the old units stop only once the new ones are up."""
         platform = self.platform
-        release = result["release"]
-        if platform.scheduler is None:
-            raise DeployFailed("the scheduler is not running in this process", "Pushes are served by `bae serve`.")
-        formation = platform.store.formation(dep)
-        running = {p: f.quantity for p, f in formation.items() if p in release.process_types and f.quantity}
-        summary = ", ".join(f"{p}={n}" for p, n in sorted(running.items())) or "no units (scale with ps:scale)"
-        out.step(f"Launching v{release.version}: {summary}")
-        platform.scheduler.deploy(dep, release, progress=out.detail)
-        message = f"Launched v{release.version}"
-        if running.get("web"):
-            message += f": {platform.web_url(dep.app, dep.name)}"
-        out.step(message)
+        result["release"] = roll_out(
+            platform, dep, image=result["image"], config=platform.release_config(dep),
+            process_types=result["process_types"], description=f"deploy {build.commit[:7]}", user=build.user,
+            out=out, build_id=build.id, commit=build.commit)

@@ -39,6 +39,9 @@ class Platform:
         self.instance = self._instance_id()
         self.daemon = None  # set by `bae serve` in its own process
         self.on_destroy: list = [self._remove_units, self._remove_images]  # run when a deployment is removed
+        from bae.logstore import LogStore
+
+        self.logs = LogStore(self.data / "logs" / "apps", settings.logs.retention_lines, self.data / "logs" / "router")
         self.scheduler = None  # the reconcile loop, in `bae serve` only
         self.router = None  # nginx, in `bae serve` only
         self._runtime = None
@@ -81,8 +84,17 @@ class Platform:
     # -- lifecycle shared by commands ------------------------------------------
 
     def app_info_lines(self, app) -> list[str]:
-        """Extra lines components add to apps:info (releases, units, domains...)."""
-        return []
+        """What apps:info adds: config var names (never values), releases and custom domains."""
+        shared = sorted(self.store.config_vars(app, 0))
+        lines = [f"Config vars:    {', '.join(shared) or '(none)'}  (shared by all deployments)"]
+        domains = self.store.domains()
+        for dep in self.store.deployments(app):
+            own = sorted(self.store.config_vars(app, dep.id))
+            release = f"v{dep.release_version}" if dep.release_version else "nothing deployed"
+            extra = f"; overrides {', '.join(own)}" if own else ""
+            hosts = domains.get(dep.id, [])
+            lines.append(f"Deployment {dep.name}: {release}{extra}" + (f"; domains {', '.join(hosts)}" if hosts else ""))
+        return lines
 
     def destroy_deployment(self, dep) -> None:
         """Remove a deployment everywhere: units, routes, repo, cache, rows."""
@@ -93,6 +105,7 @@ class Platform:
                 hook(dep)
             self.repos.destroy(dep.app, dep.name)
             shutil.rmtree(self.cache_dir(dep), ignore_errors=True)
+            self.logs.remove(dep.app, dep.name)
 
     def destroy_app(self, app) -> None:
         for dep in self.store.deployments(app):
@@ -144,12 +157,12 @@ class Platform:
                 self._remove_units(dep)
 
     def build_config(self, dep) -> dict[str, str]:
-        """The config vars a build of ``dep`` sees in its env dir."""
-        return {}
+        """The config vars a build of ``dep`` sees in its env dir: the app's, overridden by the deployment's."""
+        return {k: v for k, (v, _) in self.store.effective_config(dep).items()}
 
     def release_config(self, dep) -> dict[str, str]:
         """The config vars a new release of ``dep`` snapshots."""
-        return {}
+        return self.build_config(dep)
 
     def image_repository(self, dep) -> str:
         """Docker repository of ``dep``'s release images (unique per installation)."""

@@ -105,6 +105,13 @@ def m004_domains(db: sqlite_utils.Database) -> None:
     db["domains"].create_index(["deployment_id"])
 
 
+@migrations()
+def m005_config_vars(db: sqlite_utils.Database) -> None:
+    # scope 0: set on the app, shared by its deployments; else the deployment's id (overrides)
+    db["config_vars"].create({"app_id": int, "scope": int, "key": str, "value": str, "updated_at": str},
+                             pk=("app_id", "scope", "key"), foreign_keys=[("app_id", "apps", "id")])
+
+
 class Store:
     """Typed access to the platform's SQLite database."""
 
@@ -273,6 +280,7 @@ class Store:
             for dep_id in dep_ids:
                 self._delete_deployment_rows(db, dep_id)
             db.execute("delete from collaborators where app_id = ?", [app.id])
+            db.execute("delete from config_vars where app_id = ?", [app.id])
             db.execute("delete from apps where id = ?", [app.id])
 
     def add_collaborator(self, app: App, user: User) -> None:
@@ -333,6 +341,8 @@ class Store:
             self._delete_deployment_rows(db, dep.id)
 
     def _delete_deployment_rows(self, db, dep_id: int) -> None:
+        if db["config_vars"].exists():
+            db.execute("delete from config_vars where scope = ?", [dep_id])
         for table in _DEPLOYMENT_TABLES:
             if db[table].exists():
                 db.execute(f"delete from {table} where deployment_id = ?", [dep_id])
@@ -540,6 +550,38 @@ class Store:
         for row in self.db.query(sql + " order by hostname", params):
             out.setdefault(row["deployment_id"], []).append(row["hostname"])
         return out
+
+
+    # -- config vars -----------------------------------------------------------
+
+    def config_vars(self, app: App, scope: int = 0) -> dict[str, str]:
+        rows = self.db.query("select key, value from config_vars where app_id = ? and scope = ? order by key",
+                             [app.id, scope])
+        return {r["key"]: r["value"] for r in rows}
+
+    def effective_config(self, dep: Deployment) -> dict[str, tuple[str, str]]:
+        """KEY -> (value, where it comes from: "app" or "deployment") for one deployment."""
+        app = self.app(dep.app)
+        out = {k: (v, "app") for k, v in self.config_vars(app, 0).items()}
+        out.update({k: (v, "deployment") for k, v in self.config_vars(app, dep.id).items()})
+        return dict(sorted(out.items()))
+
+    def set_config(self, app: App, scope: int, values: dict[str, str]) -> None:
+        with self.write() as db:
+            for key, value in values.items():
+                db["config_vars"].upsert({"app_id": app.id, "scope": scope, "key": key, "value": value,
+                                          "updated_at": now()}, pk=("app_id", "scope", "key"))
+
+    def unset_config(self, app: App, scope: int, keys: list[str]) -> list[str]:
+        """Remove ``keys``; returns those that were set."""
+        removed = []
+        with self.write() as db:
+            for key in keys:
+                cur = db.execute("delete from config_vars where app_id = ? and scope = ? and key = ?",
+                                 [app.id, scope, key])
+                if cur.rowcount:
+                    removed.append(key)
+        return removed
 
 
 _DEPLOYMENT_TABLES = ["domains", "backoff", "formation", "releases", "builds"]

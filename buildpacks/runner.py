@@ -35,6 +35,7 @@ from buildpacks.slugignore import slugignore_filter
 from buildpacks.stack import UID
 
 __all__ = ["BuildRequest", "BuildResult", "run_build", "remove_stale_build_containers", "remove_images",
+           "remove_unused_images",
            "APP_DIR", "ENTRYPOINT"]
 
 log = logging.getLogger("bae.build")
@@ -150,6 +151,25 @@ def remove_images(repository: str) -> int:
             for tag in image.tags:
                 client().images.remove(tag, force=True)
     return len(images)
+
+
+def remove_unused_images(repository: str, keep: set[str]) -> int:
+    """Remove the repository's images whose tags are not in ``keep`` (images in use stay)."""
+    import docker.errors
+
+    removed = 0
+    with translated("pruning old release images"):
+        images = client().images.list(name=repository)
+        for image in sorted(images, key=lambda i: i.attrs.get("Created", ""), reverse=True):
+            for tag in image.tags:
+                if tag in keep:
+                    continue
+                try:
+                    client().images.remove(tag)  # no force: an image a unit still runs stays
+                    removed += 1
+                except docker.errors.APIError:
+                    pass
+    return removed
 
 
 class _Watch(threading.Thread):

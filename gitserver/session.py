@@ -41,6 +41,7 @@ class Request:
     data: str | None = None
     pty: tuple | None = None
     on_resize: Callable[[int, int], None] | None = None
+    channel: object = None  # the paramiko channel, for commands that read input as it comes (run)
 
 
 @dataclass
@@ -52,6 +53,17 @@ class SessionContext:
     run_command: Callable[..., int]
     prog: str = "ssh bae@HOST"
     extra: dict = field(default_factory=dict)
+
+
+def redact(command: str) -> str:
+    """The command line as the operator's log may show it: config values never appear."""
+    if not command.lstrip().startswith("config:set"):
+        return command
+    try:
+        argv = shlex.split(command)
+    except ValueError:
+        return "config:set (unreadable arguments)"
+    return " ".join(a.split("=", 1)[0] + "=***" if "=" in a else a for a in argv)
 
 
 def parse_repo_path(path: str) -> tuple[str, str]:
@@ -115,7 +127,7 @@ class Session:
             code = 255  # the client went away
         finally:
             log.info("ssh %s: %s ran %r: exit %d (%.2f s)", self.peer, self.user.name,
-                     what[:120], code, time.monotonic() - started)
+                     redact(what)[:120], code, time.monotonic() - started)
             self._close(code)
 
     def _close(self, code: int) -> None:
@@ -138,6 +150,7 @@ class Session:
                 raise Invalid(f"{argv[0]} takes exactly one repository path")
             return self._git(argv[0], argv[1])
         stdin = self.chan.makefile("rb")
+        self.request.channel = self.chan
         caller = Caller(self.user, local=False)
         return self.ctx.run_command(caller, argv, stdin, self.stdout, self.stderr, self.request)
 

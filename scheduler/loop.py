@@ -53,13 +53,11 @@ class _Waiter:
 
 class Scheduler:
     def __init__(self, platform, runtime: DockerRuntime | None = None,
-                 on_routes: Callable[[dict], None] | None = None,
-                 on_event: Callable[[object, str], None] | None = None) -> None:
+                 on_routes: Callable[[dict], None] | None = None) -> None:
         self.platform = platform
         self.settings = platform.settings.scheduler
         self.runtime = runtime or DockerRuntime(platform.instance)
         self.on_routes = on_routes
-        self.on_event = on_event  # (deployment, text): platform events for the app's log
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -75,6 +73,9 @@ class Scheduler:
         self._threads: list[threading.Thread] = []
         self._event_at = 0.0
         self.sock_path = platform.data / "run" / "scheduler.sock"
+        from scheduler.logs import LogCollector
+
+        self.collector = LogCollector(self.runtime, platform.logs)
 
     # -- life cycle -------------------------------------------------------------
 
@@ -188,8 +189,10 @@ class Scheduler:
         for w in waiters:
             if w.progress:
                 w.progress(text)
-        if self.on_event:
-            self.on_event((app, deployment), text)
+        try:
+            self.platform.logs.event(app, deployment, "scheduler", text)
+        except OSError as exc:
+            log.warning("could not write the app log of %s/%s: %s", app, deployment, exc)
 
     # -- one pass ---------------------------------------------------------------
 
@@ -220,6 +223,7 @@ class Scheduler:
                 specs[w.key] = (dep, release, command)
         infos = self.runtime.list_units()
         by_id = {i.id: i for i in infos}
+        self.collector.sync(infos)
         seen = [self._seen(info, now) for info in infos]
         with self._lock:
             seen += list(self._starting.values())
@@ -294,10 +298,10 @@ class Scheduler:
                 elif isinstance(a, Stop):
                     if a.unit.id in by_id:
                         self._tell(a.unit.app, a.unit.deployment, f"{a.unit.name} (v{a.unit.release}) stopping: {a.reason}")
-                        self._pool.submit(self.runtime.stop, a.unit.id, self.settings.stop_grace)
+                        self._pool.submit(self._stop_unit, a.unit.id)
                 elif isinstance(a, Remove):
                     if a.unit.id in by_id:
-                        self._pool.submit(self.runtime.remove, a.unit.id)
+                        self._pool.submit(self._remove_unit, a.unit.id)
                 elif isinstance(a, Crashed):
                     self._crashed(a, dep_ids)
                 elif isinstance(a, Failed):
@@ -306,6 +310,14 @@ class Scheduler:
                     self._done(a, dep_ids)
             except Exception:
                 log.exception("applying %s failed", type(a).__name__)
+
+    def _stop_unit(self, unit_id: str) -> None:
+        self.runtime.stop(unit_id, self.settings.stop_grace)
+        self._remove_unit(unit_id)
+
+    def _remove_unit(self, unit_id: str) -> None:
+        self.collector.finish(unit_id)  # its last lines (a crash's) are kept in the app's log
+        self.runtime.remove(unit_id)
 
     def _start(self, action: Start, spec_parts: tuple, dep_ids: dict) -> None:
         dep, release, command = spec_parts

@@ -199,14 +199,13 @@ class DockerRuntime:
         return created["Id"]
 
     def stop(self, unit_id: str, grace: int) -> None:
-        """SIGTERM, up to ``grace`` seconds, SIGKILL; then remove the container."""
+        """SIGTERM, up to ``grace`` seconds, SIGKILL (the container stays until ``remove``)."""
         try:
             self.api.stop(unit_id, timeout=grace)
         except docker.errors.NotFound:
             return
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             log.warning("stopping %s failed: %s", unit_id[:12], exc)
-        self.remove(unit_id)
 
     def remove(self, unit_id: str) -> None:
         try:

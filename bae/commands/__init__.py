@@ -26,7 +26,8 @@ __all__ = ["Invocation", "command", "dispatch", "table", "TOPICS", "command_help
 
 log = logging.getLogger("bae.commands")
 
-TOPICS = ["system", "users", "keys", "apps", "deployments", "access", "builds", "buildpacks", "stack", "ps", "releases", "domains"]
+TOPICS = ["system", "users", "keys", "apps", "deployments", "access", "builds", "buildpacks", "stack", "ps",
+          "releases", "domains", "config", "logs", "run"]
 
 
 class _Table(click.Group):
@@ -47,7 +48,8 @@ class Invocation:
     stdin: BinaryIO
     remote: bool
     prog: str = "bae"
-    request: Any = None  # the SSH request (pty, resize) for interactive commands
+    request: Any = None  # the SSH request (pty, resize, channel) for interactive commands
+    alive: Callable[[], bool] = lambda: True  # False once the caller went away (long commands stop)
 
     @property
     def store(self):

@@ -7,6 +7,7 @@ import click
 from bae.access import deployment_for
 from bae.commands import Invocation, command
 from bae.console import ago
+from bae.errors import Invalid
 
 
 @command("releases")
@@ -26,3 +27,62 @@ def releases(inv: Invocation, target: str) -> None:
     width = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         inv.console.out("  ".join(c.ljust(w) for c, w in zip(row[:4], width)) + ("  " + row[4] if row[4] else ""))
+
+
+def _version(text: str) -> int:
+    value = text[1:] if text.lower().startswith("v") else text
+    if not value.isdigit() or len(value) > 9:
+        raise Invalid(f"'{text[:30]}' is not a release", "Releases are written like v3 (see `releases`).")
+    return int(value)
+
+
+@command("releases:info")
+@click.argument("target", metavar="APP[/DEP]")
+@click.argument("version", metavar="vN")
+def releases_info(inv: Invocation, target: str, version: str) -> None:
+    """Show one release: image, commit, config var names, build, who and when."""
+    dep = deployment_for(inv.caller, inv.store, target)
+    r = inv.store.release(dep, _version(version))
+    out = inv.console
+    out.out(f"=== {dep.slug} {r.name}")
+    out.out(f"Description:    {r.description}")
+    out.out(f"Status:         {r.status}" + (f" ({r.error})" if r.error else ""))
+    out.out(f"By:             {r.user}")
+    out.out(f"When:           {r.created_at} ({ago(r.created_at)})")
+    out.out(f"Image:          {r.image}")
+    out.out(f"Commit:         {r.commit or '-'}")
+    build = inv.store.build_by_id(r.build_id).number if r.build_id else None
+    out.out(f"Build:          {build if build is not None else '-'}")
+    out.out(f"Process types:  {', '.join(sorted(r.process_types)) or '(none)'}")
+    out.out(f"Config vars:    {', '.join(sorted(r.config)) or '(none)'}")
+
+
+@command("releases:rollback")
+@click.argument("target", metavar="APP[/DEP]")
+@click.argument("version", required=False, metavar="[vN]")
+def releases_rollback(inv: Invocation, target: str, version: str | None) -> None:
+    """Roll back to release vN (default: the one before the current), as a new release with vN's image and config."""
+    from bae.deploy import roll_out
+
+    dep = deployment_for(inv.caller, inv.store, target)
+    current = inv.store.active_release(dep)
+    if version is None:
+        earlier = [r for r in inv.store.releases(dep, limit=1000)
+                   if r.status in ("superseded", "active") and (current is None or r.version < current.version)]
+        if not earlier:
+            raise Invalid(f"{dep.slug} has no earlier release to roll back to", f"See `releases {dep.slug}`.")
+        target_release = earlier[0]
+    else:
+        target_release = inv.store.release(dep, _version(version))
+        if target_release.status == "failed":
+            raise Invalid(f"{target_release.name} never ran (its deploy failed)", "Pick a release that was live.")
+    if current is not None and target_release.version == current.version:
+        raise Invalid(f"{target_release.name} is the current release already")
+    inv.console.step(f"Rolling back {dep.slug} to {target_release.name}")
+    release = roll_out(inv.platform, dep, image=target_release.image, config=dict(target_release.config),
+                       process_types=target_release.process_types, description=f"Rollback to {target_release.name}",
+                       user=inv.caller.name, out=inv.console, build_id=target_release.build_id,
+                       commit=target_release.commit, release_phase=False)
+    inv.console.detail(f"{release.name} runs {target_release.name}'s code and config vars.")
+    inv.console.detail(f"The config vars you set stay as they are (see `config {dep.slug}`); the next deploy or "
+                       "config change uses them.")

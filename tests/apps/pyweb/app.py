@@ -62,6 +62,14 @@ class Handler(BaseHTTPRequestHandler):
             return self.websocket_echo()
         if self.path.startswith("/sleep/"):
             time.sleep(float(self.path.split("/")[2]))
+        if self.path.startswith("/env/"):
+            value = os.environ.get(self.path[len("/env/"):])
+            body = json.dumps({"value": value}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         if self.path.startswith("/headers"):
             data = dict(self.headers.items())
         else:

@@ -1,0 +1,63 @@
+"""run: a one-off unit of the current release."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from bae.access import deployment_for
+from bae.commands import Invocation, command
+from bae.errors import Invalid
+
+
+@command("run", passthrough=True, ignore_unknown_options=True, allow_interspersed_args=False)
+@click.argument("target", metavar="APP[/DEP]")
+@click.argument("cmd", nargs=-1, type=click.UNPROCESSED, metavar="COMMAND...")
+def run(inv: Invocation, target: str, cmd: tuple[str, ...]) -> int:
+    """Run COMMAND in a one-off unit (the release's image, config and plan); ssh -t makes it interactive."""
+    from scheduler.oneoff import OneOff, run_oneoff
+
+    dep = deployment_for(inv.caller, inv.store, target)
+    if not cmd:
+        raise Invalid("say what to run", f"For example: run {dep.slug} python manage.py migrate (or bash, with ssh -t)")
+    if not dep.release_version:
+        raise Invalid(f"nothing is deployed to {dep.slug} yet", "Push first; `run` uses the current release.")
+    release = inv.store.release(dep, dep.release_version)
+    settings = inv.platform.settings
+    plan = settings.plans[settings.scheduler.default_plan]
+    command_line = " ".join(cmd)
+    if inv.remote:
+        request = inv.request
+        tty = bool(request and request.pty)
+        size = (request.pty[1], request.pty[2]) if tty else None
+        read = request.channel.recv if request and request.channel else None
+    else:
+        tty = sys.stdin.isatty() and sys.stdout.isatty()
+        size = os.get_terminal_size()[:2] if tty else None
+        read = lambda n: os.read(0, n)  # noqa: E731
+    job = OneOff(dep.app, dep.name, release.version, release.image, command_line, dict(release.config),
+                 plan.memory, plan.cpu, plan.pids, ca_bundle=settings.build.ca_bundle, tty=tty, size=size)
+    inv.platform.logs.event(dep.app, dep.name, "run", f"one-off unit started by {inv.caller.name}: {command_line[:200]}")
+    resize = (lambda cb: setattr(inv.request, "on_resize", cb)) if inv.remote and tty else None
+    old_tty = _raw_mode() if tty and not inv.remote else None
+    try:
+        code = run_oneoff(inv.platform.runtime, job, stdin=read, stdout=inv.console.raw_out, stderr=inv.console.raw_err,
+                          resize=resize, alive=inv.alive)
+    finally:
+        if old_tty is not None:
+            import termios
+
+            termios.tcsetattr(0, termios.TCSADRAIN, old_tty)
+    inv.platform.logs.event(dep.app, dep.name, "run", f"one-off unit exited {code}: {command_line[:200]}")
+    return code
+
+
+def _raw_mode():
+    import termios
+    import tty as tty_
+
+    old = termios.tcgetattr(0)
+    tty_.setraw(0)
+    return old

@@ -1,0 +1,82 @@
+"""Collects every unit's output into the app's log store, so it outlives the unit.
+
+One thread per running unit follows `docker logs` (with timestamps) and appends
+lines as ``app[web.1]``. After a restart of `bae serve` each unit is resumed
+from its last collected line. Before the scheduler removes an exited unit it
+calls ``finish``, so a crash's last lines are kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime
+
+from bae.logstore import Entry, LogStore
+from scheduler.runtime_docker import DockerRuntime, UnitInfo
+
+__all__ = ["LogCollector"]
+
+log = logging.getLogger("bae.logs")
+
+
+def _stamp(raw: str) -> str:
+    """Docker's RFC 3339 nanosecond stamp -> our ISO microseconds."""
+    head, _, frac = raw.rstrip("Z").partition(".")
+    return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00").isoformat(timespec="microseconds")
+
+
+class LogCollector:
+    def __init__(self, runtime: DockerRuntime, store: LogStore) -> None:
+        self.runtime = runtime
+        self.store = store
+        self._threads: dict[str, threading.Thread] = {}
+        self._lock = threading.Lock()
+
+    def sync(self, units: list[UnitInfo]) -> None:
+        """Follow every unit that has no follower yet (called on each reconcile pass)."""
+        with self._lock:
+            for gone in [cid for cid, t in self._threads.items() if not t.is_alive()]:
+                del self._threads[gone]
+            for info in units:
+                if info.id in self._threads or info.status == "created":
+                    continue
+                if not info.running and self.store.last_time(info.app, info.deployment, info.id):
+                    continue  # exited and already collected
+                thread = threading.Thread(target=self._follow, args=(info,), daemon=True, name=f"logs-{info.unit}")
+                self._threads[info.id] = thread
+                thread.start()
+
+    def finish(self, unit_id: str, timeout: float = 3.0) -> None:
+        """Wait until an exited unit's output is all collected."""
+        with self._lock:
+            thread = self._threads.get(unit_id)
+        if thread is not None:
+            thread.join(timeout)
+
+    def _follow(self, info: UnitInfo) -> None:
+        since = self.store.last_time(info.app, info.deployment, info.id)
+        kwargs = {"stream": True, "follow": True, "timestamps": True}
+        if since:
+            kwargs["since"] = datetime.fromisoformat(since).timestamp() + 0.000001
+        try:
+            pending = b""
+            batch: list[Entry] = []
+            for chunk in self.runtime.api.logs(info.id, **kwargs):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for raw in lines:
+                    text = raw.decode("utf-8", "replace").rstrip("\r")
+                    stamp, _, message = text.partition(" ")
+                    try:
+                        t = _stamp(stamp)
+                    except ValueError:
+                        continue
+                    if since and t <= since:
+                        continue
+                    batch.append(Entry(t, "app", info.unit, message, info.id))
+                if batch:
+                    self.store.append(info.app, info.deployment, batch)
+                    batch = []
+        except Exception as exc:  # the container went away mid-stream
+            log.debug("log stream of %s ended: %s", info.name, exc)

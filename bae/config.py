@@ -107,6 +107,7 @@ class Scheduler:
 @dataclass
 class Logs:
     retention_lines: int = setting(20000, "log lines kept per deployment, across unit replacements")
+    router_max_mb: float = setting(20.0, "size at which a deployment's router access log is rotated (one old file kept)")
 
 
 @dataclass

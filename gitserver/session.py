@@ -10,7 +10,7 @@ import re
 import shlex
 import time
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable
+from typing import Callable
 
 import paramiko
 from dulwich.errors import GitProtocolError

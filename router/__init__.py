@@ -7,6 +7,9 @@ deployments' hostnames into routes and keeps nginx in step.
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import time
 
 from router.nginx import Nginx
 from router.table import Route, build_routes, check_hostname
@@ -22,6 +25,9 @@ class Router:
         s = platform.settings.router
         self.nginx = Nginx(s.nginx, platform.data / "router", platform.data / "logs" / "router", s.host, s.http_port, s)
         self.endpoints: dict = {}
+        self.logs = platform.data / "logs" / "router"
+        self.max_log_bytes = int(platform.settings.logs.router_max_mb * 1024 * 1024)
+        self._checked = 0.0
 
     def routes(self) -> list[Route]:
         store = self.platform.store
@@ -34,6 +40,24 @@ class Router:
         """The scheduler's callback: the current up web units of every deployment."""
         self.endpoints = endpoints
         self.nginx.apply(self.routes())
+        if time.monotonic() - self._checked > 30:
+            self._checked = time.monotonic()
+            self.rotate_logs()
+
+    def rotate_logs(self) -> int:
+        """Access logs over logs.router_max_mb move to NAME.log.1 (one kept); nginx reopens (USR1)."""
+        rotated = 0
+        for path in self.logs.glob("*.log"):
+            try:
+                if path.stat().st_size > self.max_log_bytes:
+                    os.replace(path, path.with_name(path.name + ".1"))
+                    rotated += 1
+            except OSError:
+                continue
+        if rotated and self.nginx.proc and self.nginx.proc.poll() is None:
+            self.nginx.proc.send_signal(signal.SIGUSR1)
+            log.info("router: rotated %d access log(s)", rotated)
+        return rotated
 
     def stop(self) -> None:
         self.nginx.stop()

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from bae.errors import BaeError, Unavailable
-from router.pages import PAGES, page
+from router.pages import page
 from router.table import Route
 
 __all__ = ["render", "Nginx"]

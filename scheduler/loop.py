@@ -239,6 +239,7 @@ class Scheduler:
                       memory={name: memory_label(p.memory) for name, p in plans.items()})
         actions = plan(wants, seen, ctx, tuple(pending))
         self._resolutions: list[tuple] = []
+        self._crashed_this_pass: set = set()
         self._apply(actions, specs, dep_ids, by_id)
         self._publish_routes(infos)
         for resolution in self._resolutions:  # pushes learn the outcome once the router routes it
@@ -361,6 +362,10 @@ class Scheduler:
         self._recorded.add(u.id)
         key = u.key
         back = self._backoff.get(key, Backoff())
+        if key in self._crashed_this_pass:  # several units of one type in one pass: one failure
+            self._tell(u.app, u.deployment, f"{a.reason}")
+            return
+        self._crashed_this_pass.add(key)
         failures = back.failures + 1
         delay = backoff_delay(failures, self.settings.backoff_max)
         self._backoff[key] = Backoff(failures, time.monotonic() + delay)
@@ -370,35 +375,34 @@ class Scheduler:
             self.platform.store.set_backoff(dep_id, u.process, failures, wall.isoformat(), a.reason)
         self._tell(u.app, u.deployment, f"{a.reason}, restarting " + (f"in {delay:.0f}s" if delay else "now"))
 
-    def _failed(self, a: Failed, dep_ids: dict) -> None:
-        store = self.platform.store
+    def _pending(self, a, dep_ids: dict):
+        """The release a Failed/Done action is about, if it is still being deployed."""
         dep_id = dep_ids.get((a.app, a.deployment))
         if dep_id is None:
+            return None
+        store = self.platform.store
+        release = store.release(store.deployment_by_id(dep_id), a.release)
+        return release if release.status == "pending" else None
+
+    def _failed(self, a: Failed, dep_ids: dict) -> None:
+        release = self._pending(a, dep_ids)
+        if release is None:
             return
-        dep = store.deployment_by_id(dep_id)
-        release = store.release(dep, a.release)
-        if release.status != "pending":
-            return
-        back_to = store.fail_release(release, a.reason)
+        back_to = self.platform.store.fail_release(release, a.reason)
         output = self.runtime.logs(a.unit_id, tail=15) if a.unit_id else ""
         if output.strip():
             self._tell(a.app, a.deployment, f"the last output of {a.reason.split()[0]}:")
             for line in output.rstrip().splitlines()[-15:]:
                 self._tell(a.app, a.deployment, f"  {line[:300]}")
-        self._tell(a.app, a.deployment,
-                   f"deploy of v{a.release} failed: {a.reason}; " + (f"v{back_to} keeps serving" if back_to else "nothing was running before"))
+        self._tell(a.app, a.deployment, f"deploy of v{a.release} failed: {a.reason}; "
+                   + (f"v{back_to} keeps serving" if back_to else "nothing was running before"))
         self._resolve(a.app, a.deployment, a.release, a.reason)
 
     def _done(self, a: Done, dep_ids: dict) -> None:
-        store = self.platform.store
-        dep_id = dep_ids.get((a.app, a.deployment))
-        if dep_id is None:
+        release = self._pending(a, dep_ids)
+        if release is None:
             return
-        dep = store.deployment_by_id(dep_id)
-        release = store.release(dep, a.release)
-        if release.status != "pending":
-            return
-        store.activate(release)
+        self.platform.store.activate(release)
         self._tell(a.app, a.deployment, f"v{a.release} is live")
         self._resolutions.append((a.app, a.deployment, a.release, None))
 

@@ -195,8 +195,8 @@ def _plan_deployment(wants: list[Want], units: list[Seen], ctx: Context) -> list
                               for x in live if x.release == release]
         if (current(u) or u.running) and not u.recorded:
             actions.append(Crashed(u, reason))
-            if current(u):
-                new_crashes[u.process] = new_crashes.get(u.process, 0) + 1
+            if current(u):  # units of a type dying together (a reboot, a shared fault) count once
+                new_crashes[u.process] = 1
         if u.running:
             actions.append(Stop(u, reason))
     ok = [u for u in live if u not in broken]

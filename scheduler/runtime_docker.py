@@ -15,7 +15,6 @@ import logging
 import secrets
 import socket
 import threading
-import time
 from dataclasses import dataclass, field
 from datetime import datetime
 

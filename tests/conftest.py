@@ -9,18 +9,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from helpers import Server  # noqa: E402
+from helpers import serving  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("bae")).start()
-    yield srv
-    code = srv.stop()
-    srv.cleanup()
-    log = srv.log()
-    assert "Traceback" not in log, f"the server logged a traceback:\n{log[-5000:]}"
-    assert code == 0, f"bae serve exited {code}:\n{log[-3000:]}"
+def server(tmp_path_factory, request):
+    """One `bae serve` per test module; a module may set SETTINGS (a dict) for it."""
+    with serving(tmp_path_factory.mktemp("bae"), getattr(request.module, "SETTINGS", None)) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ images it causes carry the server's instance label and are removed at the end.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -187,6 +188,20 @@ class Client:
 
     def push(self, repo: Path, target: str, refspec: str = "master", *flags: str, timeout=900) -> subprocess.CompletedProcess:
         return self.git("push", *flags, self.url(target), refspec, cwd=repo, timeout=timeout)
+
+
+@contextlib.contextmanager
+def serving(tmp: Path, settings: dict | None = None):
+    """A started Server; on exit it is stopped (must exit 0, no traceback logged) and cleaned up."""
+    srv = Server(tmp, settings).start()
+    try:
+        yield srv
+    finally:
+        code = srv.stop()
+        srv.cleanup()
+    log = srv.log()
+    assert "Traceback" not in log, f"the server logged a traceback:\n{log[-5000:]}"
+    assert code == 0, f"bae serve exited {code}:\n{log[-3000:]}"
 
 
 def make_repo(path: Path, files: dict[str, str | bytes], message: str = "initial", branch: str = "master") -> Path:

@@ -98,7 +98,7 @@ def test_main_branch_and_deployments(server, dev, tmp_path):
     assert dev.git("clone", "-q", dev.url("mainly/worker"), str(clone)).returncode == 0
     assert run(["git", "branch", "--show-current"], cwd=clone).stdout.strip() == "main"
     # scp-style remote (no leading slash) works too
-    scp = f"bae@127.0.0.1:mainly.git"
+    scp = "bae@127.0.0.1:mainly.git"
     env = dict(dev.git_env, GIT_SSH_COMMAND=dev.git_env["GIT_SSH_COMMAND"].replace(f"-p {server.ssh_port}", ""))
     env["GIT_SSH_COMMAND"] += f" -p {server.ssh_port}"
     result = run(["git", "push", scp, "main:master"], cwd=repo, env=env)

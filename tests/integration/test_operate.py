@@ -9,25 +9,17 @@ import shutil
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import requests
 
-from helpers import APPS, Load, Server, make_repo
+from helpers import APPS, Load, make_repo
 
 pytestmark = pytest.mark.integration
 
-CONFIG = {"scheduler": {"boot_timeout": 15, "stop_grace": 5}}
+SETTINGS = {"scheduler": {"boot_timeout": 15, "stop_grace": 5}}
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("operate"), CONFIG).start()
-    yield srv
-    assert srv.stop() == 0
-    srv.cleanup()
-    assert "Traceback" not in srv.log(), srv.log()[-4000:]
 
 
 @pytest.fixture(scope="module")

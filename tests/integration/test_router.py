@@ -14,20 +14,13 @@ import pytest
 import requests
 import websocket
 
-from helpers import APPS, Load, Server, make_repo
+from helpers import APPS, Load, make_repo
 
 pytestmark = pytest.mark.integration
 
-CONFIG = {"scheduler": {"boot_timeout": 15, "stop_grace": 5}, "router": {"read_timeout": 2.0, "connect_timeout": 1.0}}
+SETTINGS = {"scheduler": {"boot_timeout": 15, "stop_grace": 5}, "router": {"read_timeout": 2.0, "connect_timeout": 1.0}}
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("router"), CONFIG).start()
-    yield srv
-    assert srv.stop() == 0
-    srv.cleanup()
-    assert "Traceback" not in srv.log(), srv.log()[-4000:]
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import time
@@ -16,7 +15,7 @@ from helpers import APPS, Server, make_repo
 
 pytestmark = pytest.mark.integration
 
-CONFIG = {"scheduler": {"boot_timeout": 8, "stop_grace": 5, "backoff_reset": 60.0}}
+SETTINGS = {"scheduler": {"boot_timeout": 8, "stop_grace": 5, "backoff_reset": 60.0}}
 
 
 def wait_for(predicate, timeout=30.0, interval=0.2, what="condition"):
@@ -70,13 +69,6 @@ def pyweb(tmp_path: Path, name="pyweb", **changes) -> Path:
     return make_repo(src, changes, "pyweb")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("sched"), CONFIG).start()
-    yield srv
-    assert srv.stop() == 0
-    srv.cleanup()
-    assert "Traceback" not in srv.log(), srv.log()[-4000:]
 
 
 @pytest.fixture(scope="module")
@@ -253,7 +245,7 @@ def test_a_good_deploy_replaces_units_and_restart_works(server, dev, deployed, t
 
 
 def test_restarting_bae_serve_adopts_units_and_heals_what_died_meanwhile(tmp_path):
-    srv = Server(tmp_path, CONFIG).start()
+    srv = Server(tmp_path, SETTINGS).start()
     try:
         dev = srv.user("adopt")
         dev.ssh("apps:create", "adopted")

@@ -137,3 +137,10 @@ def test_a_release_without_process_types_is_done_at_once():
     old = unit(1, release=1)
     actions = plan([], [old], ctx(), pending=(("a", "default", 2),))
     assert actions == [Done("a", "default", 2), Stop(old, "no longer wanted")]
+
+
+def test_units_of_a_type_dying_together_count_as_one_crash():
+    w = want(quantity=10)
+    dead = [unit(i, running=False, exit_code=143) for i in range(1, 11)]
+    actions = plan([w], dead, ctx())
+    assert len([a for a in actions if isinstance(a, Start)]) == 10  # a first failure restarts at once

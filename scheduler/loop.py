@@ -155,7 +155,7 @@ class Scheduler:
                 log.exception("reconcile pass failed; retrying")
                 busy = False
                 self._stop.wait(1)
-            self._wake.wait(0.1 if busy else self.settings.interval)
+            self._wake.wait(0.05 if busy else self.settings.interval)
             self._wake.clear()
 
     # -- deploys ----------------------------------------------------------------

@@ -75,8 +75,9 @@ def serve(platform, console: Console) -> int:
         from buildpacks.runner import remove_stale_build_containers
 
         stale = remove_stale_build_containers(platform.instance)
+        stale += platform.runtime.remove_all_oneoffs()
         if stale:
-            log.info("removed %d build container(s) left by an earlier run", stale)
+            log.info("removed %d build and one-off container(s) left by an earlier run", stale)
     except Exception as exc:  # Docker down: builds will say so when they run
         log.warning("could not look for stale build containers: %s", exc)
     signal.signal(signal.SIGTERM, on_signal)

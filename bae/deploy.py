@@ -42,10 +42,17 @@ def run_release_phase(platform, dep: Deployment, release: Release, out) -> None:
                       alive=lambda: not getattr(out, "cancelled", False))
     if pending:
         out.detail(pending.decode("utf-8", "replace"))
-    platform.logs.event(dep.app, dep.name, "release", f"release command exited {code} for v{release.version}")
+    _event(platform, dep, f"release command exited {code} for v{release.version}")
     if code != 0:
         raise DeployFailed(f"the release command failed (exit {code})",
                            "Its output is above; the release's units were not started.")
+
+
+def _event(platform, dep: Deployment, text: str) -> None:
+    try:
+        platform.logs.event(dep.app, dep.name, "deploy", text)
+    except OSError as exc:  # a full disk must not fail (or falsely refuse) a deploy
+        log.warning("could not write the app log of %s: %s", dep.slug, exc)
 
 
 def _deploy(platform, dep: Deployment, release: Release, out) -> None:
@@ -87,13 +94,12 @@ def roll_out(platform, dep: Deployment, *, image: str, config: dict, process_typ
         summary = ", ".join(f"{p}={n}" for p, n in sorted(running.items())) or "no units (scale with ps:scale)"
         out.step(f"Launching v{release.version}: {summary}")
         _deploy(platform, dep, release, out)
-    except BaeError as exc:
-        current = store.release(dep, release.version)
-        if current.status == "pending":
-            store.fail_release(current, exc.message)
-        platform.logs.event(dep.app, dep.name, "deploy", f"v{release.version} ({description}) by {user} failed: {exc.message}")
+    except Exception as exc:
+        message = exc.message if isinstance(exc, BaeError) else "internal error"
+        store.fail_release(release, message)
+        _event(platform, dep, f"v{release.version} ({description}) by {user} failed: {message}")
         raise
-    platform.logs.event(dep.app, dep.name, "deploy", f"v{release.version} ({description}) by {user} is live")
+    _event(platform, dep, f"v{release.version} ({description}) by {user} is live")
     message = f"Launched v{release.version}"
     if running.get("web"):
         message += f": {platform.web_url(dep.app, dep.name)}"

@@ -164,7 +164,11 @@ class LogStore:
         return last
 
     def remove(self, app: str, deployment: str) -> None:
-        for path in (self.path(app, deployment),):
+        """Forget a destroyed deployment's logs, the router's included (app names can be reused)."""
+        paths = [self.path(app, deployment)]
+        if self.router_root is not None:
+            paths += [self.router_root / f"{app}--{deployment}.log", self.router_root / f"{app}--{deployment}.log.1"]
+        for path in paths:
             try:
                 path.unlink()
             except FileNotFoundError:

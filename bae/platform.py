@@ -33,8 +33,12 @@ class Platform:
         self.data = Path(settings.data_dir)
         for sub in ("repos", "cache", "run", "logs"):
             (self.data / sub).mkdir(parents=True, exist_ok=True)
-        os.chmod(self.data, 0o711)
+            os.chmod(self.data / sub, 0o700)  # code, caches, logs and sockets are root's alone
+        os.chmod(self.data, 0o711)  # nginx's workers (www-data) need to pass through to router/
         self.store = Store(self.data / "bae.db")
+        for name in ("bae.db", "bae.db-wal", "bae.db-shm"):
+            if (self.data / name).exists():
+                os.chmod(self.data / name, 0o600)  # config var values live here
         self.repos = Repositories(self.data / "repos")
         self.instance = self._instance_id()
         self.daemon = None  # set by `bae serve` in its own process

@@ -460,9 +460,15 @@ class Store:
             db["releases"].update(release.id, {"status": "active", "error": None})
 
     def fail_release(self, release: Release, reason: str) -> int | None:
-        """Mark ``release`` failed and point the deployment back at its active release (returned)."""
+        """Mark a pending ``release`` failed and point the deployment back at its active release
+        (returned). A release that went live meanwhile is left alone."""
         with self.write() as db:
-            db["releases"].update(release.id, {"status": "failed", "error": reason})
+            cur = db.execute("update releases set status = 'failed', error = ? where id = ? and status = 'pending'",
+                             [reason, release.id])
+            if cur.rowcount == 0:
+                row = self._one("select version from releases where deployment_id = ? and status = 'active' "
+                                "order by version desc limit 1", [release.deployment_id])
+                return row["version"] if row else None
             row = self._one("select version from releases where deployment_id = ? and status = 'active' "
                             "order by version desc limit 1", [release.deployment_id])
             version = row["version"] if row else None
@@ -510,6 +516,16 @@ class Store:
             else:
                 db["backoff"].upsert({"deployment_id": dep_id, "process": process, "failures": failures,
                                       "not_before": not_before, "reason": reason}, pk=("deployment_id", "process"))
+
+    def fail_interrupted(self, reason: str) -> tuple[list[Release], int]:
+        """At start-up: deploys and builds that were under way when the platform stopped have failed."""
+        pending = [_release(r) for r in self.db.query("select * from releases where status = 'pending'")]
+        for release in pending:
+            self.fail_release(release, reason)
+        with self.write() as db:
+            cur = db.execute("update builds set status = 'failed', error = ?, finished_at = ? where status = 'running'",
+                             [reason, now()])
+        return pending, cur.rowcount
 
     def targets(self) -> list[tuple[Deployment, Release | None, dict[str, FormationEntry]]]:
         """Every deployment with the release it should run and its formation: the scheduler's input."""

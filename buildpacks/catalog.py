@@ -35,7 +35,8 @@ BUILTINS = [
     Buildpack("nodejs", HERE / "nodejs", "package.json"),
 ]
 _ALIASES = {b.name: b for b in BUILTINS} | {f"heroku/{b.name}": b for b in BUILTINS}
-_GIT_URL = re.compile(r"(https?|git|ssh)://[A-Za-z0-9._~:@%+\-]+(/[A-Za-z0-9._~%+\-/]*)?(#[A-Za-z0-9._/\-]{1,100})?")
+_GIT_URL = re.compile(r"(https|git)://[A-Za-z0-9._~:@%+\-]+(/[A-Za-z0-9._~%+\-/]*)?(#[A-Za-z0-9._/\-]{1,100})?")
+_ADMIN_URL = re.compile(r"(https?|git|ssh)://[A-Za-z0-9._~:@%+\-]+(/[A-Za-z0-9._~%+\-/]*)?(#[A-Za-z0-9._/\-]{1,100})?")
 _FILE_URL = re.compile(r"file:///[A-Za-z0-9._~%+\-/]+(#[A-Za-z0-9._/\-]{1,100})?")
 
 
@@ -59,12 +60,12 @@ def validate_spec(spec: str, admin: bool) -> str:
         if ".." in path.parts or not (path / "bin" / "detect").is_file() or not (path / "bin" / "compile").is_file():
             raise Invalid(f"{spec} is not a buildpack directory", "A buildpack has bin/detect and bin/compile.")
         return spec
-    if not _GIT_URL.fullmatch(spec):
-        raise Invalid(
-            f"'{spec[:80]}' is neither a built-in buildpack nor a git URL",
-            "Use python, nodejs, or a URL like https://github.com/org/buildpack.git#v1.",
-        )
-    return spec
+    if _GIT_URL.fullmatch(spec) or (admin and _ADMIN_URL.fullmatch(spec)):
+        return spec
+    raise Invalid(
+        f"'{spec[:80]}' is neither a built-in buildpack nor an https:// or git:// URL",
+        "Use python, nodejs, or a URL like https://github.com/org/buildpack.git#v1.",
+    )
 
 
 def fetch(spec: str, workdir: Path) -> Buildpack:
@@ -79,7 +80,16 @@ def fetch(spec: str, workdir: Path) -> Buildpack:
     if ref:
         cmd += ["--branch", ref]
     cmd += ["--", url, str(dest / "bp")]
-    env = dict(os.environ, GIT_TERMINAL_PROMPT="0", GIT_ASKPASS="/bin/false", GIT_SSH_COMMAND="ssh -o BatchMode=yes")
+    # Nothing of the host's: no credentials, no config, no SSH keys (HOME is an empty directory).
+    home = Path(tempfile.mkdtemp(prefix="home-", dir=workdir))
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "GIT_TERMINAL_PROMPT": "0",
+           "GIT_ASKPASS": "/bin/false", "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null",
+           "GIT_SSH_COMMAND": "ssh -F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes -o IdentityFile=/dev/null "
+                              "-o StrictHostKeyChecking=accept-new -o UserKnownHostsFile=/dev/null"}
+    for name in ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "SSL_CERT_FILE"):
+        if name in os.environ:
+            env[name] = os.environ[name]
+    cmd[1:1] = ["-c", "credential.helper=", "-c", "protocol.file.allow=user"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, stdin=subprocess.DEVNULL)
     if proc.returncode != 0:
         detail = proc.stderr.strip().splitlines()[-1:] or ["(no output)"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,14 +24,34 @@ __all__ = ["fingerprint", "inputs_digest", "ReusePlan", "plan_reuse", "MAX_DEPTH
 MAX_DEPTH = 20  # fast layers stacked on one full build before the next full build
 
 
+_DIGEST_LIMIT = 64 * 1024 * 1024
+
+
 @functools.lru_cache(maxsize=32)
 def _tree_digest(path: str) -> str:
+    """A hash of a buildpack's files. Symlinks count by their target's name and are never
+    followed (a link to /proc/kcore must not be read by root); at most 64 MiB are read."""
     h = hashlib.sha256()
-    if Path(path).is_file():
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    for file in sorted(Path(path).rglob("*")):
-        if file.is_file() and "__pycache__" not in file.parts:
-            h.update(str(file.relative_to(path)).encode() + b"\0" + file.read_bytes() + b"\0")
+    root = Path(path)
+    if root.is_symlink():
+        return hashlib.sha256(os.readlink(root).encode()).hexdigest()
+    if root.is_file():
+        return hashlib.sha256(root.read_bytes()[:_DIGEST_LIMIT]).hexdigest()
+    budget = _DIGEST_LIMIT
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        for name in sorted(filenames) + sorted(d for d in dirnames if os.path.islink(os.path.join(dirpath, d))):
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, root)
+            if "__pycache__" in rel:
+                continue
+            if os.path.islink(full):
+                h.update(f"{rel}->{os.readlink(full)}\0".encode())
+            elif os.path.isfile(full) and budget > 0:
+                with open(full, "rb") as fh:
+                    data = fh.read(budget)
+                budget -= len(data)
+                h.update(rel.encode() + b"\0" + data + b"\0")
     return h.hexdigest()
 
 

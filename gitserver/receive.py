@@ -11,6 +11,7 @@ it was. Called by the SSH session for ``git-receive-pack``.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from dataclasses import dataclass
@@ -43,15 +44,21 @@ class PushTarget:
 class Progress:
     """Lines for the pusher's terminal (``remote: …``), written as they happen.
 
-    Thread-safe; after the client went away writes are dropped and
-    ``cancelled`` turns true, so long work can stop early.
+    Callers (the build, the scheduler's thread) only queue a line; a writer thread
+    of this push sends it, so a pusher that stops reading slows down nobody but
+    itself. Past ``limit`` queued lines, output is dropped (and said so). After the
+    client went away ``cancelled`` turns true, so long work can stop early.
     """
 
-    def __init__(self, write: Callable[[bytes], None] | None, alive: Callable[[], bool]) -> None:
+    def __init__(self, write: Callable[[bytes], None] | None, alive: Callable[[], bool], limit: int = 5000) -> None:
         self._write = write
         self._alive = alive
-        self._lock = threading.Lock()
         self._gone = False
+        self._queue: queue.Queue = queue.Queue(limit)
+        self._dropped = 0
+        self._writer = threading.Thread(target=self._drain, daemon=True) if write else None
+        if self._writer:
+            self._writer.start()
 
     def __call__(self, text: str) -> None:
         self.write(text if text.endswith("\n") else text + "\n")
@@ -59,11 +66,35 @@ class Progress:
     def write(self, text: str) -> None:
         if self._write is None or self._gone:
             return
-        with self._lock:
+        try:
+            self._queue.put_nowait(text.encode("utf-8", "replace"))
+        except queue.Full:
+            self._dropped += 1
+
+    def _drain(self) -> None:
+        while True:
+            data = self._queue.get()
+            if data is None:
+                return
+            if self._gone:
+                continue
             try:
-                self._write(text.encode("utf-8", "replace"))
+                if self._dropped:
+                    self._write(f" !     ({self._dropped} lines of output were dropped: the terminal did not keep up)\n".encode())
+                    self._dropped = 0
+                self._write(data)
             except Exception:  # the client hung up; the push will be refused
                 self._gone = True
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Send what is queued (for up to ``timeout`` seconds) and stop the writer."""
+        if self._writer:
+            try:
+                self._queue.put(None, timeout=timeout)
+            except queue.Full:
+                self._gone = True
+                return
+            self._writer.join(timeout)
 
     @property
     def cancelled(self) -> bool:
@@ -97,6 +128,12 @@ class _Handler(ReceivePackHandler):
 
     def _apply_pack(self, refs):
         progress = self._progress()
+        try:
+            yield from self._apply_with(progress, refs)
+        finally:
+            progress.close()  # everything said is sent before the status report
+
+    def _apply_with(self, progress: "Progress", refs):
         with quarantine(self.repo) as store:
             if any(new != ZERO for _, new, _ in refs):
                 try:

@@ -63,6 +63,7 @@ class Scheduler:
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="unit")
         self._starting: dict[str, Seen] = {}  # placeholder id -> Seen, until the container exists
+        self._started_ids: dict[str, str] = {}  # placeholder id -> container id, once created
         self._started: dict[str, float] = {}  # container id -> when first seen without a start time
         self._stopping: set[str] = set()
         self._up: dict[str, float] = {}  # container id -> monotonic time it was first up
@@ -72,6 +73,7 @@ class Scheduler:
         self._routes: dict[tuple[str, str], tuple[Endpoint, ...]] = {}
         self._threads: list[threading.Thread] = []
         self._event_at = 0.0
+        self._shapes: dict[tuple, tuple] = {}  # (app, dep, process) -> (release, plan, generation) last wanted
         self.sock_path = platform.data / "run" / "scheduler.sock"
         from scheduler.logs import LogCollector
 
@@ -105,11 +107,12 @@ class Scheduler:
     def _recover(self) -> None:
         """Deploys that were under way when the platform stopped are refused: their pushes are gone."""
         store = self.platform.store
-        for dep, release, _ in store.targets():
-            if release is not None and release.status == "pending":
-                back_to = store.fail_release(release, "the platform restarted during the deploy")
-                log.info("%s: v%d was being deployed when bae stopped; back to %s", dep.slug, release.version,
-                         f"v{back_to}" if back_to else "nothing")
+        releases, builds = store.fail_interrupted("the platform restarted during the deploy")
+        for release in releases:
+            log.info("v%d (deployment %d) was being deployed when bae stopped; it failed", release.version,
+                     release.deployment_id)
+        if builds:
+            log.info("%d build(s) were running when bae stopped; they failed", builds)
         now_wall, now = time.time(), time.monotonic()
         deps = {d.id: d for d in store.deployments()}
         for (dep_id, process), row in store.backoffs().items():
@@ -170,7 +173,10 @@ class Scheduler:
         try:
             store.set_target(dep.id, release.version)
             self.wake()
-            limit = self.settings.boot_timeout + 120
+            formation = store.formation(dep)
+            web = formation["web"].quantity if "web" in formation and "web" in release.process_types else 0
+            batches = max(1, -(-web // max(1, self.settings.rollout_batch)))
+            limit = self.settings.boot_timeout * batches + 120
             if not waiter.event.wait(limit):
                 store.fail_release(release, "the deploy did not finish in time")
                 self.wake()
@@ -226,6 +232,10 @@ class Scheduler:
         self.collector.sync(infos)
         seen = [self._seen(info, now) for info in infos]
         with self._lock:
+            for placeholder, unit_id in list(self._started_ids.items()):
+                if unit_id in by_id:  # listed now: the container stands for itself
+                    self._starting.pop(placeholder, None)
+                    del self._started_ids[placeholder]
             seen += list(self._starting.values())
             self._stopping &= set(by_id)
             for gone in [i for i in self._up if i not in by_id]:
@@ -234,6 +244,13 @@ class Scheduler:
                 del self._started[gone]
             self._recorded &= set(by_id)
         self._reset_backoff(seen, now)
+        for w in wants:  # a new release, plan or restart deserves a fresh start: forget old crashes
+            shape = (w.release, w.plan, w.generation)
+            if self._shapes.get(w.key, shape) != shape and w.key in self._backoff:
+                del self._backoff[w.key]
+                if (w.app, w.deployment) in dep_ids:
+                    store.set_backoff(dep_ids[(w.app, w.deployment)], w.process, 0, None, None)
+            self._shapes[w.key] = shape
         ctx = Context(now=now, boot_timeout=self.settings.boot_timeout, batch=max(1, self.settings.rollout_batch),
                       backoff_max=self.settings.backoff_max, backoff=dict(self._backoff),
                       memory={name: memory_label(p.memory) for name, p in plans.items()})
@@ -313,8 +330,13 @@ class Scheduler:
                 log.exception("applying %s failed", type(a).__name__)
 
     def _stop_unit(self, unit_id: str) -> None:
-        self.runtime.stop(unit_id, self.settings.stop_grace)
-        self._remove_unit(unit_id)
+        try:
+            self.runtime.stop(unit_id, self.settings.stop_grace)
+            self._remove_unit(unit_id)
+        finally:
+            with self._lock:  # if it is still listed, the next pass decides again
+                self._stopping.discard(unit_id)
+            self._wake.set()
 
     def _remove_unit(self, unit_id: str) -> None:
         self.collector.finish(unit_id)  # its last lines (a crash's) are kept in the app's log
@@ -339,7 +361,10 @@ class Scheduler:
             self._starting[placeholder_id] = placeholder
         def run() -> None:
             try:
-                self.runtime.start(spec)
+                unit_id = self.runtime.start(spec)
+                with self._lock:  # the placeholder goes once a pass lists the container itself
+                    self._started_ids[placeholder_id] = unit_id
+                return
             except BaeError as exc:
                 self._tell(w.app, w.deployment, f"{w.process}.{action.index}: {exc.message}")
                 key = w.key
@@ -349,10 +374,12 @@ class Scheduler:
                 if w.pending:
                     self._resolve(w.app, w.deployment, w.release, exc.message)
                     self.platform.store.fail_release(release, exc.message)
+            except Exception:
+                log.exception("starting %s.%d failed", w.process, action.index)
             finally:
-                with self._lock:
-                    self._starting.pop(placeholder_id, None)
                 self._wake.set()
+            with self._lock:
+                self._starting.pop(placeholder_id, None)
 
         self._tell(w.app, w.deployment, f"{w.process}.{action.index} starting (v{w.release}, {w.plan})")
         self._pool.submit(run)

@@ -53,6 +53,7 @@ def _create(runtime: DockerRuntime, job: OneOff, stdin: bool) -> str:
     host_config = runtime.api.create_host_config(
         mem_limit=job.memory, memswap_limit=job.memory, nano_cpus=int(job.cpu * 1e9), pids_limit=job.pids,
         security_opt=["no-new-privileges"], cap_drop=["ALL"], mounts=mounts, auto_remove=False,
+        network_mode=runtime.network(job.app),
     )
     try:
         created = runtime.api.create_container(
@@ -77,37 +78,46 @@ def run_oneoff(runtime: DockerRuntime, job: OneOff, *, stdin: Callable[[int], by
     """Run ``job`` to completion; returns its exit code (the container is removed in every case)."""
     cid = _create(runtime, job, stdin is not None)
     try:
-        sock = runtime.api.attach_socket(cid, params={"stdin": 1 if stdin is not None else 0, "stdout": 1,
-                                                      "stderr": 1, "stream": 1})
-        raw = getattr(sock, "_sock", sock)
-        runtime.api.start(cid)
-        if job.tty and job.size:
-            try:
-                runtime.api.resize(cid, height=job.size[1], width=job.size[0])
-            except docker.errors.APIError:
-                pass
-        if resize is not None:
-            resize(lambda w, h: _safe_resize(runtime, cid, w, h))
-        if stdin is not None:
-            threading.Thread(target=_pump_stdin, args=(stdin, raw, not job.tty), daemon=True).start()
-        reader = threading.Thread(target=_pump_output, args=(raw, job.tty, stdout, stderr), daemon=True)
-        reader.start()
-        deadline = time.monotonic() + timeout if timeout else None
-        while reader.is_alive():
-            reader.join(0.2)
-            if (deadline and time.monotonic() > deadline) or not alive():
-                runtime.api.kill(cid)
-                reader.join(5)
-                if deadline and time.monotonic() > deadline:
-                    stderr(f"the command ran longer than {timeout:.0f} s and was stopped\n".encode())
-                return 124 if deadline and time.monotonic() > deadline else 130
-        result = runtime.api.wait(cid, timeout=30)
-        return int(result.get("StatusCode", 1))
+        return _run(runtime, cid, job, stdin, stdout, stderr, timeout, resize, alive)
+    except docker.errors.APIError as exc:
+        raise BaeError(f"the one-off unit failed: {exc.explanation or exc}") from None
     finally:
         try:
             runtime.api.remove_container(cid, force=True)
         except docker.errors.APIError:
             pass
+
+
+def _run(runtime: DockerRuntime, cid: str, job: OneOff, stdin, stdout, stderr, timeout, resize, alive) -> int:
+    sock = runtime.api.attach_socket(cid, params={"stdin": 1 if stdin is not None else 0, "stdout": 1,
+                                                  "stderr": 1, "stream": 1})
+    raw = getattr(sock, "_sock", sock)
+    runtime.api.start(cid)
+    if job.tty and job.size:
+        try:
+            runtime.api.resize(cid, height=job.size[1], width=job.size[0])
+        except docker.errors.APIError:
+            pass
+    if resize is not None:
+        resize(lambda w, h: _safe_resize(runtime, cid, w, h))
+    if stdin is not None:
+        threading.Thread(target=_pump_stdin, args=(stdin, raw, not job.tty), daemon=True).start()
+    reader = threading.Thread(target=_pump_output, args=(raw, job.tty, stdout, stderr), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + timeout if timeout else None
+    while reader.is_alive():
+        reader.join(0.2)
+        if (deadline and time.monotonic() > deadline) or not alive():
+            try:
+                runtime.api.kill(cid)
+            except docker.errors.APIError:
+                pass  # it ended by itself meanwhile
+            reader.join(5)
+            if deadline and time.monotonic() > deadline:
+                stderr(f"the command ran longer than {timeout:.0f} s and was stopped\n".encode())
+            return 124 if deadline and time.monotonic() > deadline else 130
+    result = runtime.api.wait(cid, timeout=30)
+    return int(result.get("StatusCode", 1))
 
 
 def _safe_resize(runtime: DockerRuntime, cid: str, width: int, height: int) -> None:

@@ -102,6 +102,7 @@ class DockerRuntime:
             raise Unavailable(f"the Docker Engine does not answer ({exc.__class__.__name__})",
                               "Start it (make up starts dockerd).") from None
         self._inspected: dict[str, tuple] = {}
+        self._networks: set[str] = set()
         self._lock = threading.Lock()
 
     def _filters(self, **labels: str) -> dict:
@@ -179,6 +180,7 @@ class DockerRuntime:
         host_config = self.api.create_host_config(
             mem_limit=spec.memory, memswap_limit=spec.memory, nano_cpus=int(spec.cpu * 1e9), pids_limit=spec.pids,
             security_opt=["no-new-privileges"], cap_drop=["ALL"], mounts=mounts,
+            network_mode=self.network(spec.app),
             port_bindings={PORT: ("127.0.0.1", None)} if spec.web else None,
             log_config=LogConfig(type="json-file", config={"max-size": "10m", "max-file": "3"}),
             restart_policy={"Name": "no"},
@@ -189,13 +191,35 @@ class DockerRuntime:
                 hostname=f"{spec.process}-{spec.index}", host_config=host_config,
                 ports=[PORT] if spec.web else None, stop_timeout=spec.stop_grace,
             )
-            self.api.start(created["Id"])
+            try:
+                self.api.start(created["Id"])
+            except Exception:
+                self.remove(created["Id"])  # never leave a created-but-dead unit behind
+                raise
         except docker.errors.ImageNotFound:
             raise BaeError(f"the image {spec.image} of v{spec.release} is gone",
                            "Push again to rebuild it, or roll back to a release whose image exists.") from None
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise BaeError(f"starting {unit} failed: {getattr(exc, 'explanation', None) or exc}") from None
         return created["Id"]
+
+    def network(self, app: str) -> str:
+        """The installation's unit network: a bridge with inter-container traffic off, so no unit
+        reaches another directly (they are reached through the router, from the host, only)."""
+        name = f"bae-{self.instance}"
+        with self._lock:
+            if name in self._networks:
+                return name
+            try:
+                if not any(n.get("Name") == name for n in self.api.networks(names=[name])):
+                    self.api.create_network(
+                        name, driver="bridge", labels={"bae.platform": self.instance},
+                        options={"com.docker.network.bridge.enable_icc": "false"})
+            except docker.errors.APIError as exc:
+                if "already exists" not in str(exc):
+                    raise BaeError(f"creating the unit network failed: {exc.explanation or exc}") from None
+            self._networks.add(name)
+        return name
 
     def stop(self, unit_id: str, grace: int) -> None:
         """SIGTERM, up to ``grace`` seconds, SIGKILL (the container stays until ``remove``)."""
@@ -245,6 +269,13 @@ class DockerRuntime:
             return self.api.logs(unit_id, tail=tail).decode("utf-8", "replace")
         except (docker.errors.DockerException, requests.exceptions.RequestException):
             return ""
+
+    def remove_all_oneoffs(self) -> int:
+        """One-off units (run, release phase) whose platform stopped while they ran."""
+        rows = self.api.containers(all=True, filters={"label": [f"bae.platform={self.instance}", "bae.role=oneoff"]})
+        for row in rows:
+            self.remove(row["Id"])
+        return len(rows)
 
     def remove_all(self, **labels: str) -> int:
         units = self.list_units(**labels)

@@ -113,6 +113,11 @@ class Server:
                 engine.api.remove_container(row["Id"], force=True)
             except docker.errors.NotFound:
                 pass
+        for net in engine.api.networks(filters={"label": f"bae.platform={instance}"}):
+            try:
+                engine.api.remove_network(net["Id"])
+            except docker.errors.APIError:
+                pass
         images = engine.images.list(name=f"bae/{instance}/*/*")
         for image in sorted(images, key=lambda i: i.attrs.get("Created", ""), reverse=True):
             for tag in image.tags:

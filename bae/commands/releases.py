@@ -62,7 +62,6 @@ def releases_info(inv: Invocation, target: str, version: str) -> None:
 @click.argument("version", required=False, metavar="[vN]")
 def releases_rollback(inv: Invocation, target: str, version: str | None) -> None:
     """Roll back to release vN (default: the one before the current), as a new release with vN's image and config."""
-    from bae.deploy import roll_out
 
     dep = deployment_for(inv.caller, inv.store, target)
     current = inv.store.active_release(dep)
@@ -79,10 +78,18 @@ def releases_rollback(inv: Invocation, target: str, version: str | None) -> None
     if current is not None and target_release.version == current.version:
         raise Invalid(f"{target_release.name} is the current release already")
     inv.console.step(f"Rolling back {dep.slug} to {target_release.name}")
-    release = roll_out(inv.platform, dep, image=target_release.image, config=dict(target_release.config),
-                       process_types=target_release.process_types, description=f"Rollback to {target_release.name}",
-                       user=inv.caller.name, out=inv.console, build_id=target_release.build_id,
-                       commit=target_release.commit, release_phase=False)
+    with inv.platform.repos.lock(dep.app, dep.name,
+                                 waiting=lambda: inv.console.step(f"Waiting for a deploy of {dep.slug} to finish")):
+        release = _roll_back(inv, dep, target_release)
     inv.console.detail(f"{release.name} runs {target_release.name}'s code and config vars.")
     inv.console.detail(f"The config vars you set stay as they are (see `config {dep.slug}`); the next deploy or "
                        "config change uses them.")
+
+
+def _roll_back(inv: Invocation, dep, target_release):
+    from bae.deploy import roll_out
+
+    return roll_out(inv.platform, dep, image=target_release.image, config=dict(target_release.config),
+                       process_types=target_release.process_types, description=f"Rollback to {target_release.name}",
+                       user=inv.caller.name, out=inv.console, build_id=target_release.build_id,
+                       commit=target_release.commit, release_phase=False)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import sys
 
 import click
@@ -27,7 +29,7 @@ def run(inv: Invocation, target: str, cmd: tuple[str, ...]) -> int:
     release = inv.store.release(dep, dep.release_version)
     settings = inv.platform.settings
     plan = settings.plans[settings.scheduler.default_plan]
-    command_line = " ".join(cmd)
+    command_line = _command_line(inv, target, cmd)
     if inv.remote:
         request = inv.request
         tty = bool(request and request.pty)
@@ -52,6 +54,18 @@ def run(inv: Invocation, target: str, cmd: tuple[str, ...]) -> int:
             termios.tcsetattr(0, termios.TCSADRAIN, old_tty)
     inv.platform.logs.event(dep.app, dep.name, "run", f"one-off unit exited {code}: {command_line[:200]}")
     return code
+
+
+def _command_line(inv: Invocation, target: str, cmd: tuple[str, ...]) -> str:
+    """What to hand to bash -c. Over SSH, the rest of the line as it arrived (the pusher's shell has
+    done its quoting, so `run app 'ls | wc -l'` and `run app bash -c "'echo a; echo b'"` both work);
+    locally the words, quoted back (a single word is taken as a whole command line)."""
+    raw = getattr(inv.request, "data", None) if inv.remote else None
+    if raw:
+        match = re.match(r"\s*run\s+(?:--\s+)?" + re.escape(target) + r"\s+(.*)$", raw, re.S)
+        if match and match.group(1).strip():
+            return match.group(1).strip()
+    return cmd[0] if len(cmd) == 1 else shlex.join(cmd)
 
 
 def _raw_mode():

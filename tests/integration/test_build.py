@@ -207,8 +207,9 @@ def test_git_url_buildpack_with_ref(server, dev, tmp_path):
     run(["git", "clone", "-q", "--bare", str(work), str(bp_repo)], check=True)
     dev.ssh("apps:create", "giturl")
     bad = dev.ssh("buildpacks:set", "giturl", "not a url")
-    assert bad.returncode != 0 and "neither a built-in buildpack nor a git URL" in bad.stderr
+    assert bad.returncode != 0 and "neither a built-in buildpack nor an https:// or git:// URL" in bad.stderr
     assert dev.ssh("buildpacks:set", "giturl", f"file://{bp_repo}#v1").returncode != 0  # host paths: admins only
+    assert dev.ssh("buildpacks:set", "giturl", "ssh://git@example.com/bp.git").returncode != 0  # https/git only
     assert server.bae("buildpacks:set", "giturl", f"file://{bp_repo}#v1").returncode == 0
     push = dev.push(make_repo(tmp_path / "src", {"hello.txt": "git"}), "giturl")
     assert push.returncode == 0, push.stderr

@@ -227,15 +227,20 @@ def test_failing_release_phase_rejects_the_push(server, dev, tmp_path):
 
 
 def test_run_returns_exit_code_and_output(server, dev, shop):
-    result = dev.ssh("run", "shop", "'echo out-$BAE_APP; echo err >&2; exit 7'")
+    # over SSH the command runs as ssh runs any command: the line as it arrives, through bash -c
+    result = dev.ssh("run", "shop", "echo out-$BAE_APP; echo err >&2; exit 7")
     assert result.returncode == 7
     assert result.stdout.strip() == "out-shop" and result.stderr.strip() == "err"
     piped = dev.ssh("run", "shop", "wc", "-c", input="twelve bytes")
     assert piped.returncode == 0 and piped.stdout.strip() == "12"
-    tty = dev.ssh("run", "shop", "'tty; id -un; echo $FLAVOUR$NOW'", extra=["-tt"], input="")
+    tty = dev.ssh("run", "shop", "tty; id -un; echo $FLAVOUR$NOW", extra=["-tt"], input="")
     assert tty.returncode == 0
     lines = tty.stdout.replace("\r", "").split("\n")
     assert lines[0].startswith("/dev/pts/") and lines[1] == "bae"
+    quoted = dev.ssh("run", "shop", "bash", "-c", shlex.quote("echo a; echo b"))
+    assert quoted.returncode == 0 and quoted.stdout.split() == ["a", "b"]
+    pipeline = dev.ssh("run", "shop", "printf x%.0s 1 2 3 | wc -c")
+    assert pipeline.stdout.strip() == "3"
     assert dev.ssh("run", "shop").returncode != 0
     assert "one-off unit started by owner" in ok(dev.ssh("logs", "shop", "-n", "300"))
     local = server.bae("run", "shop", "echo", "local")

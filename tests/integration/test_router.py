@@ -176,3 +176,20 @@ def test_zero_failed_requests_through_deploy_scale_and_kill(server, dev, apps, t
     assert not load.failures, f"{len(load.failures)} of {load.ok + len(load.failures)} failed: {load.failures[:5]}"
     assert load.ok > 1000
     assert len(load.units) >= 3, load.units  # the load really spread over the units
+
+
+def test_units_cannot_reach_each_other_directly(server, dev, apps):
+    engine = docker.from_env(version="auto")
+    instance = (server.data / "instance-id").read_text().strip()
+
+    def unit(app):
+        row = engine.api.containers(filters={"label": [f"bae.platform={instance}", f"bae.app={app}", "bae.role=unit"]})[0]
+        return engine.containers.get(row["Id"])
+
+    alpha, beta = unit("alpha"), unit("beta")
+    beta_ip = next(iter(beta.attrs["NetworkSettings"]["Networks"].values()))["IPAddress"]
+    probe = ("import socket,sys\ntry:\n socket.create_connection((sys.argv[1], 5000), timeout=2); print('reached')\n"
+             "except OSError as e:\n print('blocked', e)")
+    result = alpha.exec_run(["python3", "-c", probe, beta_ip], user="bae")
+    assert "blocked" in result.output.decode(), result.output
+    assert requests.get(f"http://{beta_ip}:5000/", timeout=5).status_code == 200  # the host (router) still can

@@ -102,7 +102,7 @@ class DockerRuntime:
             raise Unavailable(f"the Docker Engine does not answer ({exc.__class__.__name__})",
                               "Start it (make up starts dockerd).") from None
         self._inspected: dict[str, tuple] = {}
-        self._networks: set[str] = set()
+        self._network: str | None = None
         self._lock = threading.Lock()
 
     def _filters(self, **labels: str) -> dict:
@@ -204,13 +204,21 @@ class DockerRuntime:
         return created["Id"]
 
     def network(self, app: str) -> str:
-        """The installation's unit network: a bridge with inter-container traffic off, so no unit
-        reaches another directly (they are reached through the router, from the host, only)."""
-        name = f"bae-{self.instance}"
+        """Where units live, with no traffic between them (the router reaches them from the host).
+
+        When Docker's default bridge has inter-container traffic off (`make up` starts dockerd
+        with --icc=false), that is the bridge; otherwise the installation gets its own bridge with
+        it off. A user-defined network costs each container start a little (Docker's embedded DNS).
+        """
         with self._lock:
-            if name in self._networks:
-                return name
+            if self._network is not None:
+                return self._network
+            name = f"bae-{self.instance}"
             try:
+                bridge = self.api.inspect_network("bridge")
+                if (bridge.get("Options") or {}).get("com.docker.network.bridge.enable_icc") == "false":
+                    self._network = "bridge"
+                    return self._network
                 if not any(n.get("Name") == name for n in self.api.networks(names=[name])):
                     self.api.create_network(
                         name, driver="bridge", labels={"bae.platform": self.instance},
@@ -218,7 +226,7 @@ class DockerRuntime:
             except docker.errors.APIError as exc:
                 if "already exists" not in str(exc):
                     raise BaeError(f"creating the unit network failed: {exc.explanation or exc}") from None
-            self._networks.add(name)
+            self._network = name
         return name
 
     def stop(self, unit_id: str, grace: int) -> None:

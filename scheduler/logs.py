@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import datetime
 
 from bae.logstore import Entry, LogStore
@@ -31,18 +32,23 @@ class LogCollector:
         self.runtime = runtime
         self.store = store
         self._threads: dict[str, threading.Thread] = {}
+        self._done: set[str] = set()  # exited units already collected (checked once, not every pass)
         self._lock = threading.Lock()
+        self._since = time.time()  # units started before this are adopted: resume after their last line
 
     def sync(self, units: list[UnitInfo]) -> None:
         """Follow every unit that has no follower yet (called on each reconcile pass)."""
         with self._lock:
             for gone in [cid for cid, t in self._threads.items() if not t.is_alive()]:
                 del self._threads[gone]
+            self._done &= {info.id for info in units}
             for info in units:
-                if info.id in self._threads or info.status == "created":
+                if info.id in self._threads or info.id in self._done or info.status == "created":
                     continue
-                if not info.running and self.store.last_time(info.app, info.deployment, info.id):
-                    continue  # exited and already collected
+                if not info.running:
+                    self._done.add(info.id)
+                    if self.store.last_time(info.app, info.deployment, info.id):
+                        continue  # exited and already collected
                 thread = threading.Thread(target=self._follow, args=(info,), daemon=True, name=f"logs-{info.unit}")
                 self._threads[info.id] = thread
                 thread.start()
@@ -55,7 +61,8 @@ class LogCollector:
             thread.join(timeout)
 
     def _follow(self, info: UnitInfo) -> None:
-        since = self.store.last_time(info.app, info.deployment, info.id)
+        adopted = (info.started_at or 0) < self._since
+        since = self.store.last_time(info.app, info.deployment, info.id) if adopted else None
         kwargs = {"stream": True, "follow": True, "timestamps": True}
         if since:
             kwargs["since"] = datetime.fromisoformat(since).timestamp() + 0.000001

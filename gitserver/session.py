@@ -9,7 +9,7 @@ import logging
 import re
 import shlex
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import paramiko
@@ -52,7 +52,6 @@ class SessionContext:
     # run_command(caller, argv, stdin, stdout, stderr, request) -> exit code
     run_command: Callable[..., int]
     prog: str = "ssh bae@HOST"
-    extra: dict = field(default_factory=dict)
 
 
 def redact(command: str) -> str:

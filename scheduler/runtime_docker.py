@@ -15,7 +15,7 @@ import logging
 import secrets
 import socket
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 import docker
@@ -73,7 +73,6 @@ class UnitInfo:
     finished_at: float | None = None
     exit_code: int | None = None
     oom: bool = False
-    extra: dict = field(default_factory=dict)
 
     @property
     def unit(self) -> str:

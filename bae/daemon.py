@@ -58,7 +58,7 @@ def serve(platform, console: Console) -> int:
 
     router = Router(platform)
     router.start()
-    scheduler = Scheduler(platform, on_routes=router.sync)
+    scheduler = Scheduler(platform, on_routes=router.sync, before_stop=router.drain)
     platform.scheduler = scheduler
     platform.router = router
     scheduler.start()

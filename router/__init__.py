@@ -44,6 +44,10 @@ class Router:
             self._checked = time.monotonic()
             self.rotate_logs()
 
+    def drain(self) -> None:
+        """Before a unit stops: requests already routed to it under an older configuration finish."""
+        self.nginx.wait_drained(timeout=10.0)
+
     def rotate_logs(self) -> int:
         """Access logs over logs.router_max_mb move to NAME.log.1 (one kept); nginx reopens (USR1)."""
         rotated = 0

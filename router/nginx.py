@@ -148,6 +148,7 @@ class Nginx:
         self.conf = self.prefix / "nginx.conf"
         self.proc: subprocess.Popen | None = None
         self.current = ""
+        self._retiring: set[int] = set()  # workers of replaced configurations, finishing their requests
         self._lock = threading.Lock()
         for sub in ("logs", "tmp/client_body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
             (self.prefix / sub).mkdir(parents=True, exist_ok=True)
@@ -236,7 +237,23 @@ class Nginx:
                     break
                 time.sleep(0.005)
             self.current = text
+            self._retiring |= before
             return True
+
+    def wait_drained(self, timeout: float = 10.0) -> bool:
+        """Wait until the workers of older configurations have finished their requests and exited.
+
+        A request an old worker took just before a reload still goes to the units of the old
+        configuration; those units must not stop before it is answered."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                self._retiring = {pid for pid in self._retiring if Path(f"/proc/{pid}").exists()}
+                if not self._retiring:
+                    return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

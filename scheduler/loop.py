@@ -53,11 +53,13 @@ class _Waiter:
 
 class Scheduler:
     def __init__(self, platform, runtime: DockerRuntime | None = None,
-                 on_routes: Callable[[dict], None] | None = None) -> None:
+                 on_routes: Callable[[dict], None] | None = None,
+                 before_stop: Callable[[], None] | None = None) -> None:
         self.platform = platform
         self.settings = platform.settings.scheduler
         self.runtime = runtime or DockerRuntime(platform.instance)
         self.on_routes = on_routes
+        self.before_stop = before_stop  # waits until the router has stopped sending a stopping unit requests
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -331,6 +333,8 @@ class Scheduler:
 
     def _stop_unit(self, unit_id: str) -> None:
         try:
+            if self.before_stop:
+                self.before_stop()
             self.runtime.stop(unit_id, self.settings.stop_grace)
             self._remove_unit(unit_id)
         finally:

@@ -173,7 +173,12 @@ def test_zero_failed_requests_through_deploy_scale_and_kill(server, dev, apps, t
         assert dev.ssh("ps:restart", "alpha").returncode == 0
         time.sleep(1)
     print(f"{load.ok} requests succeeded; {load.resent} were resent after a keep-alive connection closed on reload")
-    assert not load.failures, f"{len(load.failures)} of {load.ok + len(load.failures)} failed: {load.failures[:5]}"
+    if load.failures:  # say which unit failed and why, from the router's own logs
+        access = (server.data / "logs" / "router" / "alpha--default.log").read_text().splitlines()
+        errors = [line for line in access if '"status":5' in line]
+        nginx = (server.data / "router" / "logs" / "error.log").read_text()[-3000:]
+        raise AssertionError(f"{len(load.failures)} of {load.ok + len(load.failures)} failed: {load.failures[:5]}\n"
+                             f"router 5xx: {errors[:5]}\nnginx errors: {nginx}\nbae: {server.log()[-3000:]}")
     assert load.ok > 1000
     assert len(load.units) >= 3, load.units  # the load really spread over the units
 

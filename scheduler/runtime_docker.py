@@ -33,8 +33,11 @@ PORT = 5000  # each unit has its own network namespace, so every web unit listen
 CA_PATH = "/etc/ssl/certs/ca-certificates.crt"
 
 
-@dataclass(frozen=True)
-class UnitSpec:
+@dataclass
+class UnitIdentity:
+    """What a unit's container labels say: written by start(), read back by list_units().
+
+    The labels are the only record of which units exist (never container ids in SQLite)."""
     app: str
     deployment: str
     process: str
@@ -42,10 +45,31 @@ class UnitSpec:
     release: int
     plan: str
     generation: int
+    web: bool
+
+    @property
+    def unit(self) -> str:
+        return f"{self.process}.{self.index}"
+
+    def labels(self) -> dict[str, str]:
+        return {"bae.app": self.app, "bae.deployment": self.deployment, "bae.process": self.process,
+                "bae.index": str(self.index), "bae.release": str(self.release), "bae.plan": self.plan,
+                "bae.generation": str(self.generation), "bae.web": "1" if self.web else "0"}
+
+    @staticmethod
+    def from_labels(labels: dict[str, str]) -> dict:
+        """The identity fields from a container's labels; KeyError or ValueError when it is not a unit."""
+        return {"app": labels["bae.app"], "deployment": labels["bae.deployment"], "process": labels["bae.process"],
+                "index": int(labels["bae.index"]), "release": int(labels["bae.release"]),
+                "plan": labels.get("bae.plan", ""), "generation": int(labels.get("bae.generation", "0")),
+                "web": labels.get("bae.web") == "1"}
+
+
+@dataclass
+class UnitSpec(UnitIdentity):
     image: str
     command: str
     env: dict
-    web: bool
     memory: str
     cpu: float
     pids: int
@@ -54,17 +78,9 @@ class UnitSpec:
 
 
 @dataclass
-class UnitInfo:
+class UnitInfo(UnitIdentity):
     id: str
     name: str
-    app: str
-    deployment: str
-    process: str
-    index: int
-    release: int
-    plan: str
-    generation: int
-    web: bool
     running: bool
     status: str
     ip: str | None = None
@@ -73,10 +89,6 @@ class UnitInfo:
     finished_at: float | None = None
     exit_code: int | None = None
     oom: bool = False
-
-    @property
-    def unit(self) -> str:
-        return f"{self.process}.{self.index}"
 
 
 def _epoch(stamp: str | None) -> float | None:
@@ -118,10 +130,7 @@ class DockerRuntime:
             labels_ = row.get("Labels") or {}
             try:
                 info = UnitInfo(
-                    id=row["Id"], name=(row.get("Names") or ["?"])[0].lstrip("/"),
-                    app=labels_["bae.app"], deployment=labels_["bae.deployment"], process=labels_["bae.process"],
-                    index=int(labels_["bae.index"]), release=int(labels_["bae.release"]), plan=labels_.get("bae.plan", ""),
-                    generation=int(labels_.get("bae.generation", "0")), web=labels_.get("bae.web") == "1",
+                    id=row["Id"], name=(row.get("Names") or ["?"])[0].lstrip("/"), **UnitIdentity.from_labels(labels_),
                     # "created": between create and start; not a crash
                     running=row.get("State") in ("running", "created", "restarting"), status=row.get("State", "?"),
                 )
@@ -163,19 +172,14 @@ class DockerRuntime:
 
     def start(self, spec: UnitSpec) -> str:
         """Create and start a unit; returns its container id."""
-        labels = {
-            "bae.platform": self.instance, "bae.role": "unit", "bae.app": spec.app,
-            "bae.deployment": spec.deployment, "bae.process": spec.process, "bae.index": str(spec.index),
-            "bae.release": str(spec.release), "bae.plan": spec.plan, "bae.generation": str(spec.generation),
-            "bae.web": "1" if spec.web else "0",
-        }
-        unit = f"{spec.process}.{spec.index}"
+        labels = {"bae.platform": self.instance, "bae.role": "unit", **spec.labels()}
+        unit = spec.unit
         env = {**spec.env, "BAE_APP": spec.app, "BAE_DEPLOYMENT": spec.deployment, "BAE_UNIT": unit,
                "DYNO": unit, "BAE_RELEASE": f"v{spec.release}"}
         if spec.web:
             env["PORT"] = str(PORT)
         mounts = [Mount(CA_PATH, spec.ca_bundle, type="bind", read_only=True)] if spec.ca_bundle else []
-        name = f"bae-{self.instance}-{spec.app}-{spec.deployment}-{spec.process}.{spec.index}-v{spec.release}-{secrets.token_hex(3)}"
+        name = f"bae-{self.instance}-{spec.app}-{spec.deployment}-{unit}-v{spec.release}-{secrets.token_hex(3)}"
         host_config = self.api.create_host_config(
             mem_limit=spec.memory, memswap_limit=spec.memory, nano_cpus=int(spec.cpu * 1e9), pids_limit=spec.pids,
             security_opt=["no-new-privileges"], cap_drop=["ALL"], mounts=mounts,

@@ -148,7 +148,6 @@ class Nginx:
         self.conf = self.prefix / "nginx.conf"
         self.proc: subprocess.Popen | None = None
         self.current = ""
-        self._retiring: set[int] = set()  # workers of replaced configurations, finishing their requests
         self._lock = threading.Lock()
         for sub in ("logs", "tmp/client_body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
             (self.prefix / sub).mkdir(parents=True, exist_ok=True)
@@ -210,12 +209,20 @@ class Nginx:
             return set()
 
     @staticmethod
+    def _shutting_down(pid: int) -> bool:
+        """An old worker after a reload: it takes no new connections but finishes the ones it has."""
+        try:
+            return b"shutting down" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False  # gone
+
+    @staticmethod
     def _retired(pid: int) -> bool:
         try:
             title = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             return True  # gone
-        return b"shutting down" in title or not title
+        return b"shutting down" in title or not title  # empty: exited, not yet reaped
 
     def apply(self, routes: list[Route]) -> bool:
         """Make nginx route ``routes``: check, swap, reload gracefully. False if nginx refused it."""
@@ -237,7 +244,6 @@ class Nginx:
                     break
                 time.sleep(0.005)
             self.current = text
-            self._retiring |= before
             return True
 
     def wait_drained(self, timeout: float = 10.0) -> bool:
@@ -246,14 +252,11 @@ class Nginx:
         A request an old worker took just before a reload still goes to the units of the old
         configuration; those units must not stop before it is answered."""
         deadline = time.monotonic() + timeout
-        while True:
-            with self._lock:
-                self._retiring = {pid for pid in self._retiring if Path(f"/proc/{pid}").exists()}
-                if not self._retiring:
-                    return True
+        while any(self._shutting_down(pid) for pid in self._workers()):
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.02)
+        return True
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

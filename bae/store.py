@@ -341,11 +341,9 @@ class Store:
             self._delete_deployment_rows(db, dep.id)
 
     def _delete_deployment_rows(self, db, dep_id: int) -> None:
-        if db["config_vars"].exists():
-            db.execute("delete from config_vars where scope = ?", [dep_id])
+        db.execute("delete from config_vars where scope = ?", [dep_id])
         for table in _DEPLOYMENT_TABLES:
-            if db[table].exists():
-                db.execute(f"delete from {table} where deployment_id = ?", [dep_id])
+            db.execute(f"delete from {table} where deployment_id = ?", [dep_id])
         db.execute("delete from deployments where id = ?", [dep_id])
 
     def set_buildpacks(self, dep: Deployment, buildpacks: list[str]) -> None:
@@ -375,11 +373,9 @@ class Store:
                 "reuse": json.dumps(reuse) if reuse else None,
             })
             if keep:
-                db.execute(
+                db.execute(  # a build a release still refers to stays
                     "delete from builds where deployment_id = ? and number <= ? "
-                    "and id not in (select build_id from releases where build_id is not null)"
-                    if db["releases"].exists() else
-                    "delete from builds where deployment_id = ? and number <= ?",
+                    "and id not in (select build_id from releases where build_id is not null)",
                     [build.deployment_id, build.number - keep])
         return self.build_by_id(build.id)
 

@@ -60,12 +60,10 @@ def serve(platform, console: Console) -> int:
     router.start()
     scheduler = Scheduler(platform, on_routes=router.sync, before_stop=router.drain)
     platform.scheduler = scheduler
-    platform.router = router
     scheduler.start()
     context = SessionContext(platform.store, platform.repos, Pipeline(platform), run_command, prog)
     ssh = SSHServer(settings.ssh.host, settings.ssh.port, platform.data / "ssh_host_ed25519_key",
                     context, settings.ssh.max_connections)
-    platform.daemon = ssh
 
     def on_signal(signum, frame) -> None:
         log.info("received %s, shutting down", signal.Signals(signum).name)

@@ -125,6 +125,6 @@ class Pipeline:
 
         platform = self.platform
         result["release"] = roll_out(
-            platform, dep, image=result["image"], config=platform.release_config(dep),
+            platform, dep, image=result["image"], config=platform.build_config(dep),
             process_types=result["process_types"], description=f"deploy {build.commit[:7]}", user=build.user,
             out=out, build_id=build.id, commit=build.commit)

@@ -41,13 +41,10 @@ class Platform:
                 os.chmod(self.data / name, 0o600)  # config var values live here
         self.repos = Repositories(self.data / "repos")
         self.instance = self._instance_id()
-        self.daemon = None  # set by `bae serve` in its own process
-        self.on_destroy: list = [self._remove_units, self._remove_images]  # run when a deployment is removed
         from bae.logstore import LogStore
 
         self.logs = LogStore(self.data / "logs" / "apps", settings.logs.retention_lines, self.data / "logs" / "router")
         self.scheduler = None  # the reconcile loop, in `bae serve` only
-        self.router = None  # nginx, in `bae serve` only
         self._runtime = None
 
     def _instance_id(self) -> str:
@@ -105,8 +102,8 @@ class Platform:
         with self.repos.lock(dep.app, dep.name):
             self.store.destroy_deployment(dep)  # the scheduler stops wanting its units
             self.notify()
-            for hook in self.on_destroy:
-                hook(dep)
+            self._remove_units(dep)
+            self._remove_images(dep)
             self.repos.destroy(dep.app, dep.name)
             shutil.rmtree(self.cache_dir(dep), ignore_errors=True)
             self.logs.remove(dep.app, dep.name)
@@ -161,12 +158,8 @@ class Platform:
                 self._remove_units(dep)
 
     def build_config(self, dep) -> dict[str, str]:
-        """The config vars a build of ``dep`` sees in its env dir: the app's, overridden by the deployment's."""
+        """The config vars of ``dep``: the app's, overridden by the deployment's (a build's env dir, a release's snapshot)."""
         return {k: v for k, (v, _) in self.store.effective_config(dep).items()}
-
-    def release_config(self, dep) -> dict[str, str]:
-        """The config vars a new release of ``dep`` snapshots."""
-        return self.build_config(dep)
 
     def image_repository(self, dep) -> str:
         """Docker repository of ``dep``'s release images (unique per installation)."""

@@ -149,7 +149,7 @@ class _Handler(ReceivePackHandler):
             for status in self._update_refs(refs, store, progress):
                 yield status
 
-    def _refusal(self, old: bytes, new: bytes, ref: bytes, deploy_refs: list) -> str | None:
+    def _refusal(self, new: bytes, ref: bytes, deploy_refs: list) -> str | None:
         if ref not in DEPLOY_BRANCHES:
             name = _branch(ref)
             if ref.startswith(b"refs/heads/"):
@@ -164,7 +164,7 @@ class _Handler(ReceivePackHandler):
     def _update_refs(self, refs, store, progress: Progress):
         deploy_refs = [r for r in refs if r[2] in DEPLOY_BRANCHES]
         for old, new, ref in refs:
-            reason = self._refusal(old, new, ref, deploy_refs)
+            reason = self._refusal(new, ref, deploy_refs)
             if reason:
                 progress(f" !     {_branch(ref)}: {reason}")
                 yield (ref, reason.encode())

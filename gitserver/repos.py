@@ -90,14 +90,6 @@ class Repositories:
         finally:
             os.close(fd)  # releases the lock
 
-    @staticmethod
-    def deployed_commit(repo: Repo) -> bytes | None:
-        """The commit HEAD's branch points at (the last successful deploy), if any."""
-        try:
-            return repo.refs[b"HEAD"]
-        except KeyError:
-            return None
-
 
 @contextlib.contextmanager
 def quarantine(repo: Repo) -> Iterator[DiskObjectStore]:

@@ -71,12 +71,8 @@ def command(name: str, *, local_only: bool = False, passthrough: bool = False, *
 
 
 def _load() -> None:
-    for topic in TOPICS + ["ops"]:
-        try:
-            importlib.import_module(f"bae.commands.{topic}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"bae.commands.{topic}":
-                raise
+    for topic in TOPICS:
+        importlib.import_module(f"bae.commands.{topic}")
 
 
 def _context(cmd: click.Command, name: str, inv: Invocation) -> click.Context:

@@ -58,7 +58,7 @@ def _apply(inv: Invocation, deps, what: str, restart: bool, undo) -> None:
             with inv.platform.repos.lock(dep.app, dep.name,
                                          waiting=lambda: inv.console.step(f"Waiting for a deploy of {dep.slug} to finish")):
                 active = inv.store.active_release(dep) or active
-                roll_out(inv.platform, dep, image=active.image, config=inv.platform.release_config(dep),
+                roll_out(inv.platform, dep, image=active.image, config=inv.platform.build_config(dep),
                          process_types=active.process_types, description=what, user=inv.caller.name,
                          out=inv.console, build_id=active.build_id, commit=active.commit)
         except BaeError as exc:

@@ -42,17 +42,10 @@ def run_release_phase(platform, dep: Deployment, release: Release, out) -> None:
                       alive=lambda: not getattr(out, "cancelled", False))
     if pending:
         out.detail(pending.decode("utf-8", "replace"))
-    _event(platform, dep, f"release command exited {code} for v{release.version}")
+    platform.logs.event(dep.app, dep.name, "deploy", f"release command exited {code} for v{release.version}")
     if code != 0:
         raise DeployFailed(f"the release command failed (exit {code})",
                            "Its output is above; the release's units were not started.")
-
-
-def _event(platform, dep: Deployment, text: str) -> None:
-    try:
-        platform.logs.event(dep.app, dep.name, "deploy", text)
-    except OSError as exc:  # a full disk must not fail (or falsely refuse) a deploy
-        log.warning("could not write the app log of %s: %s", dep.slug, exc)
 
 
 def _deploy(platform, dep: Deployment, release: Release, out) -> None:
@@ -60,12 +53,15 @@ def _deploy(platform, dep: Deployment, release: Release, out) -> None:
         platform.scheduler.deploy(dep, release, progress=out.detail)
         return
     # another process runs the scheduler: hand it the release and wait for the outcome
+    from scheduler.plan import rollout_limit
+
     platform.store.set_target(dep.id, release.version)
     if not platform.notify():
-        platform.store.fail_release(release, "bae serve is not running")
         raise Unavailable("bae serve is not running, so nothing can be deployed now",
                           "Start it (make up); the change is recorded and the next deploy picks it up.")
-    limit = platform.settings.scheduler.boot_timeout + 120
+    settings = platform.settings.scheduler
+    limit = rollout_limit(platform.store.formation(dep), release.process_types, settings.boot_timeout,
+                          settings.rollout_batch)
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         current = platform.store.release(dep, release.version)
@@ -74,7 +70,6 @@ def _deploy(platform, dep: Deployment, release: Release, out) -> None:
         if current.status == "failed":
             raise DeployFailed(current.error or "the deploy failed", "The previous release keeps serving.")
         time.sleep(0.25)
-    platform.store.fail_release(release, "the deploy did not finish in time")
     raise DeployFailed(f"the deploy of v{release.version} did not finish within {limit} s")
 
 
@@ -86,8 +81,7 @@ def roll_out(platform, dep: Deployment, *, image: str, config: dict, process_typ
     release = store.create_release(dep, image=image, config=config, process_types=process_types,
                                    build_id=build_id, commit=commit, user=user, description=description)
     store.ensure_formation(dep, release.process_types, platform.settings.scheduler.default_plan)
-    formation = store.formation(dep)
-    running = {p: f.quantity for p, f in formation.items() if p in release.process_types and f.quantity}
+    running = {p: f.quantity for p, f in store.formation(dep).items() if p in release.process_types and f.quantity}
     try:
         if release_phase and "release" in release.process_types:
             run_release_phase(platform, dep, release, out)
@@ -97,9 +91,10 @@ def roll_out(platform, dep: Deployment, *, image: str, config: dict, process_typ
     except Exception as exc:
         message = exc.message if isinstance(exc, BaeError) else "internal error"
         store.fail_release(release, message)
-        _event(platform, dep, f"v{release.version} ({description}) by {user} failed: {message}")
+        platform.notify()  # the scheduler goes back to the previous release at once
+        platform.logs.event(dep.app, dep.name, "deploy", f"v{release.version} ({description}) by {user} failed: {message}")
         raise
-    _event(platform, dep, f"v{release.version} ({description}) by {user} is live")
+    platform.logs.event(dep.app, dep.name, "deploy", f"v{release.version} ({description}) by {user} is live")
     message = f"Launched v{release.version}"
     if running.get("web"):
         message += f": {platform.web_url(dep.app, dep.name)}"

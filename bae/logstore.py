@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
+
+log = logging.getLogger("bae.logs")
 
 __all__ = ["LogStore", "Entry"]
 
@@ -72,8 +75,12 @@ class LogStore:
             os.replace(tmp, path)
 
     def event(self, app: str, deployment: str, unit: str, text: str) -> None:
-        """A platform line: ``bae[unit]: text``."""
-        self.append(app, deployment, [Entry(now_iso(), "bae", unit, text)])
+        """A platform line: ``bae[unit]: text``. Best effort: a full disk must not fail (or falsely
+        refuse) the deploy, scale or command the line is about."""
+        try:
+            self.append(app, deployment, [Entry(now_iso(), "bae", unit, text)])
+        except OSError as exc:
+            log.warning("could not write the app log of %s/%s: %s", app, deployment, exc)
 
     @staticmethod
     def _parse(line: str) -> Entry | None:

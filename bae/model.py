@@ -15,6 +15,8 @@ __all__ = [
     "NAME_RULE",
     "validate_name",
     "parse_target",
+    "slug",
+    "hostname",
     "User",
     "PublicKey",
     "App",
@@ -51,6 +53,16 @@ def parse_target(text: str) -> tuple[str, str]:
     if sep:
         validate_name("deployment", dep)
     return app, dep if sep else DEFAULT_DEPLOYMENT
+
+
+def slug(app: str, deployment: str) -> str:
+    """How users write a deployment: ``APP`` for the default one, else ``APP/NAME`` (parse_target's inverse)."""
+    return app if deployment == DEFAULT_DEPLOYMENT else f"{app}/{deployment}"
+
+
+def hostname(app: str, deployment: str, base_domain: str) -> str:
+    """A deployment's own hostname: ``APP.BASE`` for the default one, else ``DEP.APP.BASE``."""
+    return f"{app}.{base_domain}" if deployment == DEFAULT_DEPLOYMENT else f"{deployment}.{app}.{base_domain}"
 
 
 @dataclass(frozen=True)
@@ -94,8 +106,7 @@ class Deployment:
 
     @property
     def slug(self) -> str:
-        """How users write it: ``APP`` for the default deployment, else ``APP/NAME``."""
-        return self.app if self.name == DEFAULT_DEPLOYMENT else f"{self.app}/{self.name}"
+        return slug(self.app, self.name)
 
 
 @dataclass(frozen=True)

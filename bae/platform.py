@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from bae.config import Settings
+from bae.model import hostname, slug
 from bae.store import Store
 
 __all__ = ["Platform"]
@@ -70,12 +71,10 @@ class Platform:
     def git_url(self, app: str, deployment: str) -> str:
         port = self.settings.ssh.port
         hostport = self.public_host if port == 22 else f"{self.public_host}:{port}"
-        path = app if deployment == "default" else f"{app}/{deployment}"
-        return f"ssh://bae@{hostport}/{path}.git"
+        return f"ssh://bae@{hostport}/{slug(app, deployment)}.git"
 
     def hostname(self, app: str, deployment: str) -> str:
-        base = self.settings.base_domain
-        return f"{app}.{base}" if deployment == "default" else f"{deployment}.{app}.{base}"
+        return hostname(app, deployment, self.settings.base_domain)
 
     def web_url(self, app: str, deployment: str) -> str:
         port = self.settings.router.http_port

@@ -461,15 +461,12 @@ class Store:
         with self.write() as db:
             cur = db.execute("update releases set status = 'failed', error = ? where id = ? and status = 'pending'",
                              [reason, release.id])
-            if cur.rowcount == 0:
-                row = self._one("select version from releases where deployment_id = ? and status = 'active' "
-                                "order by version desc limit 1", [release.deployment_id])
-                return row["version"] if row else None
             row = self._one("select version from releases where deployment_id = ? and status = 'active' "
                             "order by version desc limit 1", [release.deployment_id])
             version = row["version"] if row else None
-            db.execute("update deployments set release_version = ? where id = ? and release_version = ?",
-                       [version, release.deployment_id, release.version])
+            if cur.rowcount:
+                db.execute("update deployments set release_version = ? where id = ? and release_version = ?",
+                           [version, release.deployment_id, release.version])
         return version
 
     # -- formation and backoff -----------------------------------------------

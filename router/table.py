@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 
 from bae.errors import Invalid
+from bae.model import hostname
 
 __all__ = ["Route", "build_routes", "check_hostname"]
 
@@ -54,7 +55,6 @@ def build_routes(deployments, domains: dict[int, list[str]], endpoints: dict, ba
     """One route per deployment: APP.BASE (default) or DEP.APP.BASE, plus its custom domains."""
     routes = []
     for dep in deployments:
-        own = f"{dep.app}.{base_domain}" if dep.name == "default" else f"{dep.name}.{dep.app}.{base_domain}"
-        hostnames = (own, *sorted(domains.get(dep.id, [])))
+        hostnames = (hostname(dep.app, dep.name, base_domain), *sorted(domains.get(dep.id, [])))
         routes.append(Route(dep.app, dep.name, hostnames, tuple(endpoints.get((dep.app, dep.name), ()))))
     return sorted(routes, key=lambda r: r.key)

@@ -23,8 +23,9 @@ from datetime import datetime, timedelta, timezone
 from typing import Callable
 
 from bae.errors import BaeError, DeployFailed
+from bae.model import slug
 from scheduler.plan import (Backoff, Context, Crashed, Done, Failed, Remove, Seen, Start, Stop, Want,
-                            backoff_delay, plan)
+                            backoff_delay, plan, rollout_limit)
 from scheduler.plans import memory_label
 from scheduler.runtime_docker import PORT, DockerRuntime, UnitInfo, UnitSpec
 
@@ -57,7 +58,7 @@ class Scheduler:
                  before_stop: Callable[[], None] | None = None) -> None:
         self.platform = platform
         self.settings = platform.settings.scheduler
-        self.runtime = runtime or DockerRuntime(platform.instance)
+        self.runtime = runtime or platform.runtime  # one Docker client and inspect cache per process
         self.on_routes = on_routes
         self.before_stop = before_stop  # waits until the router has stopped sending a stopping unit requests
         self._wake = threading.Event()
@@ -175,13 +176,9 @@ class Scheduler:
         try:
             store.set_target(dep.id, release.version)
             self.wake()
-            formation = store.formation(dep)
-            web = formation["web"].quantity if "web" in formation and "web" in release.process_types else 0
-            batches = max(1, -(-web // max(1, self.settings.rollout_batch)))
-            limit = self.settings.boot_timeout * batches + 120
-            if not waiter.event.wait(limit):
-                store.fail_release(release, "the deploy did not finish in time")
-                self.wake()
+            limit = rollout_limit(store.formation(dep), release.process_types, self.settings.boot_timeout,
+                                  self.settings.rollout_batch)
+            if not waiter.event.wait(limit):  # roll_out marks the release failed
                 raise DeployFailed(f"the deploy of v{release.version} did not finish within {limit} s")
         finally:
             with self._lock:
@@ -191,16 +188,13 @@ class Scheduler:
 
     def _tell(self, app: str, deployment: str, text: str) -> None:
         """A platform event: the operator's log, the pusher waiting on a deploy, the app's log."""
-        log.info("%s: %s", app if deployment == "default" else f"{app}/{deployment}", text)
+        log.info("%s: %s", slug(app, deployment), text)
         with self._lock:
             waiters = [w for (a, d, _), w in self._waiters.items() if (a, d) == (app, deployment)]
         for w in waiters:
             if w.progress:
                 w.progress(text)
-        try:
-            self.platform.logs.event(app, deployment, "scheduler", text)
-        except OSError as exc:
-            log.warning("could not write the app log of %s/%s: %s", app, deployment, exc)
+        self.platform.logs.event(app, deployment, "scheduler", text)
 
     # -- one pass ---------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["Want", "Seen", "Backoff", "Start", "Stop", "Remove", "Crashed", "Failed", "Done", "plan", "backoff_delay"]
+__all__ = ["Want", "Seen", "Backoff", "Start", "Stop", "Remove", "Crashed", "Failed", "Done", "plan", "backoff_delay", "rollout_limit"]
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,13 @@ def backoff_delay(failures: int, maximum: float) -> float:
     if failures <= 1:
         return 0.0
     return float(min(maximum, 2 ** (failures - 2)))
+
+
+def rollout_limit(formation: dict, process_types: dict, boot_timeout: int, batch: int) -> int:
+    """Seconds a deploy may take: every batch of new web units gets the boot timeout, plus slack."""
+    web = formation["web"].quantity if "web" in formation and "web" in process_types else 0
+    batches = max(1, -(-web // max(1, batch)))
+    return boot_timeout * batches + 120
 
 
 def crash_reason(unit: Seen, memory: str | None = None) -> str:

@@ -36,7 +36,7 @@ def _scope(inv: Invocation, target: str):
     app = app_for(inv.caller, inv.store, app_name, MEMBER)
     if "/" in target:
         dep = inv.store.deployment(app_name, dep_name)
-        return app, dep.id, [dep], dep.slug if dep.name != "default" else f"{app.name}/default"
+        return app, dep.id, [dep], f"{dep.app}/{dep.name}"  # APP/default: not the shared vars
     return app, 0, inv.store.deployments(app), f"{app.name} (all its deployments)"
 
 

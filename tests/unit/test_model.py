@@ -1,7 +1,7 @@
 import pytest
 
 from bae.errors import Invalid
-from bae.model import parse_target, validate_name
+from bae.model import hostname, parse_target, slug, validate_name
 
 
 @pytest.mark.parametrize("name", ["a", "shop", "my-api", "a1", "x" * 30, "a-b-c"])
@@ -24,3 +24,10 @@ def test_parse_target():
         parse_target("shop/")
     with pytest.raises(Invalid):
         parse_target("shop/a/b")
+
+
+def test_slug_and_hostname_of_default_and_other_deployments():
+    assert slug("shop", "default") == "shop" and parse_target(slug("shop", "default")) == ("shop", "default")
+    assert slug("shop", "api") == "shop/api" and parse_target("shop/api") == ("shop", "api")
+    assert hostname("shop", "default", "bae.localhost") == "shop.bae.localhost"
+    assert hostname("shop", "api", "bae.localhost") == "api.shop.bae.localhost"

@@ -1,7 +1,8 @@
 """The scheduler's pure decision function, with plain dataclasses (no Docker)."""
 
 from scheduler.plan import (Backoff, Context, Crashed, Done, Failed, Remove, Seen, Start, Stop, Want,
-                            backoff_delay, plan)
+                            backoff_delay, plan, rollout_limit)
+from bae.model import FormationEntry
 
 
 def want(process="web", release=2, quantity=1, pending=False, plan_="s1", generation=0, app="a", dep="default"):
@@ -144,3 +145,10 @@ def test_units_of_a_type_dying_together_count_as_one_crash():
     dead = [unit(i, running=False, exit_code=143) for i in range(1, 11)]
     actions = plan([w], dead, ctx())
     assert len([a for a in actions if isinstance(a, Start)]) == 10  # a first failure restarts at once
+
+
+def test_rollout_limit_gives_each_batch_of_web_units_the_boot_timeout():
+    web = {"web": FormationEntry("web", 5, "s1", 0), "worker": FormationEntry("worker", 9, "s1", 0)}
+    assert rollout_limit(web, {"web": "x", "worker": "y"}, 60, 2) == 3 * 60 + 120  # 2 + 2 + 1
+    assert rollout_limit(web, {"worker": "y"}, 60, 2) == 60 + 120  # the release has no web type
+    assert rollout_limit({}, {"web": "x"}, 60, 0) == 60 + 120

@@ -12,7 +12,6 @@ Pure logic over Source objects; the runner does the Docker part.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -27,9 +26,9 @@ MAX_DEPTH = 20  # fast layers stacked on one full build before the next full bui
 _DIGEST_LIMIT = 64 * 1024 * 1024
 
 
-@functools.lru_cache(maxsize=32)
 def _tree_digest(path: str) -> str:
-    """A hash of a buildpack's files. Symlinks count by their target's name and are never
+    """A hash of a buildpack's files, read each build (an operator may edit a local buildpack
+    while bae serves; a few KB for the built-ins). Symlinks count by their target's name and are never
     followed (a link to /proc/kcore must not be read by root); at most 64 MiB are read."""
     h = hashlib.sha256()
     root = Path(path)

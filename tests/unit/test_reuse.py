@@ -80,3 +80,6 @@ def test_fingerprint_covers_config_and_slugignore(tmp_path):
     assert base != fingerprint("stack:2", [str(bp)], str(builder), {"A": "1"}, None)
     assert base != fingerprint("stack:1", [str(bp)], str(builder), {"A": "2"}, None)
     assert base != fingerprint("stack:1", [str(bp)], str(builder), {"A": "1"}, b"*.log")
+    # an operator editing a local buildpack while bae serves: the next build must not reuse the old output
+    (bp / "bin" / "compile").write_text("y")
+    assert base != fingerprint("stack:1", [str(bp)], str(builder), {"A": "1"}, None)

@@ -28,6 +28,7 @@ class Router:
         self.logs = platform.data / "logs" / "router"
         self.max_log_bytes = int(platform.settings.logs.router_max_mb * 1024 * 1024)
         self._checked = 0.0
+        self._applied: list[Route] | None = None  # what nginx serves; every pass compares, few reload
 
     def routes(self) -> list[Route]:
         store = self.platform.store
@@ -39,7 +40,9 @@ class Router:
     def sync(self, endpoints: dict) -> None:
         """The scheduler's callback: the current up web units of every deployment."""
         self.endpoints = endpoints
-        self.nginx.apply(self.routes())
+        routes = self.routes()
+        if routes != self._applied and self.nginx.apply(routes):
+            self._applied = routes
         if time.monotonic() - self._checked > 30:
             self._checked = time.monotonic()
             self.rotate_logs()

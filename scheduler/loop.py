@@ -42,7 +42,6 @@ class Endpoint:
 
     unit: str  # web.1
     address: str  # container address, ip:port
-    published: str  # 127.0.0.1:port on the host
 
 
 @dataclass
@@ -451,7 +450,7 @@ class Scheduler:
             for info in infos:
                 if info.web and info.running and info.id in self._up and info.id not in self._stopping:
                     routes.setdefault((info.app, info.deployment), []).append(
-                        Endpoint(info.unit, f"{info.ip}:{PORT}", f"127.0.0.1:{info.host_port}"))
+                        Endpoint(info.unit, f"{info.ip}:{PORT}"))
             frozen = {k: tuple(sorted(v, key=lambda e: e.address)) for k, v in routes.items()}
             self._routes = frozen
         # every pass: the router also follows hostnames and deployments; it only reloads on a change

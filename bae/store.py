@@ -122,9 +122,11 @@ class Store:
         if self.db.journal_mode != "wal":
             self.db.enable_wal()
         # One write transaction around all pending migrations: two processes
-        # starting at once queue here instead of both creating the same table.
-        with self.write() as db:
-            migrations.apply(db)
+        # starting at once queue here instead of both creating the same table
+        # (apply looks again under the lock). Read-only commands take no lock.
+        if migrations.pending(self.db):
+            with self.write() as db:
+                migrations.apply(db)
 
     @property
     def db(self) -> sqlite_utils.Database:

@@ -164,11 +164,16 @@ class LogStore:
 
     def last_time(self, app: str, deployment: str, cid: str) -> str | None:
         """When the last collected line of container ``cid`` was written (to resume after a restart)."""
-        last = None
-        for e in self.read(app, deployment, lines=0):
-            if e.cid == cid and (last is None or e.t > last):
-                last = e.t
-        return last
+        try:
+            lines = self.path(app, deployment).read_text(encoding="utf-8", errors="replace").splitlines()
+        except FileNotFoundError:
+            return None
+        for line in reversed(lines):  # a container's lines are appended in time order: its last is the latest
+            if cid in line:
+                e = self._parse(line)
+                if e and e.cid == cid:
+                    return e.t
+        return None
 
     def remove(self, app: str, deployment: str) -> None:
         """Forget a destroyed deployment's logs, the router's included (app names can be reused)."""

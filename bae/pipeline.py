@@ -67,12 +67,11 @@ class Pipeline:
         started = time.monotonic()
         log.info("build %s #%d of %s by %s started", dep.slug, build.number, new[:7], target.user.name)
         out.step(f"Received {new[:7]} for {dep.slug} (build {build.number})")
-        result: dict = {}
         try:
-            for stage in self.stages():
-                if out.cancelled:
-                    raise DeployFailed("the push was cancelled: the client disconnected")
-                stage(dep, build, source, out, result)
+            self._check_connected(out)
+            built = self.build(dep, build, source, out)
+            self._check_connected(out)
+            self.release(dep, build, built, out)
         except BaeError as exc:
             if not exc.shown:
                 out.error(exc.message)
@@ -89,17 +88,17 @@ class Pipeline:
             store.finish_build(build, "failed", out.text, error="internal error",
                                keep=self.platform.settings.build.keep_builds)
             raise
-        store.finish_build(build, "succeeded", out.text, image=result.get("image"),
-                           process_types=result.get("process_types"), reuse=result.get("reuse"),
-                           keep=self.platform.settings.build.keep_builds)
+        store.finish_build(build, "succeeded", out.text, image=built.image, process_types=built.process_types,
+                           reuse=built.reuse, keep=self.platform.settings.build.keep_builds)
         log.info("build %s #%d succeeded in %.1f s", dep.slug, build.number, time.monotonic() - started)
 
-    def stages(self) -> list:
-        """The pipeline's steps; each is ``stage(dep, build, source, out, result)``."""
-        return [self.build, self.release]
+    @staticmethod
+    def _check_connected(out: BuildLog) -> None:
+        if out.cancelled:
+            raise DeployFailed("the push was cancelled: the client disconnected")
 
-    def build(self, dep, build, source, out: BuildLog, result: dict) -> None:
-        """Run the buildpacks over the pushed commit; leaves the image in ``result``."""
+    def build(self, dep, build, source, out: BuildLog):
+        """Run the buildpacks over the pushed commit; returns the BuildResult (image, process types)."""
         from buildpacks.runner import BuildRequest, run_build
         from buildpacks.stack import stack_exists, stack_tag
 
@@ -115,16 +114,14 @@ class Pipeline:
             stack=stack_tag(settings), settings=settings,
             previous=platform.store.last_successful_build(dep),
         )
-        built = run_build(request, out)
-        result.update(image=built.image, image_id=built.image_id, process_types=built.process_types,
-                      buildpacks=built.buildpacks, reuse=built.reuse)
+        return run_build(request, out)
 
-    def release(self, dep, build, source, out: BuildLog, result: dict) -> None:
+    def release(self, dep, build, built, out: BuildLog) -> None:
         """Release vN (image, config snapshot, process types), its release phase, and the rollout."""
         from bae.deploy import roll_out
 
         platform = self.platform
-        result["release"] = roll_out(
-            platform, dep, image=result["image"], config=platform.build_config(dep),
-            process_types=result["process_types"], description=f"deploy {build.commit[:7]}", user=build.user,
+        roll_out(
+            platform, dep, image=built.image, config=platform.build_config(dep),
+            process_types=built.process_types, description=f"deploy {build.commit[:7]}", user=build.user,
             out=out, build_id=build.id, commit=build.commit)

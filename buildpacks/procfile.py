@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["parse_procfile", "PROCESS_NAME"]
+__all__ = ["parse_procfile"]
 
-PROCESS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,29}")
 _LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_-]{0,29})\s*:\s*(.*)$")
 
 

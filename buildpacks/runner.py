@@ -21,7 +21,7 @@ import tarfile
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from docker.types import Mount
@@ -65,13 +65,8 @@ class BuildRequest:
 @dataclass
 class BuildResult:
     image: str
-    image_id: str
     process_types: dict[str, str]
-    buildpacks: list[str]
-    size: int
-    layer_size: int
-    warnings: list[str] = field(default_factory=list)
-    reuse: dict | None = None
+    reuse: dict | None = None  # what the next build needs to reuse this one's output
 
 
 def _mb(n: int) -> str:
@@ -216,7 +211,8 @@ def _process_types(out, procfile: str | None, defaults: dict[str, str]) -> dict[
     return {**defaults, **types}
 
 
-def _commit(container, req: BuildRequest, out) -> tuple[object, int]:
+def _commit(container, req: BuildRequest, out) -> str:
+    """The build container as release image ``REPOSITORY:bN``; returns that name."""
     tag = f"b{req.number}"
     with translated("saving the release image"):
         image = container.commit(repository=req.repository, tag=tag, changes=COMMIT_CHANGES + [
@@ -224,7 +220,7 @@ def _commit(container, req: BuildRequest, out) -> tuple[object, int]:
         image.reload()
         layer = image.history()[0].get("Size", 0)
     out.step(f"Built image {req.repository}:{tag} ({_mb(image.attrs['Size'])}, this build's layer {_mb(layer)})")
-    return image, layer
+    return f"{req.repository}:{tag}"
 
 
 def _try_reuse(req: BuildRequest, out, fp: str, keep) -> BuildResult | None:
@@ -262,13 +258,12 @@ def _try_reuse(req: BuildRequest, out, fp: str, keep) -> BuildResult | None:
         procfile = req.source.read("Procfile")
         types = _process_types(out, procfile.decode("utf-8", "replace") if procfile is not None else None,
                                prev.reuse.get("defaults", {}))
-        image, layer = _commit(container, req, out)
+        image = _commit(container, req, out)
     finally:
         if container is not None:
             container.remove(force=True)
     reuse = dict(prev.reuse, depth=plan.depth)
-    return BuildResult(f"{req.repository}:b{req.number}", image.id, types, prev.reuse.get("buildpacks", []),
-                       image.attrs["Size"], layer, [], reuse)
+    return BuildResult(image, types, reuse)
 
 
 def run_build(req: BuildRequest, out) -> BuildResult:
@@ -346,13 +341,12 @@ def run_build(req: BuildRequest, out) -> BuildResult:
             raise DeployFailed(f"the build failed (exit {status.get('StatusCode')}) without saying why; see its output above")
         outcome = json.loads(result_line)
         process_types = _process_types(out, outcome["procfile"], outcome["default_process_types"])
-        image, layer = _commit(container, req, out)
+        image = _commit(container, req, out)
         reuse = None
         if outcome.get("inputs") is not None:
             reuse = {"fingerprint": fp, "inputs": outcome["inputs"], "digest": inputs_digest(req.source, outcome["inputs"]),
                      "defaults": outcome["default_process_types"], "buildpacks": outcome["buildpacks"], "depth": 0}
-        return BuildResult(f"{req.repository}:b{req.number}", image.id, process_types, outcome["buildpacks"],
-                           image.attrs["Size"], layer, [], reuse)
+        return BuildResult(image, process_types, reuse)
     finally:
         if container is not None:
             try:

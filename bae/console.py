@@ -10,7 +10,7 @@ import threading
 from datetime import datetime, timezone
 from typing import BinaryIO, Iterable, Sequence
 
-__all__ = ["Console", "ago", "STEP", "DETAIL", "ERROR"]
+__all__ = ["Console", "ago", "duration", "STEP", "DETAIL", "ERROR"]
 
 STEP = "-----> "
 DETAIL = " " * 7
@@ -25,33 +25,25 @@ class Console:
         self._err = err
         self._lock = threading.Lock()
 
-    def _write(self, stream: BinaryIO, text: str) -> None:
-        data = text.encode("utf-8", "replace")
+    def _emit(self, stream: BinaryIO, data: bytes) -> None:
         with self._lock:
             stream.write(data)
             flush = getattr(stream, "flush", None)
             if flush:
                 flush()
 
+    def _write(self, stream: BinaryIO, text: str) -> None:
+        self._emit(stream, text.encode("utf-8", "replace"))
+
     def out(self, text: str = "") -> None:
         self._write(self._out, text + "\n")
 
     def raw(self, data: bytes) -> None:
-        with self._lock:
-            self._out.write(data)
-            flush = getattr(self._out, "flush", None)
-            if flush:
-                flush()
-
-    def raw_out(self, data: bytes) -> None:
-        self.raw(data)
+        """Bytes as they are (a one-off unit's output, a config value) to the output stream."""
+        self._emit(self._out, data)
 
     def raw_err(self, data: bytes) -> None:
-        with self._lock:
-            self._err.write(data)
-            flush = getattr(self._err, "flush", None)
-            if flush:
-                flush()
+        self._emit(self._err, data)
 
     def err(self, text: str) -> None:
         self._write(self._err, text + "\n")
@@ -88,8 +80,13 @@ def ago(stamp: str | None, now: datetime | None = None) -> str:
     if not stamp:
         return ""
     then = datetime.fromisoformat(stamp)
-    seconds = int(((now or datetime.now(timezone.utc)) - then).total_seconds())
+    return duration(((now or datetime.now(timezone.utc)) - then).total_seconds()) + " ago"
+
+
+def duration(seconds: float) -> str:
+    """``45s``, ``3m``, ``2h``, ``5d``: the largest whole unit, as `ps` and `releases` show ages."""
+    seconds = int(max(0, seconds))
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
-            return f"{seconds // size}{unit} ago"
-    return f"{max(seconds, 0)}s ago"
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from docker.types import Mount
 
+from bae.console import ERROR
 from bae.errors import BaeError, DeployFailed
 from buildpacks.catalog import BUILTINS, Buildpack, fetch
 from buildpacks.engine import client, translated
@@ -321,8 +322,8 @@ def run_build(req: BuildRequest, out) -> BuildResult:
                         result_line = text[len(nonce):]
                     else:
                         out.line(text)
-                        if text.startswith(" !     ") and last_error is None:
-                            last_error = text[7:].strip()
+                        if text.startswith(ERROR) and last_error is None:
+                            last_error = text[len(ERROR):].strip()
             if pending:
                 out.line(pending.decode("utf-8", "replace"))
             status = container.wait()

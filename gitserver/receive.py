@@ -21,6 +21,7 @@ from dulwich.protocol import CAPABILITY_SIDE_BAND_64K, SIDE_BAND_CHANNEL_PROGRES
 from dulwich.repo import Repo
 from dulwich.server import DictBackend, ReceivePackHandler
 
+from bae.console import ERROR, STEP
 from bae.errors import BaeError
 from bae.model import User
 from gitserver.repos import DEPLOY_BRANCHES, ZERO, Repositories, Source, migrate, quarantine
@@ -80,7 +81,7 @@ class Progress:
                 continue
             try:
                 if self._dropped:
-                    self._write(f" !     ({self._dropped} lines of output were dropped: the terminal did not keep up)\n".encode())
+                    self._write(f"{ERROR}({self._dropped} lines of output were dropped: the terminal did not keep up)\n".encode())
                     self._dropped = 0
                 self._write(data)
             except Exception:  # the client hung up; the push will be refused
@@ -166,7 +167,7 @@ class _Handler(ReceivePackHandler):
         for old, new, ref in refs:
             reason = self._refusal(new, ref, deploy_refs)
             if reason:
-                progress(f" !     {_branch(ref)}: {reason}")
+                progress(f"{ERROR}{_branch(ref)}: {reason}")
                 yield (ref, reason.encode())
                 continue
             yield (ref, self._deploy(old, new, ref, store, progress))
@@ -175,14 +176,14 @@ class _Handler(ReceivePackHandler):
         target = self.target
         started = time.monotonic()
         with self.repos.lock(target.app, target.deployment,
-                             waiting=lambda: progress("-----> Waiting for another push to this deployment to finish")):
+                             waiting=lambda: progress(f"{STEP}Waiting for another push to this deployment to finish")):
             try:
                 current = self.repo.refs[ref]
             except KeyError:
                 current = ZERO
             if current != old:
-                progress(" !     Another push updated this deployment while yours was uploading.")
-                progress(" !     Fetch, merge or rebase, and push again.")
+                progress(f"{ERROR}Another push updated this deployment while yours was uploading.")
+                progress(f"{ERROR}Fetch, merge or rebase, and push again.")
                 return b"fetch first: the deployment moved during your push"
             try:
                 source = Source(store, new)
@@ -192,7 +193,7 @@ class _Handler(ReceivePackHandler):
                 return exc.message.splitlines()[0][:200].encode("utf-8", "replace")
             except Exception:
                 log.exception("push %s by %s: deploy hook crashed", target.slug, target.user.name)
-                progress(" !     Internal error in the platform while deploying; the operator's log has the details.")
+                progress(f"{ERROR}Internal error in the platform while deploying; the operator's log has the details.")
                 return b"internal error while deploying (nothing was changed)"
             migrate(store, self.repo)
             if not self.repo.refs.set_if_equals(ref, None if old == ZERO else old, new):

@@ -26,14 +26,12 @@ from bae.errors import BaeError, DeployFailed
 from bae.model import slug
 from scheduler.plan import (Backoff, Context, Crashed, Done, Failed, Remove, Seen, Start, Stop, Want,
                             backoff_delay, plan, rollout_limit)
-from scheduler.plans import memory_label
+from scheduler.plans import memory_labels
 from scheduler.runtime_docker import PORT, DockerRuntime, UnitInfo, UnitSpec
 
-__all__ = ["Scheduler", "Endpoint", "WORKER_SETTLE"]
+__all__ = ["Scheduler", "Endpoint"]
 
 log = logging.getLogger("bae.scheduler")
-
-WORKER_SETTLE = 1.0  # a unit without a port counts as up once it has run this long
 
 
 @dataclass(frozen=True)
@@ -57,6 +55,7 @@ class Scheduler:
                  before_stop: Callable[[], None] | None = None) -> None:
         self.platform = platform
         self.settings = platform.settings.scheduler
+        self._memory = memory_labels(platform.settings.plans)  # for OOM messages; settings are fixed while serving
         self.runtime = runtime or platform.runtime  # one Docker client and inspect cache per process
         self.on_routes = on_routes
         self.before_stop = before_stop  # waits until the router has stopped sending a stopping unit requests
@@ -200,7 +199,6 @@ class Scheduler:
     def tick(self) -> bool:
         """Observe, plan, act. Returns True while something is in flight (poll fast)."""
         store = self.platform.store
-        plans = self.platform.settings.plans
         now = time.monotonic()
         wants: list[Want] = []
         specs: dict[tuple[str, str, str], tuple] = {}
@@ -248,7 +246,7 @@ class Scheduler:
             self._shapes[w.key] = shape
         ctx = Context(now=now, boot_timeout=self.settings.boot_timeout, batch=max(1, self.settings.rollout_batch),
                       backoff_max=self.settings.backoff_max, backoff=dict(self._backoff),
-                      memory={name: memory_label(p.memory) for name, p in plans.items()})
+                      memory=self._memory)
         actions = plan(wants, seen, ctx, tuple(pending))
         self._resolutions: list[tuple] = []
         self._crashed_this_pass: set = set()
@@ -267,7 +265,7 @@ class Scheduler:
             age = now - self._started.setdefault(info.id, now)
         up = info.id in self._up
         if info.running and not up:
-            if (info.web and self.runtime.probe(info)) or (not info.web and age >= WORKER_SETTLE):
+            if self.runtime.is_up(info, age):
                 self._up[info.id] = now
                 up = True
                 if info.release:

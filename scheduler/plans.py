@@ -6,7 +6,7 @@ import re
 
 from bae.errors import Invalid
 
-__all__ = ["memory_bytes", "memory_label", "check_plan"]
+__all__ = ["memory_bytes", "memory_label", "memory_labels", "check_plan"]
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([bkmg]?)b?", re.I)
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
@@ -25,6 +25,11 @@ def memory_label(text: str) -> str:
     if size % 1024**3 == 0:
         return f"{size // 1024**3} GB"
     return f"{size // 1024**2} MB"
+
+
+def memory_labels(plans: dict) -> dict[str, str]:
+    """Each plan's memory limit as messages show it, by plan name."""
+    return {name: memory_label(p.memory) for name, p in plans.items()}
 
 
 def check_plan(plans: dict, name: str) -> str:

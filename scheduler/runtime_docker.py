@@ -31,6 +31,7 @@ log = logging.getLogger("bae.runtime")
 
 PORT = 5000  # each unit has its own network namespace, so every web unit listens on the same $PORT
 CA_PATH = "/etc/ssl/certs/ca-certificates.crt"
+WORKER_SETTLE = 1.0  # a unit without a port counts as up once it has run this long
 
 
 @dataclass
@@ -248,6 +249,11 @@ class DockerRuntime:
             pass
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             log.warning("removing %s failed: %s", unit_id[:12], exc)
+
+    @classmethod
+    def is_up(cls, info: UnitInfo, age: float) -> bool:
+        """A running web unit is up once it accepts connections on $PORT; any other once it ran a second."""
+        return cls.probe(info) if info.web else age >= WORKER_SETTLE
 
     @staticmethod
     def probe(info: UnitInfo, timeout: float = 0.25) -> bool:

@@ -9,7 +9,8 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
-from scheduler.plans import memory_label
+from bae.console import duration
+from scheduler.plans import memory_labels
 from scheduler.runtime_docker import DockerRuntime, UnitInfo
 
 __all__ = ["UnitStatus", "deployment_status", "converged", "duration"]
@@ -29,25 +30,13 @@ class UnitStatus:
     generation: int = 0
 
 
-def duration(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m"
-    if seconds < 86400:
-        return f"{seconds // 3600}h"
-    return f"{seconds // 86400}d"
-
-
 def _state(info: UnitInfo, runtime: DockerRuntime, now: float, backoff: dict | None, memory: dict) -> UnitStatus:
     address = f"127.0.0.1:{info.host_port}" if info.host_port else ""
     base = dict(unit=info.unit, process=info.process, index=info.index, release=info.release, plan=info.plan,
                 address=address, generation=info.generation)
     if info.running:
         age = now - (info.started_at or now)
-        up = runtime.probe(info) if info.web else age >= 1.0
-        return UnitStatus(state="up" if up else "starting", since=age, **base)
+        return UnitStatus(state="up" if runtime.is_up(info, age) else "starting", since=age, **base)
     since = now - (info.finished_at or now)
     if info.oom:
         detail = f"exceeded its {memory.get(info.plan, info.plan)} memory limit"
@@ -62,7 +51,7 @@ def _state(info: UnitInfo, runtime: DockerRuntime, now: float, backoff: dict | N
 def deployment_status(platform, dep, runtime: DockerRuntime) -> list[UnitStatus]:
     now = time.time()
     backoffs = platform.store.backoffs()
-    memory = {name: memory_label(p.memory) for name, p in platform.settings.plans.items()}
+    memory = memory_labels(platform.settings.plans)
     units = [_state(info, runtime, now, backoffs.get((dep.id, info.process)), memory)
              for info in runtime.list_units(app=dep.app, deployment=dep.name)]
     return sorted(units, key=lambda u: (u.process, u.index, u.release))

@@ -9,6 +9,7 @@ import click
 
 from bae.access import deployment_for
 from bae.commands import Invocation, command
+from bae.console import duration
 from bae.errors import Invalid
 
 _PAIR = re.compile(r"([A-Za-z0-9][A-Za-z0-9_-]{0,29})=(.+)")
@@ -67,7 +68,7 @@ def _wait(inv: Invocation, dep, processes: set[str], wait: bool) -> None:
 @click.argument("target", metavar="APP[/DEP]")
 def ps(inv: Invocation, target: str) -> None:
     """Show the units of a deployment: state, age, release, plan and address."""
-    from scheduler.status import deployment_status, duration
+    from scheduler.status import deployment_status
 
     dep = deployment_for(inv.caller, inv.store, target)
     release = inv.store.release(dep, dep.release_version) if dep.release_version else None

@@ -45,7 +45,7 @@ def run(inv: Invocation, target: str, cmd: tuple[str, ...]) -> int:
     resize = (lambda cb: setattr(inv.request, "on_resize", cb)) if inv.remote and tty else None
     old_tty = _raw_mode() if tty and not inv.remote else None
     try:
-        code = run_oneoff(inv.platform.runtime, job, stdin=read, stdout=inv.console.raw_out, stderr=inv.console.raw_err,
+        code = run_oneoff(inv.platform.runtime, job, stdin=read, stdout=inv.console.raw, stderr=inv.console.raw_err,
                           resize=resize, alive=inv.alive)
     finally:
         if old_tty is not None:

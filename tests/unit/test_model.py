@@ -31,3 +31,14 @@ def test_slug_and_hostname_of_default_and_other_deployments():
     assert slug("shop", "api") == "shop/api" and parse_target("shop/api") == ("shop", "api")
     assert hostname("shop", "default", "bae.localhost") == "shop.bae.localhost"
     assert hostname("shop", "api", "bae.localhost") == "api.shop.bae.localhost"
+
+
+def test_ages_as_ps_and_releases_show_them():
+    from datetime import datetime, timezone
+
+    from bae.console import ago, duration
+
+    assert [duration(s) for s in (-3, 0, 59, 60, 3599, 3600, 86399, 86400 * 3)] == \
+        ["0s", "0s", "59s", "1m", "59m", "1h", "23h", "3d"]
+    now = datetime(2026, 11, 25, 10, 0, tzinfo=timezone.utc)
+    assert ago("2026-11-25T09:58:00+00:00", now) == "2m ago" and ago(None) == ""

@@ -108,7 +108,7 @@ def roll_out(platform, dep: Deployment, *, image: str, config: dict, process_typ
 
 def prune_images(platform, dep: Deployment) -> int:
     """Remove release images no longer needed: keep those of the last K releases (rollback) and any in use."""
-    from buildpacks.runner import remove_unused_images
+    from buildpacks.runner import remove_images
 
     keep_n = platform.settings.scheduler.keep_releases
     releases = platform.store.releases(dep, limit=1000)
@@ -116,4 +116,4 @@ def prune_images(platform, dep: Deployment) -> int:
     build = platform.store.last_successful_build(dep)
     if build and build.image:
         keep.add(build.image)
-    return remove_unused_images(platform.image_repository(dep), keep)
+    return remove_images(platform.image_repository(dep), keep)

@@ -147,7 +147,7 @@ class Platform:
 
         for attempt in range(3):
             try:
-                remove_images(self.image_repository(dep))
+                remove_images(self.image_repository(dep), force=True)
                 return
             except Exception as exc:  # in use by a unit a reconcile pass started meanwhile, or Docker down
                 if attempt == 2:

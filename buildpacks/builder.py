@@ -147,10 +147,12 @@ def main():
     if os.path.isfile(path) and not os.path.islink(path):
         with open(path, "rb") as fh:
             procfile = fh.read(65536).decode("utf-8", "replace")
-    shutil.rmtree(PLAN_DIR, ignore_errors=True)
-    for entry in os.listdir("/tmp"):
+    for entry in os.listdir("/tmp"):  # the plan (PLAN_DIR) and whatever buildpacks left: not in the image
         target = os.path.join("/tmp", entry)
-        shutil.rmtree(target, ignore_errors=True) if os.path.isdir(target) else os.unlink(target)
+        if os.path.isdir(target) and not os.path.islink(target):
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            os.unlink(target)
     result = {"buildpacks": [d for _, d in chosen], "default_process_types": defaults, "procfile": procfile,
               "inputs": sorted(inputs) if inputs is not None else None}
     print(plan["nonce"] + json.dumps(result), flush=True)

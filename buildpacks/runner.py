@@ -36,7 +36,6 @@ from buildpacks.slugignore import slugignore_filter
 from buildpacks.stack import UID
 
 __all__ = ["BuildRequest", "BuildResult", "run_build", "remove_stale_build_containers", "remove_images",
-           "remove_unused_images",
            "APP_DIR", "ENTRYPOINT"]
 
 log = logging.getLogger("bae.build")
@@ -61,6 +60,20 @@ class BuildRequest:
     stack: str
     settings: object  # bae.config.Build
     previous: object = None  # bae.model.Build: the last successful build of this deployment
+
+    def container_args(self) -> dict:
+        """Name and labels of this build's throw-away container (found by label after a crash)."""
+        return {"name": f"bae-{self.instance}-build-{self.app}-{self.deployment}-{self.number}-{secrets.token_hex(3)}",
+                "labels": {"bae.platform": self.instance, "bae.role": "build", "bae.app": self.app,
+                           "bae.deployment": self.deployment, "bae.build": str(self.number)}}
+
+
+def _remove_container(container) -> None:
+    """Never leave a build container behind; a failure here must not hide the build's own error."""
+    try:
+        container.remove(force=True)
+    except Exception:
+        log.warning("could not remove build container %s", container.name)
 
 
 @dataclass
@@ -137,34 +150,27 @@ def remove_stale_build_containers(instance: str) -> int:
     return len(stale)
 
 
-def remove_images(repository: str) -> int:
-    """Remove every release image of one deployment (when it is destroyed)."""
-    with translated("removing release images"):
-        images = client().images.list(name=repository)
-        # newest first, by tag: a reused build's image is a child of the one before it,
-        # and removing the child's last tag also removes the untagged parents
-        for image in sorted(images, key=lambda i: i.attrs.get("Created", ""), reverse=True):
-            for tag in image.tags:
-                client().images.remove(tag, force=True)
-    return len(images)
+def remove_images(repository: str, keep: frozenset[str] | set[str] = frozenset(), *, force: bool = False) -> int:
+    """Remove one deployment's release images whose tags are not in ``keep``.
 
-
-def remove_unused_images(repository: str, keep: set[str]) -> int:
-    """Remove the repository's images whose tags are not in ``keep`` (images in use stay)."""
+    ``force`` when the deployment is destroyed; otherwise (pruning) an image a unit still
+    runs stays. Newest first, by tag: a reused build's image is a child of the one before
+    it, and removing the child's last tag also removes the untagged parents."""
     import docker.errors
 
     removed = 0
-    with translated("pruning old release images"):
+    with translated("removing release images"):
         images = client().images.list(name=repository)
         for image in sorted(images, key=lambda i: i.attrs.get("Created", ""), reverse=True):
             for tag in image.tags:
                 if tag in keep:
                     continue
                 try:
-                    client().images.remove(tag)  # no force: an image a unit still runs stays
+                    client().images.remove(tag, force=force)
                     removed += 1
                 except docker.errors.APIError:
-                    pass
+                    if force:
+                        raise
     return removed
 
 
@@ -250,9 +256,7 @@ def _try_reuse(req: BuildRequest, out, fp: str, keep) -> BuildResult | None:
     container = None
     try:
         with translated("preparing the release image"):
-            container = client().containers.create(
-                prev.image, name=f"bae-{req.instance}-build-{req.app}-{req.deployment}-{req.number}-{secrets.token_hex(3)}",
-                labels={"bae.platform": req.instance, "bae.role": "build"})
+            container = client().containers.create(prev.image, **req.container_args())
             if names:
                 changed = set(names)
                 container.put_archive("/", req.source.tar(APP_DIR.lstrip("/"), lambda p: p in changed))
@@ -262,7 +266,7 @@ def _try_reuse(req: BuildRequest, out, fp: str, keep) -> BuildResult | None:
         image = _commit(container, req, out)
     finally:
         if container is not None:
-            container.remove(force=True)
+            _remove_container(container)
     reuse = dict(prev.reuse, depth=plan.depth)
     return BuildResult(image, types, reuse)
 
@@ -298,9 +302,7 @@ def run_build(req: BuildRequest, out) -> BuildResult:
             container = docker.containers.create(
                 req.stack, command=["/usr/bin/tini", "-g", "--", "python3", "/tmp/bae/builder.py"],
                 user="bae", working_dir=APP_DIR, mounts=mounts,
-                name=f"bae-{req.instance}-build-{req.app}-{req.deployment}-{req.number}-{secrets.token_hex(3)}",
-                labels={"bae.platform": req.instance, "bae.role": "build", "bae.app": req.app,
-                        "bae.deployment": req.deployment, "bae.build": str(req.number)},
+                **req.container_args(),
                 mem_limit=req.settings.memory, memswap_limit=req.settings.memory,
                 pids_limit=4096, security_opt=["no-new-privileges"], cap_drop=["ALL"],
             )
@@ -350,8 +352,5 @@ def run_build(req: BuildRequest, out) -> BuildResult:
         return BuildResult(image, process_types, reuse)
     finally:
         if container is not None:
-            try:
-                container.remove(force=True)
-            except Exception:
-                log.warning("could not remove build container %s", container.name)
+            _remove_container(container)
         shutil.rmtree(workdir, ignore_errors=True)

@@ -23,8 +23,7 @@ log = logging.getLogger("bae.logs")
 
 def _stamp(raw: str) -> str:
     """Docker's RFC 3339 nanosecond stamp -> our ISO microseconds."""
-    head, _, frac = raw.rstrip("Z").partition(".")
-    return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00").isoformat(timespec="microseconds")
+    return datetime.fromisoformat(raw).isoformat(timespec="microseconds")  # Docker stamps are UTC ("Z")
 
 
 class LogCollector:

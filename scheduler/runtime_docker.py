@@ -93,13 +93,9 @@ class UnitInfo(UnitIdentity):
 
 
 def _epoch(stamp: str | None) -> float | None:
-    if not stamp or stamp.startswith("0001-"):
+    if not stamp or stamp.startswith("0001-"):  # Docker's zero time: never started or finished
         return None
-    stamp = stamp.rstrip("Z")
-    if "." in stamp:
-        head, frac = stamp.split(".", 1)
-        stamp = f"{head}.{frac[:6]}"
-    return datetime.fromisoformat(stamp + "+00:00").timestamp()
+    return datetime.fromisoformat(stamp).timestamp()  # RFC 3339, nanoseconds and Z included (3.11+)
 
 
 class DockerRuntime:

@@ -321,14 +321,6 @@ class Store:
             )
         return _deployment(row)
 
-    def deployment_by_id(self, dep_id: int) -> Deployment:
-        row = self._one(
-            "select deployments.*, apps.name as app from deployments join apps on apps.id = deployments.app_id "
-            "where deployments.id = ?", [dep_id])
-        if not row:
-            raise NotFound(f"no deployment with id {dep_id}")
-        return _deployment(row)
-
     def deployments(self, app: App | None = None) -> list[Deployment]:
         sql = ("select deployments.*, apps.name as app from deployments "
                "join apps on apps.id = deployments.app_id")
@@ -524,10 +516,21 @@ class Store:
 
     def targets(self) -> list[tuple[Deployment, Release | None, dict[str, FormationEntry]]]:
         """Every deployment with the release it should run and its formation: the scheduler's input."""
+        # three queries however many deployments there are: every reconcile pass calls this
+        deps = self.deployments()
+        releases = {(r["deployment_id"], r["version"]): _release(r) for r in self.db.query(
+            "select releases.* from releases join deployments on deployments.id = releases.deployment_id "
+            "and releases.version = deployments.release_version")}
+        formation: dict[int, dict[str, FormationEntry]] = {}
+        for r in self.db.query("select * from formation order by process"):
+            formation.setdefault(r["deployment_id"], {})[r["process"]] = FormationEntry(
+                r["process"], r["quantity"], r["plan"], r["generation"])
         out = []
-        for dep in self.deployments():
-            release = self.release(dep, dep.release_version) if dep.release_version else None
-            out.append((dep, release, self.formation(dep) if release else {}))
+        for dep in deps:
+            release = None
+            if dep.release_version:  # a target changed between the queries: look it up on its own
+                release = releases.get((dep.id, dep.release_version)) or self.release(dep, dep.release_version)
+            out.append((dep, release, formation.get(dep.id, {}) if release else {}))
         return out
 
 

@@ -202,10 +202,10 @@ class Scheduler:
         now = time.monotonic()
         wants: list[Want] = []
         specs: dict[tuple[str, str, str], tuple] = {}
-        dep_ids: dict[tuple[str, str], int] = {}
+        deps: dict[tuple[str, str], object] = {}  # (app, name) -> bae.model.Deployment
         pending = []
         for dep, release, formation in store.targets():
-            dep_ids[(dep.app, dep.name)] = dep.id
+            deps[(dep.app, dep.name)] = dep
             if release is None:
                 continue
             if release.status == "pending":
@@ -236,13 +236,13 @@ class Scheduler:
             for gone in [i for i in self._started if i not in by_id]:
                 del self._started[gone]
             self._recorded &= set(by_id)
-        self._reset_backoff(seen, now)
+        self._reset_backoff(seen, now, deps)
         for w in wants:  # a new release, plan or restart deserves a fresh start: forget old crashes
             shape = (w.release, w.plan, w.generation)
             if self._shapes.get(w.key, shape) != shape and w.key in self._backoff:
                 del self._backoff[w.key]
-                if (w.app, w.deployment) in dep_ids:
-                    store.set_backoff(dep_ids[(w.app, w.deployment)], w.process, 0, None, None)
+                if (w.app, w.deployment) in deps:
+                    store.set_backoff(deps[(w.app, w.deployment)].id, w.process, 0, None, None)
             self._shapes[w.key] = shape
         ctx = Context(now=now, boot_timeout=self.settings.boot_timeout, batch=max(1, self.settings.rollout_batch),
                       backoff_max=self.settings.backoff_max, backoff=dict(self._backoff),
@@ -250,7 +250,7 @@ class Scheduler:
         actions = plan(wants, seen, ctx, tuple(pending))
         self._resolutions: list[tuple] = []
         self._crashed_this_pass: set = set()
-        self._apply(actions, specs, dep_ids, by_id)
+        self._apply(actions, specs, deps, by_id)
         self._publish_routes(infos)
         for resolution in self._resolutions:  # pushes learn the outcome once the router routes it
             self._resolve(*resolution)
@@ -277,24 +277,17 @@ class Scheduler:
                     info.generation, info.running, age, up, info.exit_code, info.oom, info.id in self._stopping,
                     info.web, info.id in self._recorded)
 
-    def _reset_backoff(self, seen: list[Seen], now: float) -> None:
+    def _reset_backoff(self, seen: list[Seen], now: float, deps: dict) -> None:
         for s in seen:
             if s.up and s.running and s.id in self._up and now - self._up[s.id] >= self.settings.backoff_reset:
                 if self._backoff.get(s.key, Backoff()).failures:
                     self._backoff.pop(s.key, None)
-                    dep_id = self._dep_id(s.app, s.deployment)
-                    if dep_id:
-                        self.platform.store.set_backoff(dep_id, s.process, 0, None, None)
-
-    def _dep_id(self, app: str, deployment: str) -> int | None:
-        try:
-            return self.platform.store.deployment(app, deployment).id
-        except BaeError:
-            return None
+                    if (s.app, s.deployment) in deps:
+                        self.platform.store.set_backoff(deps[(s.app, s.deployment)].id, s.process, 0, None, None)
 
     # -- actions ----------------------------------------------------------------
 
-    def _apply(self, actions: list, specs: dict, dep_ids: dict, by_id: dict) -> None:
+    def _apply(self, actions: list, specs: dict, deps: dict, by_id: dict) -> None:
         stops = [a for a in actions if isinstance(a, Stop)]
         for a in stops:
             if a.unit.id in by_id:
@@ -305,7 +298,7 @@ class Scheduler:
         for a in actions:
             try:
                 if isinstance(a, Start):
-                    self._start(a, specs[a.want.key], dep_ids)
+                    self._start(a, specs[a.want.key])
                 elif isinstance(a, Stop):
                     if a.unit.id in by_id:
                         self._tell(a.unit.app, a.unit.deployment, f"{a.unit.name} (v{a.unit.release}) stopping: {a.reason}")
@@ -314,11 +307,11 @@ class Scheduler:
                     if a.unit.id in by_id:
                         self._pool.submit(self._remove_unit, a.unit.id)
                 elif isinstance(a, Crashed):
-                    self._crashed(a, dep_ids)
+                    self._crashed(a, deps)
                 elif isinstance(a, Failed):
-                    self._failed(a, dep_ids)
+                    self._failed(a, deps)
                 elif isinstance(a, Done):
-                    self._done(a, dep_ids)
+                    self._done(a, deps)
             except Exception:
                 log.exception("applying %s failed", type(a).__name__)
 
@@ -337,7 +330,7 @@ class Scheduler:
         self.collector.finish(unit_id)  # its last lines (a crash's) are kept in the app's log
         self.runtime.remove(unit_id)
 
-    def _start(self, action: Start, spec_parts: tuple, dep_ids: dict) -> None:
+    def _start(self, action: Start, spec_parts: tuple) -> None:
         dep, release, command = spec_parts
         w = action.want
         plan_ = self.platform.settings.plans[w.plan]
@@ -379,7 +372,7 @@ class Scheduler:
         self._tell(w.app, w.deployment, f"{w.process}.{action.index} starting (v{w.release}, {w.plan})")
         self._pool.submit(run)
 
-    def _crashed(self, a: Crashed, dep_ids: dict) -> None:
+    def _crashed(self, a: Crashed, deps: dict) -> None:
         u = a.unit
         self._recorded.add(u.id)
         key = u.key
@@ -391,23 +384,22 @@ class Scheduler:
         failures = back.failures + 1
         delay = backoff_delay(failures, self.settings.backoff_max)
         self._backoff[key] = Backoff(failures, time.monotonic() + delay)
-        dep_id = dep_ids.get((u.app, u.deployment))
-        if dep_id:
+        dep = deps.get((u.app, u.deployment))
+        if dep:
             wall = datetime.now(timezone.utc) + timedelta(seconds=delay)
-            self.platform.store.set_backoff(dep_id, u.process, failures, wall.isoformat(), a.reason)
+            self.platform.store.set_backoff(dep.id, u.process, failures, wall.isoformat(), a.reason)
         self._tell(u.app, u.deployment, f"{a.reason}, restarting " + (f"in {delay:.0f}s" if delay else "now"))
 
-    def _pending(self, a, dep_ids: dict):
+    def _pending(self, a, deps: dict):
         """The release a Failed/Done action is about, if it is still being deployed."""
-        dep_id = dep_ids.get((a.app, a.deployment))
-        if dep_id is None:
+        dep = deps.get((a.app, a.deployment))
+        if dep is None:
             return None
-        store = self.platform.store
-        release = store.release(store.deployment_by_id(dep_id), a.release)
+        release = self.platform.store.release(dep, a.release)
         return release if release.status == "pending" else None
 
-    def _failed(self, a: Failed, dep_ids: dict) -> None:
-        release = self._pending(a, dep_ids)
+    def _failed(self, a: Failed, deps: dict) -> None:
+        release = self._pending(a, deps)
         if release is None:
             return
         back_to = self.platform.store.fail_release(release, a.reason)
@@ -420,8 +412,8 @@ class Scheduler:
                    + (f"v{back_to} keeps serving" if back_to else "nothing was running before"))
         self._resolve(a.app, a.deployment, a.release, a.reason)
 
-    def _done(self, a: Done, dep_ids: dict) -> None:
-        release = self._pending(a, dep_ids)
+    def _done(self, a: Done, deps: dict) -> None:
+        release = self._pending(a, deps)
         if release is None:
             return
         self.platform.store.activate(release)

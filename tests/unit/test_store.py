@@ -80,3 +80,20 @@ def test_build_numbers_per_deployment(store):
     assert store.build(dep, 1).log == "log\n"
     assert [b.number for b in store.builds(dep)] == [2, 1]
     assert app.name == "shop"
+
+
+def test_targets_give_each_deployment_its_target_release_and_formation(store):
+    app = store.create_app("shop", None)
+    dep = store.deployment("shop", "default")
+    idle = store.create_deployment(app, "idle")  # never deployed: no release, no formation
+    v1 = store.create_release(dep, image="i:1", config={}, process_types={"web": "w"}, build_id=None, commit=None,
+                              user="alice", description="deploy")
+    store.create_release(dep, image="i:2", config={}, process_types={"web": "w", "worker": "k"}, build_id=None,
+                         commit=None, user="alice", description="deploy")
+    store.ensure_formation(dep, {"web": "w", "worker": "k"}, "s1")
+    store.set_target(dep.id, v1.version)
+    targets = {d.name: (release, formation) for d, release, formation in store.targets()}
+    assert targets["idle"] == (None, {}) and idle.name == "idle"
+    release, formation = targets["default"]
+    assert release.version == 1 and release.image == "i:1"
+    assert {p: f.quantity for p, f in formation.items()} == {"web": 1, "worker": 0}

@@ -24,10 +24,8 @@ def run_release_phase(platform, dep: Deployment, release: Release, out) -> None:
     from scheduler.oneoff import OneOff, run_oneoff
 
     command = release.process_types["release"]
-    plan = platform.settings.plans[platform.settings.scheduler.default_plan]
     out.step(f"Running release command: {command}")
-    job = OneOff(dep.app, dep.name, release.version, release.image, command, dict(release.config),
-                 plan.memory, plan.cpu, plan.pids, name="release", ca_bundle=platform.settings.build.ca_bundle)
+    job = OneOff.for_release(platform.settings, dep, release, command, name="release")
     pending = b""
 
     def write(data: bytes) -> None:

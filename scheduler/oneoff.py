@@ -42,6 +42,13 @@ class OneOff:
     tty: bool = False
     size: tuple[int, int] | None = None  # columns, rows
 
+    @classmethod
+    def for_release(cls, settings, dep, release, command: str, **options) -> OneOff:
+        """A one-off unit of ``release``: its image and config, the default plan's limits."""
+        plan = settings.plans[settings.scheduler.default_plan]
+        return cls(dep.app, dep.name, release.version, release.image, command, dict(release.config),
+                   plan.memory, plan.cpu, plan.pids, ca_bundle=settings.build.ca_bundle, **options)
+
 
 def _create(runtime: DockerRuntime, job: OneOff, stdin: bool) -> str:
     unit = f"{job.name}.{secrets.randbelow(9000) + 1000}"

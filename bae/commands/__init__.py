@@ -55,6 +55,13 @@ class Invocation:
     def store(self):
         return self.platform.store
 
+    def current_release(self, dep):
+        """The release ``dep`` runs, or Invalid saying to push first."""
+        if not dep.release_version:
+            raise Invalid(f"nothing is deployed to {dep.slug} yet",
+                          f"Push first: git push {self.platform.git_url(dep.app, dep.name)} master")
+        return self.store.release(dep, dep.release_version)
+
 
 def command(name: str, *, local_only: bool = False, passthrough: bool = False, **settings):
     """Register the decorated function as command ``name`` (its docstring is the help)."""

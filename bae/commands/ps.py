@@ -27,12 +27,6 @@ def _pairs(args: tuple[str, ...], example: str) -> list[tuple[str, str]]:
     return out
 
 
-def _release_of(inv: Invocation, dep):
-    if not dep.release_version:
-        raise Invalid(f"nothing is deployed to {dep.slug} yet", f"Push first: git push {inv.platform.git_url(dep.app, dep.name)} master")
-    return inv.store.release(dep, dep.release_version)
-
-
 def _known_type(release, process: str, dep) -> None:
     if process not in release.process_types or process == "release":
         known = ", ".join(p for p in sorted(release.process_types) if p != "release") or "(none)"
@@ -99,7 +93,7 @@ def ps_scale(inv: Invocation, target: str, changes: tuple[str, ...], wait: bool)
     from scheduler.plans import check_plan
 
     dep = deployment_for(inv.caller, inv.store, target)
-    release = _release_of(inv, dep)
+    release = inv.current_release(dep)
     limit = inv.platform.settings.scheduler.max_units
     plans = inv.platform.settings.plans
     wanted = []
@@ -129,7 +123,7 @@ def ps_resize(inv: Invocation, target: str, changes: tuple[str, ...], wait: bool
     from scheduler.plans import check_plan
 
     dep = deployment_for(inv.caller, inv.store, target)
-    release = _release_of(inv, dep)
+    release = inv.current_release(dep)
     plans = inv.platform.settings.plans
     wanted = []
     for process, plan in _pairs(changes, f"ps:resize {dep.slug} web=m1"):
@@ -148,7 +142,7 @@ def ps_resize(inv: Invocation, target: str, changes: tuple[str, ...], wait: bool
 def ps_restart(inv: Invocation, target: str, process: str | None, wait: bool) -> None:
     """Replace the units of a deployment (or of one process type), new ones up before old ones stop."""
     dep = deployment_for(inv.caller, inv.store, target)
-    release = _release_of(inv, dep)
+    release = inv.current_release(dep)
     if process is not None:
         _known_type(release, process.lower(), dep)
     formation = inv.store.formation(dep)

@@ -24,11 +24,7 @@ def run(inv: Invocation, target: str, cmd: tuple[str, ...]) -> int:
     dep = deployment_for(inv.caller, inv.store, target)
     if not cmd:
         raise Invalid("say what to run", f"For example: run {dep.slug} python manage.py migrate (or bash, with ssh -t)")
-    if not dep.release_version:
-        raise Invalid(f"nothing is deployed to {dep.slug} yet", "Push first; `run` uses the current release.")
-    release = inv.store.release(dep, dep.release_version)
-    settings = inv.platform.settings
-    plan = settings.plans[settings.scheduler.default_plan]
+    release = inv.current_release(dep)
     command_line = _command_line(inv, target, cmd)
     if inv.remote:
         request = inv.request
@@ -39,8 +35,7 @@ def run(inv: Invocation, target: str, cmd: tuple[str, ...]) -> int:
         tty = sys.stdin.isatty() and sys.stdout.isatty()
         size = os.get_terminal_size()[:2] if tty else None
         read = lambda n: os.read(0, n)  # noqa: E731
-    job = OneOff(dep.app, dep.name, release.version, release.image, command_line, dict(release.config),
-                 plan.memory, plan.cpu, plan.pids, ca_bundle=settings.build.ca_bundle, tty=tty, size=size)
+    job = OneOff.for_release(inv.platform.settings, dep, release, command_line, tty=tty, size=size)
     inv.platform.logs.event(dep.app, dep.name, "run", f"one-off unit started by {inv.caller.name}: {command_line[:200]}")
     resize = (lambda cb: setattr(inv.request, "on_resize", cb)) if inv.remote and tty else None
     old_tty = _raw_mode() if tty and not inv.remote else None

@@ -107,6 +107,8 @@ def test_apps_deployments_access(server, admin):
     assert "frank-shop" in ok(server.bae("apps:list"))
     fails(grace.ssh("apps:info", "frank-shop"), "do not have access", code=3)
     fails(grace.ssh("apps:info", "nope"), "no app named 'nope'")
+    for cmd in (["run", "frank-shop", "true"], ["ps:scale", "frank-shop", "web=2"]):  # nothing pushed yet
+        fails(frank.ssh(*cmd), "nothing is deployed to frank-shop yet")
     # deployments
     out = ok(frank.ssh("deployments:create", "frank-shop", "worker"))
     assert "/frank-shop/worker.git" in out

@@ -83,19 +83,6 @@ class Platform:
 
     # -- lifecycle shared by commands ------------------------------------------
 
-    def app_info_lines(self, app) -> list[str]:
-        """What apps:info adds: config var names (never values), releases and custom domains."""
-        shared = sorted(self.store.config_vars(app, 0))
-        lines = [f"Config vars:    {', '.join(shared) or '(none)'}  (shared by all deployments)"]
-        domains = self.store.domains()
-        for dep in self.store.deployments(app):
-            own = sorted(self.store.config_vars(app, dep.id))
-            release = f"v{dep.release_version}" if dep.release_version else "nothing deployed"
-            extra = f"; overrides {', '.join(own)}" if own else ""
-            hosts = domains.get(dep.id, [])
-            lines.append(f"Deployment {dep.name}: {release}{extra}" + (f"; domains {', '.join(hosts)}" if hosts else ""))
-        return lines
-
     def destroy_deployment(self, dep) -> None:
         """Remove a deployment everywhere: units, routes, repo, cache, rows."""
         with self.repos.lock(dep.app, dep.name):

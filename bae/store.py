@@ -254,27 +254,28 @@ class Store:
             })
         return self.app(name)
 
+    def _apps(self, where: str, params: dict) -> list[App]:
+        """Apps with their owner and collaborators, in one query (user names have no spaces)."""
+        rows = self.db.query(
+            "select apps.*, owner.name as owner, (select group_concat(users.name, ' ') from collaborators "
+            "join users on users.id = collaborators.user_id where collaborators.app_id = apps.id) as collaborators "
+            f"from apps left join users as owner on owner.id = apps.owner_id where {where} order by apps.name",
+            params)
+        return [App(r["id"], r["name"], r["owner"], r["created_at"], tuple(sorted((r["collaborators"] or "").split())))
+                for r in rows]
+
     def app(self, name: str) -> App:
-        row = self._one(
-            "select apps.*, users.name as owner from apps left join users on users.id = apps.owner_id "
-            "where apps.name = ?", [name])
-        if not row:
+        found = self._apps("apps.name = :name", {"name": name})
+        if not found:
             raise NotFound(f"no app named '{name}'", "See `apps:list` for the apps you can use.")
-        collaborators = tuple(r["name"] for r in self.db.query(
-            "select users.name from collaborators join users on users.id = collaborators.user_id "
-            "where app_id = ? order by users.name", [row["id"]]))
-        return App(row["id"], row["name"], row["owner"], row["created_at"], collaborators)
+        return found[0]
 
     def apps(self, visible_to: User | None = None) -> list[App]:
         """All apps, or only those ``visible_to`` owns or collaborates on."""
         if visible_to is None:
-            rows = self.db.query("select name from apps order by name")
-        else:
-            rows = self.db.query(
-                "select name from apps where owner_id = :u or id in "
-                "(select app_id from collaborators where user_id = :u) order by name",
-                {"u": visible_to.id})
-        return [self.app(r["name"]) for r in list(rows)]
+            return self._apps("1", {})
+        return self._apps("apps.owner_id = :u or apps.id in (select app_id from collaborators where user_id = :u)",
+                          {"u": visible_to.id})
 
     def destroy_app(self, app: App) -> None:
         with self.write() as db:
@@ -575,9 +576,11 @@ class Store:
 
     def effective_config(self, dep: Deployment) -> dict[str, tuple[str, str]]:
         """KEY -> (value, where it comes from: "app" or "deployment") for one deployment."""
-        app = self.app(dep.app)
-        out = {k: (v, "app") for k, v in self.config_vars(app, 0).items()}
-        out.update({k: (v, "deployment") for k, v in self.config_vars(app, dep.id).items()})
+        out: dict[str, tuple[str, str]] = {}
+        for r in self.db.query(  # the app's (scope 0) first, the deployment's override them
+                "select key, value, scope from config_vars where scope in (0, :dep) and "
+                "app_id = (select app_id from deployments where id = :dep) order by scope", {"dep": dep.id}):
+            out[r["key"]] = (r["value"], "deployment" if r["scope"] else "app")
         return dict(sorted(out.items()))
 
     def set_config(self, app: App, scope: int, values: dict[str, str]) -> None:

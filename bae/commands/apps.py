@@ -64,12 +64,18 @@ def apps_info(inv: Invocation, app: str) -> None:
     out.out(f"Owner:          {found.owner or '(admins)'}")
     out.out(f"Collaborators:  {', '.join(found.collaborators) or '(none)'}")
     out.out(f"Created:        {found.created_at} ({ago(found.created_at)})")
-    for line in inv.platform.app_info_lines(found):
-        out.out(line)
-    out.out("")
+    # config var names only, never values
+    out.out(f"Config vars:    {', '.join(sorted(inv.store.config_vars(found, 0))) or '(none)'}  (shared by all deployments)")
+    domains = inv.store.domains()
     rows = []
     for dep in inv.store.deployments(found):
+        own = sorted(inv.store.config_vars(found, dep.id))
+        release = f"v{dep.release_version}" if dep.release_version else "nothing deployed"
+        extra = f"; overrides {', '.join(own)}" if own else ""
+        hosts = domains.get(dep.id, [])
+        out.out(f"Deployment {dep.name}: {release}{extra}" + (f"; domains {', '.join(hosts)}" if hosts else ""))
         rows.append([dep.name, inv.platform.git_url(found.name, dep.name), inv.platform.web_url(found.name, dep.name)])
+    out.out("")
     out.table(["deployment", "git remote", "url"], rows)
 
 

@@ -50,14 +50,12 @@ def _apply(inv: Invocation, deps, what: str, restart: bool, undo) -> None:
         inv.console.detail("Recorded; the next deploy uses it (--no-restart).")
         return
     for dep in deps:
-        dep = inv.store.deployment(dep.app, dep.name)
-        active = inv.store.active_release(dep)
-        if active is None:
-            continue
         try:
             with inv.platform.repos.lock(dep.app, dep.name,
                                          waiting=lambda: inv.console.step(f"Waiting for a deploy of {dep.slug} to finish")):
-                active = inv.store.active_release(dep) or active
+                active = inv.store.active_release(dep)  # read under the lock: a push may just have made one
+                if active is None:
+                    continue  # nothing deployed: the first deploy takes the vars
                 roll_out(inv.platform, dep, image=active.image, config=inv.platform.build_config(dep),
                          process_types=active.process_types, description=what, user=inv.caller.name,
                          out=inv.console, build_id=active.build_id, commit=active.commit)

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     except BaeError as exc:
         console.error(exc.message, exc.hint)
         return exc.exit_code
-    inv = Invocation(platform, Caller(None, local=True), console, sys.stdin.buffer, remote=False)
+    inv = Invocation(platform, Caller(None, local=True), console, sys.stdin.buffer)
     return dispatch(inv, args)
 
 

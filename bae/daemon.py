@@ -47,10 +47,8 @@ def serve(platform, console: Console) -> int:
     prog = ssh_prog(platform)
 
     def run_command(caller, argv, stdin, stdout, stderr, request) -> int:
-        chan = getattr(request, "channel", None)
-        alive = (lambda: not chan.closed and chan.get_transport().is_active()) if chan is not None else (lambda: True)
-        inv = Invocation(platform, caller, Console(stdout, stderr), stdin, remote=True, prog=prog, request=request,
-                         alive=alive)
+        inv = Invocation(platform, caller, Console(stdout, stderr), stdin, prog=prog, request=request,
+                         alive=request.alive)
         return dispatch(inv, argv)
 
     from router import Router

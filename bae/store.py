@@ -539,13 +539,9 @@ class Store:
 
     def add_domain(self, dep: Deployment, hostname: str) -> None:
         with self.write() as db:
-            row = self._one(
-                "select apps.name as app, deployments.name as dep from domains "
-                "join deployments on deployments.id = domains.deployment_id join apps on apps.id = deployments.app_id "
-                "where hostname = ?", [hostname])
+            row = self._one("select deployment_id from domains where hostname = ?", [hostname])
             if row:
-                owner = row["app"] if row["dep"] == DEFAULT_DEPLOYMENT else f"{row['app']}/{row['dep']}"
-                where = "this deployment" if owner == dep.slug else "another deployment"
+                where = "this deployment" if row["deployment_id"] == dep.id else "another deployment"
                 raise Conflict(f"{hostname} already routes to {where}",
                                "A hostname belongs to one deployment; remove it there first (domains:remove).")
             db["domains"].insert({"hostname": hostname, "deployment_id": dep.id, "created_at": now()})

@@ -23,7 +23,7 @@ from dulwich.server import DictBackend, ReceivePackHandler
 
 from bae.console import ERROR, STEP
 from bae.errors import BaeError
-from bae.model import User
+from bae.model import User, slug
 from gitserver.repos import DEPLOY_BRANCHES, ZERO, Repositories, Source, migrate, quarantine
 
 __all__ = ["PushTarget", "DeployHook", "Progress", "receive_pack"]
@@ -39,7 +39,7 @@ class PushTarget:
 
     @property
     def slug(self) -> str:
-        return self.app if self.deployment == "default" else f"{self.app}/{self.deployment}"
+        return slug(self.app, self.deployment)
 
 
 class Progress:

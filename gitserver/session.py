@@ -6,7 +6,6 @@ are refused with a one-line reason.
 from __future__ import annotations
 
 import logging
-import re
 import shlex
 import time
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from dulwich.server import DictBackend, UploadPackHandler
 from bae.access import MEMBER, app_for
 from bae.console import Console
 from bae.errors import BaeError, Invalid
-from bae.model import Caller, User, validate_name
+from bae.model import Caller, User, parse_target
 from bae.store import Store
 from gitserver.receive import DeployHook, PushTarget, receive_pack
 from gitserver.repos import Repositories
@@ -30,7 +29,6 @@ __all__ = ["Request", "SessionContext", "Session", "parse_repo_path"]
 log = logging.getLogger("bae.ssh")
 
 _GIT = {"git-receive-pack": "push", "git-upload-pack": "fetch"}
-_REPO_PATH = re.compile(r"/?([^/]{1,64})(?:/([^/]{1,64}))?")
 
 
 @dataclass
@@ -42,6 +40,11 @@ class Request:
     pty: tuple | None = None
     on_resize: Callable[[int, int], None] | None = None
     channel: object = None  # the paramiko channel, for commands that read input as it comes (run)
+
+    def alive(self) -> bool:
+        """False once the client went away: long commands and pushes stop."""
+        chan = self.channel
+        return chan is None or (not chan.closed and chan.get_transport().is_active())
 
 
 @dataclass
@@ -67,17 +70,13 @@ def redact(command: str) -> str:
 
 def parse_repo_path(path: str) -> tuple[str, str]:
     """``/APP.git``, ``APP.git``, ``/APP/DEP.git`` (the ``.git`` optional) → (app, deployment)."""
-    if path.endswith(".git"):
-        path = path[:-4]
-    match = _REPO_PATH.fullmatch(path)
-    if not match:
+    target = path.removesuffix(".git").removeprefix("/")
+    if not target or target.count("/") > 1:
         raise Invalid(
             f"'{path[:80]}' is not a repository path bae serves",
             "Use ssh://bae@HOST:PORT/APP.git or ssh://bae@HOST:PORT/APP/DEPLOYMENT.git",
         )
-    app = validate_name("app", match.group(1))
-    dep = validate_name("deployment", match.group(2)) if match.group(2) else "default"
-    return app, dep
+    return parse_target(target)  # the names, as every command checks them
 
 
 class _ChannelWriter:
@@ -99,6 +98,7 @@ class Session:
         self.chan = chan
         self.user = user
         self.request = request
+        self.request.channel = chan
         self.peer = peer
         self.stdout = _ChannelWriter(chan.sendall)
         self.stderr = _ChannelWriter(chan.sendall_stderr)
@@ -149,7 +149,6 @@ class Session:
                 raise Invalid(f"{argv[0]} takes exactly one repository path")
             return self._git(argv[0], argv[1])
         stdin = self.chan.makefile("rb")
-        self.request.channel = self.chan
         caller = Caller(self.user, local=False)
         return self.ctx.run_command(caller, argv, stdin, self.stdout, self.stderr, self.request)
 
@@ -159,7 +158,7 @@ class Session:
         app_for(caller, self.ctx.store, app, MEMBER)
         self.ctx.store.deployment(app, dep)  # says clearly when the deployment does not exist
         proto = ReceivableProtocol(self.chan.recv, self.chan.sendall)
-        alive = lambda: not self.chan.closed and self.chan.get_transport().is_active()  # noqa: E731
+        alive = self.request.alive
         try:
             if service == "git-receive-pack":
                 receive_pack(self.ctx.repos, PushTarget(app, dep, self.user), proto, self.ctx.deploy_hook, alive)

@@ -46,10 +46,14 @@ class Invocation:
     caller: Caller
     console: Console
     stdin: BinaryIO
-    remote: bool
     prog: str = "bae"
     request: Any = None  # the SSH request (pty, resize, channel) for interactive commands
     alive: Callable[[], bool] = lambda: True  # False once the caller went away (long commands stop)
+
+    @property
+    def remote(self) -> bool:
+        """Over SSH (not the `bae` command on the platform host)."""
+        return not self.caller.local
 
     @property
     def store(self):

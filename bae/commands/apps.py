@@ -8,7 +8,7 @@ from bae.access import MEMBER, OWNER, app_for
 from bae.commands import Invocation, command
 from bae.console import ago
 from bae.errors import Invalid
-from bae.model import validate_name
+from bae.model import DEFAULT_DEPLOYMENT, validate_name
 
 
 def require_confirmation(given: str | None, expected: str, what: str) -> None:
@@ -33,11 +33,11 @@ def apps_create(inv: Invocation, app: str, owner: str | None) -> None:
     else:
         owner_user = inv.caller.user
     created = inv.store.create_app(app, owner_user)
-    inv.platform.repos.create(app, "default")
+    inv.platform.repos.create(app, DEFAULT_DEPLOYMENT)
     inv.console.step(f"Created app {created.name}" + (f" (owner {created.owner})" if created.owner else ""))
-    url = inv.platform.git_url(app, "default")
+    url = inv.platform.git_url(app, DEFAULT_DEPLOYMENT)
     inv.console.detail(f"Git remote: {url}")
-    inv.console.detail(f"Web URL:    {inv.platform.web_url(app, 'default')}")
+    inv.console.detail(f"Web URL:    {inv.platform.web_url(app, DEFAULT_DEPLOYMENT)}")
     inv.console.detail(f"Deploy:     git remote add bae {url} && git push bae master")
 
 

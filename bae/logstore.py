@@ -21,7 +21,12 @@ from typing import Iterator
 
 log = logging.getLogger("bae.logs")
 
-__all__ = ["LogStore", "Entry"]
+__all__ = ["LogStore", "Entry", "router_log_name"]
+
+
+def router_log_name(app: str, deployment: str) -> str:
+    """The file nginx writes a deployment's access log to (under the router log directory)."""
+    return f"{app}--{deployment}.log"
 
 
 @dataclass(frozen=True)
@@ -45,11 +50,11 @@ def now_iso() -> str:
 
 
 class LogStore:
-    def __init__(self, root: Path, retention: int, router_root: Path | None = None) -> None:
+    def __init__(self, root: Path, retention: int, router_root: Path) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.retention = max(100, retention)
-        self.router_root = router_root
+        self.router_root = Path(router_root)  # nginx's access logs, one file per deployment
 
     def path(self, app: str, deployment: str) -> Path:
         return self.root / f"{app}--{deployment}.jsonl"
@@ -103,9 +108,7 @@ class LogStore:
 
     def _source(self, app: str, deployment: str, router: bool):
         if router:
-            if self.router_root is None:
-                return None, self._parse_router
-            return self.router_root / f"{app}--{deployment}.log", self._parse_router
+            return self.router_root / router_log_name(app, deployment), self._parse_router
         return self.path(app, deployment), self._parse
 
     @staticmethod
@@ -120,7 +123,7 @@ class LogStore:
              unit: str | None = None, router: bool = False) -> list[Entry]:
         """The last ``lines`` lines, time-ordered: app and platform lines, or only the router's."""
         path, parse = self._source(app, deployment, router)
-        if path is None or not path.exists():
+        if not path.exists():
             return []
         text = path.read_text(encoding="utf-8", errors="replace").splitlines()
         if router:
@@ -133,8 +136,6 @@ class LogStore:
                router: bool = False) -> Iterator[Entry]:
         """New lines as they arrive (across unit replacements) until ``stop()`` is true."""
         path, parse = self._source(app, deployment, router)
-        if path is None:
-            return
         position, inode = (path.stat().st_size, path.stat().st_ino) if path.exists() else (0, None)
         recent: list[tuple] = []
         while not stop():
@@ -177,10 +178,8 @@ class LogStore:
 
     def remove(self, app: str, deployment: str) -> None:
         """Forget a destroyed deployment's logs, the router's included (app names can be reused)."""
-        paths = [self.path(app, deployment)]
-        if self.router_root is not None:
-            paths += [self.router_root / f"{app}--{deployment}.log", self.router_root / f"{app}--{deployment}.log.1"]
-        for path in paths:
+        router = self.router_root / router_log_name(app, deployment)
+        for path in (self.path(app, deployment), router, router.with_name(router.name + ".1")):
             try:
                 path.unlink()
             except FileNotFoundError:

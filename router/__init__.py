@@ -23,9 +23,9 @@ class Router:
     def __init__(self, platform) -> None:
         self.platform = platform
         s = platform.settings.router
-        self.nginx = Nginx(s.nginx, platform.data / "router", platform.data / "logs" / "router", s.host, s.http_port, s)
+        self.logs = platform.logs.router_root
+        self.nginx = Nginx(s.nginx, platform.data / "router", self.logs, s.host, s.http_port, s)
         self.endpoints: dict = {}
-        self.logs = platform.data / "logs" / "router"
         self.max_log_bytes = int(platform.settings.logs.router_max_mb * 1024 * 1024)
         self._checked = 0.0
         self._applied: list[Route] | None = None  # what nginx serves; every pass compares, few reload

@@ -20,12 +20,15 @@ import time
 from pathlib import Path
 
 from bae.errors import BaeError, Unavailable
+from bae.logstore import router_log_name
 from router.pages import page
 from router.table import Route
 
 __all__ = ["render", "Nginx"]
 
 log = logging.getLogger("bae.router")
+
+_TEMP_KINDS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")  # nginx temp dirs under the prefix
 
 # One JSON object per request: what `logs --router` shows. Kept lean: every
 # variable costs the router CPU on every request.
@@ -66,7 +69,7 @@ def render(routes: list[Route], *, prefix: Path, logs: Path, listen: str, settin
         "  keepalive_timeout 65s; keepalive_requests 100000;",
         "  server_names_hash_bucket_size 128; server_names_hash_max_size 8192;",
         f"  client_max_body_size {settings.client_max_body_size};",
-        *[f"  {kind}_temp_path {prefix}/tmp/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")],
+        *[f"  {kind}_temp_path {prefix}/tmp/{kind};" for kind in _TEMP_KINDS],
         '  map $http_x_request_id $bae_request_id { default $request_id; "~^[A-Za-z0-9._:+=/-]{8,200}$" $http_x_request_id; }',
         '  map $msec $bae_request_start { "~^(?<s>[0-9]+)[.](?<ms>[0-9]+)$" $s$ms; default $msec; }',
         '  map $http_upgrade $bae_connection { default upgrade; "" ""; }',
@@ -110,7 +113,7 @@ def render(routes: list[Route], *, prefix: Path, logs: Path, listen: str, settin
             "  server {",
             f"    listen {listen};",
             f"    server_name {' '.join(r.hostnames)};",
-            f"    access_log {logs}/{r.key}.log bae buffer=64k flush=1s;",
+            f"    access_log {logs}/{router_log_name(r.app, r.deployment)} bae buffer=64k flush=1s;",
             *_error_pages(),
         ]
         if r.endpoints:
@@ -149,13 +152,13 @@ class Nginx:
         self.proc: subprocess.Popen | None = None
         self.current = ""
         self._lock = threading.Lock()
-        for sub in ("logs", "tmp/client_body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
+        for sub in ("logs", *(f"tmp/{kind}" for kind in _TEMP_KINDS)):
             (self.prefix / sub).mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
         if self.user:
             uid = pwd.getpwnam(self.user.split()[0]).pw_uid
-            for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
-                os.chown(self.prefix / "tmp" / sub, uid, -1)
+            for kind in _TEMP_KINDS:
+                os.chown(self.prefix / "tmp" / kind, uid, -1)
 
     def render(self, routes: list[Route]) -> str:
         return render(routes, prefix=self.prefix, logs=self.logs, listen=self.listen, settings=self.settings,

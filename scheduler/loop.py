@@ -46,6 +46,7 @@ class Endpoint:
 class _Waiter:
     event: threading.Event = field(default_factory=threading.Event)
     error: str | None = None
+    hint: str | None = None
     progress: Callable[[str], None] | None = None
 
 
@@ -182,7 +183,7 @@ class Scheduler:
             with self._lock:
                 self._waiters.pop(key, None)
         if waiter.error:
-            raise DeployFailed(waiter.error, _failure_hint(waiter.error, self.settings.boot_timeout))
+            raise DeployFailed(waiter.error, waiter.hint)
 
     def _tell(self, app: str, deployment: str, text: str) -> None:
         """A platform event: the operator's log, the pusher waiting on a deploy, the app's log."""
@@ -360,7 +361,7 @@ class Scheduler:
                 failures = back.failures + 1
                 self._backoff[key] = Backoff(failures, time.monotonic() + max(1.0, backoff_delay(failures, self.settings.backoff_max)))
                 if w.pending:
-                    self._resolve(w.app, w.deployment, w.release, exc.message)
+                    self._resolve(w.app, w.deployment, w.release, exc.message, exc.hint)
                     self.platform.store.fail_release(release, exc.message)
             except Exception:
                 log.exception("starting %s.%d failed", w.process, action.index)
@@ -405,12 +406,12 @@ class Scheduler:
         back_to = self.platform.store.fail_release(release, a.reason)
         output = self.runtime.logs(a.unit_id, tail=15) if a.unit_id else ""
         if output.strip():
-            self._tell(a.app, a.deployment, f"the last output of {a.reason.split()[0]}:")
+            self._tell(a.app, a.deployment, f"the last output of {a.unit}:")
             for line in output.rstrip().splitlines()[-15:]:
                 self._tell(a.app, a.deployment, f"  {line[:300]}")
         self._tell(a.app, a.deployment, f"deploy of v{a.release} failed: {a.reason}; "
                    + (f"v{back_to} keeps serving" if back_to else "nothing was running before"))
-        self._resolve(a.app, a.deployment, a.release, a.reason)
+        self._resolve(a.app, a.deployment, a.release, a.reason, _failure_hint(a.cause, self.settings.boot_timeout))
 
     def _done(self, a: Done, deps: dict) -> None:
         release = self._pending(a, deps)
@@ -420,11 +421,11 @@ class Scheduler:
         self._tell(a.app, a.deployment, f"v{a.release} is live")
         self._resolutions.append((a.app, a.deployment, a.release, None))
 
-    def _resolve(self, app: str, deployment: str, version: int, error: str | None) -> None:
+    def _resolve(self, app: str, deployment: str, version: int, error: str | None, hint: str | None = None) -> None:
         with self._lock:
             waiter = self._waiters.get((app, deployment, version))
         if waiter:
-            waiter.error = error
+            waiter.error, waiter.hint = error, hint
             waiter.event.set()
 
     # -- routes -----------------------------------------------------------------
@@ -451,10 +452,11 @@ class Scheduler:
                 log.exception("the router did not take the new routes")
 
 
-def _failure_hint(error: str, boot_timeout: int) -> str | None:
-    if "never accepted connections" in error:
+def _failure_hint(cause: str, boot_timeout: int) -> str:
+    """What to do about a unit that failed a deploy, by plan.crash_cause."""
+    if cause == "port":
         return (f"A web process must listen on 0.0.0.0:$PORT within {boot_timeout} s "
                 "(e.g. gunicorn app:app --bind 0.0.0.0:$PORT).")
-    if "exceeded" in error:
+    if cause == "memory":
         return "Use less memory, or a larger plan: ps:resize APP web=m1."
     return "The unit's last output is above; `logs` shows more."

@@ -109,6 +109,8 @@ class Failed:
     release: int
     reason: str
     unit_id: str = ""  # the unit whose failure failed the deploy (its output is shown)
+    unit: str = field(default="", compare=False)  # its name, web.1
+    cause: str = field(default="", compare=False)  # "memory", "port" or "exit" (crash_cause): picks the hint
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,11 @@ def rollout_limit(formation: dict, process_types: dict, boot_timeout: int, batch
     web = formation["web"].quantity if "web" in formation and "web" in process_types else 0
     batches = max(1, -(-web // max(1, batch)))
     return boot_timeout * batches + 120
+
+
+def crash_cause(unit: Seen) -> str:
+    """Why a unit failed, as a word the executor picks a hint by."""
+    return "memory" if unit.oom else "port" if unit.running else "exit"
 
 
 def crash_reason(unit: Seen, memory: str | None = None) -> str:
@@ -197,7 +204,7 @@ def _plan_deployment(wants: list[Want], units: list[Seen], ctx: Context) -> list
     for u in broken:
         reason = crash_reason(u, ctx.memory.get(u.plan))
         if pending and u.release == release and current(u):
-            actions.append(Failed(u.app, u.deployment, release, reason, u.id))
+            actions.append(Failed(u.app, u.deployment, release, reason, u.id, u.name, crash_cause(u)))
             return actions + [Stop(x, "the deploy failed") if x.running else Remove(x)
                               for x in live if x.release == release]
         if (current(u) or u.running) and not u.recorded:

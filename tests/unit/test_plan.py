@@ -49,6 +49,7 @@ def test_a_new_unit_that_crashes_fails_the_deploy_and_leaves_old_units():
     booting = unit(2, up=False, age=3)
     actions = plan([w], old + [crashed, booting], ctx())
     assert actions[0] == Failed("a", "default", 2, "web.1 crashed (exit 1)", crashed.id)
+    assert (actions[0].unit, actions[0].cause) == ("web.1", "exit")
     assert not [a for a in actions if isinstance(a, Stop) and a.unit.release == 1]
     assert Stop(booting, "the deploy failed") in actions and Remove(crashed) in actions
 
@@ -58,6 +59,7 @@ def test_a_web_unit_that_never_binds_port_fails_the_deploy():
     silent = unit(1, up=False, age=61)
     actions = plan([w], [unit(1, release=1), silent], ctx())
     assert actions[0] == Failed("a", "default", 2, "web.1 never accepted connections on $PORT", silent.id)
+    assert (actions[0].unit, actions[0].cause) == ("web.1", "port")  # the push's hint says to bind $PORT
 
 
 def test_a_crash_outside_a_deploy_restarts_at_once_then_backs_off():

@@ -250,7 +250,6 @@ class Scheduler:
                       memory=self._memory)
         actions = plan(wants, seen, ctx, tuple(pending))
         self._resolutions: list[tuple] = []
-        self._crashed_this_pass: set = set()
         self._apply(actions, specs, deps, by_id)
         self._publish_routes(infos)
         for resolution in self._resolutions:  # pushes learn the outcome once the router routes it
@@ -356,10 +355,7 @@ class Scheduler:
                 return
             except BaeError as exc:
                 self._tell(w.app, w.deployment, f"{w.process}.{action.index}: {exc.message}")
-                key = w.key
-                back = self._backoff.get(key, Backoff())
-                failures = back.failures + 1
-                self._backoff[key] = Backoff(failures, time.monotonic() + max(1.0, backoff_delay(failures, self.settings.backoff_max)))
+                self._count_failure(w.key, dep, exc.message, minimum=1.0)  # never retry a refused start at once
                 if w.pending:
                     self._resolve(w.app, w.deployment, w.release, exc.message, exc.hint)
                     self.platform.store.fail_release(release, exc.message)
@@ -376,20 +372,22 @@ class Scheduler:
     def _crashed(self, a: Crashed, deps: dict) -> None:
         u = a.unit
         self._recorded.add(u.id)
-        key = u.key
-        back = self._backoff.get(key, Backoff())
-        if key in self._crashed_this_pass:  # several units of one type in one pass: one failure
-            self._tell(u.app, u.deployment, f"{a.reason}")
+        if not a.counts:  # another unit of the type already counted this pass, or an outdated unit
+            self._tell(u.app, u.deployment, a.reason)
             return
-        self._crashed_this_pass.add(key)
-        failures = back.failures + 1
-        delay = backoff_delay(failures, self.settings.backoff_max)
+        delay = self._count_failure(u.key, deps.get((u.app, u.deployment)), a.reason)
+        self._tell(u.app, u.deployment, f"{a.reason}, restarting " + (f"in {delay:.0f}s" if delay else "now"))
+
+    def _count_failure(self, key: tuple[str, str, str], dep, reason: str, minimum: float = 0.0) -> float:
+        """One more failure of a process type: its next start waits (the plan predicts the same
+        delay, plan.backoff_delay); stored so that `ps` can say "restarting in Ns"."""
+        failures = self._backoff.get(key, Backoff()).failures + 1
+        delay = max(minimum, backoff_delay(failures, self.settings.backoff_max))
         self._backoff[key] = Backoff(failures, time.monotonic() + delay)
-        dep = deps.get((u.app, u.deployment))
         if dep:
             wall = datetime.now(timezone.utc) + timedelta(seconds=delay)
-            self.platform.store.set_backoff(dep.id, u.process, failures, wall.isoformat(), a.reason)
-        self._tell(u.app, u.deployment, f"{a.reason}, restarting " + (f"in {delay:.0f}s" if delay else "now"))
+            self.platform.store.set_backoff(dep.id, key[2], failures, wall.isoformat(), reason)
+        return delay
 
     def _pending(self, a, deps: dict):
         """The release a Failed/Done action is about, if it is still being deployed."""

@@ -100,6 +100,7 @@ class Remove:
 class Crashed:
     unit: Seen
     reason: str
+    counts: bool = field(default=True, compare=False)  # one more failure for the type's backoff
 
 
 @dataclass(frozen=True)
@@ -208,8 +209,10 @@ def _plan_deployment(wants: list[Want], units: list[Seen], ctx: Context) -> list
             return actions + [Stop(x, "the deploy failed") if x.running else Remove(x)
                               for x in live if x.release == release]
         if (current(u) or u.running) and not u.recorded:
-            actions.append(Crashed(u, reason))
-            if current(u):  # units of a type dying together (a reboot, a shared fault) count once
+            # units of a type dying together (a reboot, a shared fault) count once; outdated ones not at all
+            counts = current(u) and u.process not in new_crashes
+            actions.append(Crashed(u, reason, counts))
+            if counts:
                 new_crashes[u.process] = 1
         if u.running:
             actions.append(Stop(u, reason))

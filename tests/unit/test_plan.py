@@ -154,3 +154,13 @@ def test_rollout_limit_gives_each_batch_of_web_units_the_boot_timeout():
     assert rollout_limit(web, {"web": "x", "worker": "y"}, 60, 2) == 3 * 60 + 120  # 2 + 2 + 1
     assert rollout_limit(web, {"worker": "y"}, 60, 2) == 60 + 120  # the release has no web type
     assert rollout_limit({}, {"web": "x"}, 60, 0) == 60 + 120
+
+
+def test_units_of_a_type_dying_together_count_as_one_failure_and_outdated_ones_as_none():
+    w = want(quantity=2)
+    first, second = unit(1, running=False, exit_code=137), unit(2, running=False, exit_code=137)
+    crashes = [a for a in plan([w], [first, second], ctx()) if isinstance(a, Crashed)]
+    assert [(a.unit.name, a.counts) for a in crashes] == [("web.1", True), ("web.2", False)]
+    stuck_old = unit(3, release=1, up=False, age=61)  # a unit of the old release that never bound $PORT
+    crashes = [a for a in plan([w], [unit(1), unit(2), stuck_old], ctx()) if isinstance(a, Crashed)]
+    assert [(a.unit.name, a.counts) for a in crashes] == [("web.3", False)]

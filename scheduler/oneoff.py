@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 import docker.errors
-from docker.types import Mount
 from docker.utils.socket import frames_iter
 
 from bae.errors import BaeError
-from scheduler.runtime_docker import CA_PATH, DockerRuntime
+from scheduler.runtime_docker import DockerRuntime
 
 __all__ = ["OneOff", "run_oneoff"]
 
@@ -52,29 +51,13 @@ class OneOff:
 
 def _create(runtime: DockerRuntime, job: OneOff, stdin: bool) -> str:
     unit = f"{job.name}.{secrets.randbelow(9000) + 1000}"
-    env = {**job.env, "BAE_APP": job.app, "BAE_DEPLOYMENT": job.deployment, "BAE_UNIT": unit, "DYNO": unit,
-           "BAE_RELEASE": f"v{job.release}"}
-    if job.tty:
-        env.setdefault("TERM", "xterm")
-    mounts = [Mount(CA_PATH, job.ca_bundle, type="bind", read_only=True)] if job.ca_bundle else []
-    host_config = runtime.api.create_host_config(
-        mem_limit=job.memory, memswap_limit=job.memory, nano_cpus=int(job.cpu * 1e9), pids_limit=job.pids,
-        security_opt=["no-new-privileges"], cap_drop=["ALL"], mounts=mounts, auto_remove=False,
-        network_mode=runtime.network(job.app),
+    return runtime.create(
+        app=job.app, deployment=job.deployment, unit=unit, release=job.release, image=job.image, command=job.command,
+        env={"TERM": "xterm", **job.env} if job.tty else job.env, memory=job.memory, cpu=job.cpu, pids=job.pids,
+        ca_bundle=job.ca_bundle, tty=job.tty, stdin_open=stdin,
+        labels={"bae.role": "oneoff", "bae.app": job.app, "bae.deployment": job.deployment,
+                "bae.release": str(job.release)},
     )
-    try:
-        created = runtime.api.create_container(
-            job.image, command=[job.command], user="bae", environment=env, host_config=host_config,
-            name=f"bae-{runtime.instance}-{job.app}-{job.deployment}-{unit}-{secrets.token_hex(3)}",
-            labels={"bae.platform": runtime.instance, "bae.role": "oneoff", "bae.app": job.app,
-                    "bae.deployment": job.deployment, "bae.release": str(job.release)},
-            tty=job.tty, stdin_open=stdin, hostname=unit.replace(".", "-"),
-        )
-    except docker.errors.ImageNotFound:
-        raise BaeError(f"the image of v{job.release} is gone", "Push again, or roll back to a release whose image exists.") from None
-    except docker.errors.APIError as exc:
-        raise BaeError(f"starting the one-off unit failed: {exc.explanation or exc}") from None
-    return created["Id"]
 
 
 def run_oneoff(runtime: DockerRuntime, job: OneOff, *, stdin: Callable[[int], bytes] | None,

@@ -167,41 +167,51 @@ class DockerRuntime:
         if not info.running:
             info.exit_code = code
 
-    def start(self, spec: UnitSpec) -> str:
-        """Create and start a unit; returns its container id."""
-        labels = {"bae.platform": self.instance, "bae.role": "unit", **spec.labels()}
-        unit = spec.unit
-        env = {**spec.env, "BAE_APP": spec.app, "BAE_DEPLOYMENT": spec.deployment, "BAE_UNIT": unit,
-               "DYNO": unit, "BAE_RELEASE": f"v{spec.release}"}
-        if spec.web:
-            env["PORT"] = str(PORT)
-        mounts = [Mount(CA_PATH, spec.ca_bundle, type="bind", read_only=True)] if spec.ca_bundle else []
-        name = f"bae-{self.instance}-{spec.app}-{spec.deployment}-{unit}-v{spec.release}-{secrets.token_hex(3)}"
-        host_config = self.api.create_host_config(
-            mem_limit=spec.memory, memswap_limit=spec.memory, nano_cpus=int(spec.cpu * 1e9), pids_limit=spec.pids,
-            security_opt=["no-new-privileges"], cap_drop=["ALL"], mounts=mounts,
-            network_mode=self.network(spec.app),
-            port_bindings={PORT: ("127.0.0.1", None)} if spec.web else None,
-            log_config=LogConfig(type="json-file", config={"max-size": "10m", "max-file": "3"}),
-            restart_policy={"Name": "no"},
-        )
+    def create(self, *, app: str, deployment: str, unit: str, release: int, image: str, command: str, env: dict,
+               memory: str, cpu: float, pids: int, ca_bundle: str, labels: dict, host: dict | None = None,
+               **container) -> str:
+        """A container of a release image under the unit contract (not started; returns its id):
+        user bae, the BAE_* and DYNO variables, the plan's limits without swap, no privileges or
+        capabilities, the platform's CA bundle, the installation's isolated network."""
+        env = {**env, "BAE_APP": app, "BAE_DEPLOYMENT": deployment, "BAE_UNIT": unit, "DYNO": unit,
+               "BAE_RELEASE": f"v{release}"}
+        mounts = [Mount(CA_PATH, ca_bundle, type="bind", read_only=True)] if ca_bundle else []
         try:
-            created = self.api.create_container(
-                spec.image, command=[spec.command], name=name, labels=labels, environment=env, user="bae",
-                hostname=f"{spec.process}-{spec.index}", host_config=host_config,
-                ports=[PORT] if spec.web else None, stop_timeout=spec.stop_grace,
-            )
-            try:
-                self.api.start(created["Id"])
-            except Exception:
-                self.remove(created["Id"])  # never leave a created-but-dead unit behind
-                raise
+            host_config = self.api.create_host_config(
+                mem_limit=memory, memswap_limit=memory, nano_cpus=int(cpu * 1e9), pids_limit=pids,
+                security_opt=["no-new-privileges"], cap_drop=["ALL"], mounts=mounts, network_mode=self.network(app),
+                **(host or {}))
+            return self.api.create_container(
+                image, command=[command], user="bae", environment=env, host_config=host_config,
+                name=f"bae-{self.instance}-{app}-{deployment}-{unit}-v{release}-{secrets.token_hex(3)}",
+                labels={"bae.platform": self.instance, **labels}, hostname=unit.replace(".", "-"), **container,
+            )["Id"]
         except docker.errors.ImageNotFound:
-            raise BaeError(f"the image {spec.image} of v{spec.release} is gone",
+            raise BaeError(f"the image {image} of v{release} is gone",
                            "Push again to rebuild it, or roll back to a release whose image exists.") from None
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise BaeError(f"starting {unit} failed: {getattr(exc, 'explanation', None) or exc}") from None
-        return created["Id"]
+
+    def start(self, spec: UnitSpec) -> str:
+        """Create and start a unit of the formation; returns its container id."""
+        cid = self.create(
+            app=spec.app, deployment=spec.deployment, unit=spec.unit, release=spec.release, image=spec.image,
+            command=spec.command, env={**spec.env, "PORT": str(PORT)} if spec.web else spec.env,
+            memory=spec.memory, cpu=spec.cpu, pids=spec.pids, ca_bundle=spec.ca_bundle,
+            labels={"bae.role": "unit", **spec.labels()},
+            host={"port_bindings": {PORT: ("127.0.0.1", None)} if spec.web else None,
+                  "log_config": LogConfig(type="json-file", config={"max-size": "10m", "max-file": "3"}),
+                  "restart_policy": {"Name": "no"}},
+            ports=[PORT] if spec.web else None, stop_timeout=spec.stop_grace,
+        )
+        try:
+            self.api.start(cid)
+        except Exception as exc:
+            self.remove(cid)  # never leave a created-but-dead unit behind
+            if isinstance(exc, (docker.errors.DockerException, requests.exceptions.RequestException)):
+                raise BaeError(f"starting {spec.unit} failed: {getattr(exc, 'explanation', None) or exc}") from None
+            raise
+        return cid
 
     def network(self, app: str) -> str:
         """Where units live, with no traffic between them (the router reaches them from the host).

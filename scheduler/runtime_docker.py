@@ -31,6 +31,7 @@ log = logging.getLogger("bae.runtime")
 
 PORT = 5000  # each unit has its own network namespace, so every web unit listens on the same $PORT
 CA_PATH = "/etc/ssl/certs/ca-certificates.crt"
+ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)  # the engine refused or is gone
 WORKER_SETTLE = 1.0  # a unit without a port counts as up once it has run this long
 
 
@@ -106,7 +107,7 @@ class DockerRuntime:
         try:
             self.client = docker.from_env(version="auto", timeout=120)
             self.api = self.client.api
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        except ENGINE_ERRORS as exc:
             raise Unavailable(f"the Docker Engine does not answer ({exc.__class__.__name__})",
                               "Start it (make up starts dockerd).") from None
         self._inspected: dict[str, tuple] = {}
@@ -120,7 +121,7 @@ class DockerRuntime:
         """Every unit container (running or exited) of this installation, by label."""
         try:
             rows = self.api.containers(all=True, filters=self._filters(**labels))
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        except ENGINE_ERRORS as exc:
             raise Unavailable(f"listing units failed: {exc}") from None
         units = []
         for row in rows:
@@ -155,7 +156,7 @@ class DockerRuntime:
                 state = self.api.inspect_container(info.id)["State"]
             except docker.errors.NotFound:
                 return
-            except (docker.errors.DockerException, requests.exceptions.RequestException):
+            except ENGINE_ERRORS:
                 return
             cached = (_epoch(state.get("StartedAt")), _epoch(state.get("FinishedAt")),
                       state.get("ExitCode"), bool(state.get("OOMKilled")))
@@ -189,7 +190,7 @@ class DockerRuntime:
         except docker.errors.ImageNotFound:
             raise BaeError(f"the image {image} of v{release} is gone",
                            "Push again to rebuild it, or roll back to a release whose image exists.") from None
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        except ENGINE_ERRORS as exc:
             raise BaeError(f"starting {unit} failed: {getattr(exc, 'explanation', None) or exc}") from None
 
     def start(self, spec: UnitSpec) -> str:
@@ -208,7 +209,7 @@ class DockerRuntime:
             self.api.start(cid)
         except Exception as exc:
             self.remove(cid)  # never leave a created-but-dead unit behind
-            if isinstance(exc, (docker.errors.DockerException, requests.exceptions.RequestException)):
+            if isinstance(exc, ENGINE_ERRORS):
                 raise BaeError(f"starting {spec.unit} failed: {getattr(exc, 'explanation', None) or exc}") from None
             raise
         return cid
@@ -245,7 +246,7 @@ class DockerRuntime:
             self.api.stop(unit_id, timeout=grace)
         except docker.errors.NotFound:
             return
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        except ENGINE_ERRORS as exc:
             log.warning("stopping %s failed: %s", unit_id[:12], exc)
 
     def remove(self, unit_id: str) -> None:
@@ -253,7 +254,7 @@ class DockerRuntime:
             self.api.remove_container(unit_id, force=True)
         except docker.errors.NotFound:
             pass
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        except ENGINE_ERRORS as exc:
             log.warning("removing %s failed: %s", unit_id[:12], exc)
 
     @classmethod
@@ -290,7 +291,7 @@ class DockerRuntime:
     def logs(self, unit_id: str, tail: int = 20) -> str:
         try:
             return self.api.logs(unit_id, tail=tail).decode("utf-8", "replace")
-        except (docker.errors.DockerException, requests.exceptions.RequestException):
+        except ENGINE_ERRORS:
             return ""
 
     def remove_all_oneoffs(self) -> int:

@@ -10,14 +10,28 @@ import threading
 from datetime import datetime, timezone
 from typing import BinaryIO, Iterable, Sequence
 
-__all__ = ["Console", "ago", "duration", "STEP", "DETAIL", "ERROR"]
+__all__ = ["Console", "Steps", "ago", "duration", "STEP", "DETAIL", "ERROR"]
 
 STEP = "-----> "
 DETAIL = " " * 7
 ERROR = " !     "
 
 
-class Console:
+class Steps:
+    """Heroku's layout over a line writer ``out(text)``: ``-----> step`` and indented details."""
+
+    def out(self, text: str = "") -> None:
+        raise NotImplementedError
+
+    def step(self, text: str) -> None:
+        self.out(STEP + text)
+
+    def detail(self, text: str) -> None:
+        for line in text.splitlines() or [""]:
+            self.out(DETAIL + line)
+
+
+class Console(Steps):
     """Where a command's output goes: ``out`` for results, ``err`` for errors."""
 
     def __init__(self, out: BinaryIO, err: BinaryIO) -> None:
@@ -47,13 +61,6 @@ class Console:
 
     def err(self, text: str) -> None:
         self._write(self._err, text + "\n")
-
-    def step(self, text: str) -> None:
-        self.out(STEP + text)
-
-    def detail(self, text: str) -> None:
-        for line in text.splitlines() or [""]:
-            self.out(DETAIL + line)
 
     def error(self, message: str, hint: str | None = None) -> None:
         lines = message.splitlines() + (hint.splitlines() if hint else [])

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 
-from bae.console import DETAIL, ERROR, STEP
+from bae.console import ERROR, Steps
 from bae.errors import BaeError, DeployFailed
 
 __all__ = ["Pipeline", "BuildLog"]
@@ -19,7 +19,7 @@ __all__ = ["Pipeline", "BuildLog"]
 log = logging.getLogger("bae.pipeline")
 
 
-class BuildLog:
+class BuildLog(Steps):
     """Lines for the pusher (live) and for the build's stored log."""
 
     def __init__(self, progress) -> None:
@@ -27,17 +27,12 @@ class BuildLog:
         self.lines: list[str] = []
         self._lock = threading.Lock()
 
-    def line(self, text: str) -> None:
+    def out(self, text: str = "") -> None:
         with self._lock:
             self.lines.append(text)
         self.progress(text)
 
-    def step(self, text: str) -> None:
-        self.line(STEP + text)
-
-    def detail(self, text: str) -> None:
-        for part in text.splitlines() or [""]:
-            self.line(DETAIL + part)
+    line = out  # a buildpack's output line, as it came
 
     def error(self, text: str) -> None:
         for part in text.splitlines() or [""]:

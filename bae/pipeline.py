@@ -99,14 +99,15 @@ class Pipeline:
 
         platform = self.platform
         settings = platform.settings.build
-        if not stack_exists(settings):
-            raise DeployFailed(f"the stack image {stack_tag(settings)} has not been built on this platform",
+        stack = stack_tag(settings)
+        if not stack_exists(stack):
+            raise DeployFailed(f"the stack image {stack} has not been built on this platform",
                                "The operator builds it with: bae stack:build (make up does it).")
         request = BuildRequest(
             app=dep.app, deployment=dep.name, number=build.number, source=source,
             buildpacks=dep.buildpacks, config=platform.build_config(dep), cache_dir=platform.cache_dir(dep),
             repository=platform.image_repository(dep), instance=platform.instance,
-            stack=stack_tag(settings), settings=settings,
+            stack=stack, settings=settings,
             previous=platform.store.last_successful_build(dep),
         )
         return run_build(request, out)

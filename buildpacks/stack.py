@@ -65,9 +65,10 @@ def _exists(tag: str) -> bool:
         return False
 
 
-def stack_exists(build) -> bool:
+def stack_exists(tag: str) -> bool:
+    """Is the stack image ``tag`` (stack_tag) in the Docker Engine?"""
     with translated("looking up the stack image"):
-        return _exists(stack_tag(build))
+        return _exists(tag)
 
 
 def _debootstrap(build, tag: str, out: Callable[[str], None]) -> None:
@@ -100,7 +101,7 @@ def build_stack(build, out: Callable[[str], None], *, force: bool = False) -> st
     if build.stack_image:
         out(f"Using the configured stack image {tag} (build.stack_image); nothing to build")
         return tag
-    if not force and stack_exists(build):
+    if not force and stack_exists(tag):
         out(f"Stack image {tag} is up to date")
         return tag
     base = _base_tag(build)

@@ -12,10 +12,10 @@ from bae.commands import Invocation, command
 @click.option("--if-missing", is_flag=True, help="Quietly do nothing when the image exists (for make up).")
 def stack_build(inv: Invocation, force: bool, if_missing: bool) -> None:
     """Build the stack image (Debian bookworm + Python, Node.js, toolchain) builds and units run on."""
-    from buildpacks.stack import build_stack, stack_exists
+    from buildpacks.stack import build_stack, stack_exists, stack_tag
 
     settings = inv.platform.settings.build
-    if if_missing and not force and stack_exists(settings):
+    if if_missing and not force and stack_exists(stack_tag(settings)):
         return
     inv.console.step("Building the stack image")
     build_stack(settings, inv.console.detail, force=force)

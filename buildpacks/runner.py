@@ -259,7 +259,7 @@ def _try_reuse(req: BuildRequest, out, fp: str, keep) -> BuildResult | None:
             container = client().containers.create(prev.image, **req.container_args())
             if names:
                 changed = set(names)
-                container.put_archive("/", req.source.tar(APP_DIR.lstrip("/"), lambda p: p in changed))
+                container.put_archive("/", req.source.tar(APP_DIR.lstrip("/"), UID, lambda p: p in changed))
         procfile = req.source.read("Procfile")
         types = _process_types(out, procfile.decode("utf-8", "replace") if procfile is not None else None,
                                prev.reuse.get("defaults", {}))
@@ -306,7 +306,7 @@ def run_build(req: BuildRequest, out) -> BuildResult:
                 mem_limit=req.settings.memory, memswap_limit=req.settings.memory,
                 pids_limit=4096, security_opt=["no-new-privileges"], cap_drop=["ALL"],
             )
-            container.put_archive("/", req.source.tar(APP_DIR.lstrip("/"), keep))
+            container.put_archive("/", req.source.tar(APP_DIR.lstrip("/"), UID, keep))
             container.put_archive("/", _plan_archive(req, packs, nonce))
             container.start()
         watch = _Watch(container, req.settings.timeout, out)

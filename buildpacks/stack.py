@@ -27,7 +27,7 @@ __all__ = ["stack_tag", "build_stack", "stack_exists", "RECIPE_DIR", "UID"]
 log = logging.getLogger("bae.stack")
 
 RECIPE_DIR = Path(__file__).resolve().parent / "stack"
-UID = 1100
+UID = 1100  # the `bae` user in the stack image: units, builds and unpacked code run and belong to it
 SUITE = "bookworm"
 DEBOOTSTRAP_INCLUDE = ["ca-certificates", "python3"]
 
@@ -43,7 +43,7 @@ def _digest(data: dict) -> str:
 
 def _recipe(build) -> dict:
     files = {p.name: p.read_text() for p in sorted(RECIPE_DIR.iterdir()) if p.is_file()}
-    return {"base": _base_recipe(build), "files": files}
+    return {"base": _base_recipe(build), "files": files, "uid": UID}
 
 
 def stack_tag(build) -> str:
@@ -111,7 +111,7 @@ def build_stack(build, out: Callable[[str], None], *, force: bool = False) -> st
         _debootstrap(build, base, out)
     out(f"Installing Python, Node.js, a C toolchain and tini; adding user bae (uid {UID})")
     with translated("building the stack image"):
-        stream = client().api.build(path=str(RECIPE_DIR), tag=tag, buildargs={"BASE": base, "MIRROR": build.debian_mirror},
+        stream = client().api.build(path=str(RECIPE_DIR), tag=tag, buildargs={"BASE": base, "MIRROR": build.debian_mirror, "BAE_UID": str(UID)},
                                     rm=True, forcerm=True, decode=True, pull=False)
         last = []
         for chunk in stream:

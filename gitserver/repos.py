@@ -126,8 +126,6 @@ def migrate(store: DiskObjectStore, repo: Repo) -> None:
 class Source:
     """The files of one commit, read straight from the object store (no checkout)."""
 
-    UID = 1100  # the stack's `bae` user owns everything it unpacks
-
     def __init__(self, store, commit: bytes) -> None:
         self.store = store
         self.commit_id = commit
@@ -184,8 +182,8 @@ class Source:
                 else:
                     yield path, entry.mode, entry.sha
 
-    def tar(self, prefix: str, keep: Callable[[str], bool] = lambda p: True) -> Iterator[bytes]:
-        """The commit's files as an uncompressed tar stream under ``prefix``, owned by bae."""
+    def tar(self, prefix: str, uid: int, keep: Callable[[str], bool] = lambda p: True) -> Iterator[bytes]:
+        """The commit's files as an uncompressed tar stream under ``prefix``, owned by ``uid``."""
         buf = io.BytesIO()
         mtime = int(self.commit.commit_time or time.time())
         dirs: set[str] = set()
@@ -197,7 +195,7 @@ class Source:
                 add_dir(str(PurePosixPath(path).parent))
                 info = tarfile.TarInfo(f"{prefix}/{path}")
                 info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, mtime
-                info.uid = info.gid = self.UID
+                info.uid = info.gid = uid
                 tar.addfile(info)
                 dirs.add(path)
 
@@ -208,7 +206,7 @@ class Source:
                 blob = self.store[sha]
                 info = tarfile.TarInfo(f"{prefix}/{path}")
                 info.mtime = mtime
-                info.uid = info.gid = self.UID
+                info.uid = info.gid = uid
                 data = blob.as_raw_string()
                 if stat.S_ISLNK(mode):
                     info.type, info.linkname, info.mode = tarfile.SYMTYPE, data.decode("utf-8", "surrogateescape"), 0o777

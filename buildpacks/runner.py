@@ -33,7 +33,7 @@ from buildpacks.engine import client, translated
 from buildpacks.procfile import parse_procfile
 from buildpacks.reuse import fingerprint, inputs_digest, plan_reuse
 from buildpacks.slugignore import slugignore_filter
-from buildpacks.stack import UID
+from buildpacks.stack import CA_PATH, UID
 
 __all__ = ["BuildRequest", "BuildResult", "run_build", "remove_stale_build_containers", "remove_images",
            "APP_DIR", "ENTRYPOINT"]
@@ -43,7 +43,6 @@ log = logging.getLogger("bae.build")
 APP_DIR = "/home/bae/app"
 ENTRYPOINT = ["/usr/bin/tini", "-g", "--", "/usr/local/bin/bae-launch"]
 BUILDER = Path(__file__).resolve().parent / "builder.py"
-CA_PATH = "/etc/ssl/certs/ca-certificates.crt"
 
 
 @dataclass

@@ -22,11 +22,12 @@ from typing import Callable
 from bae.errors import BaeError, Unavailable
 from buildpacks.engine import client, translated
 
-__all__ = ["stack_tag", "build_stack", "stack_exists", "RECIPE_DIR", "UID"]
+__all__ = ["stack_tag", "build_stack", "stack_exists", "RECIPE_DIR", "UID", "CA_PATH"]
 
 log = logging.getLogger("bae.stack")
 
 RECIPE_DIR = Path(__file__).resolve().parent / "stack"
+CA_PATH = "/etc/ssl/certs/ca-certificates.crt"  # where builds and units see the platform's CA bundle
 UID = 1100  # the `bae` user in the stack image: units, builds and unpacked code run and belong to it
 SUITE = "bookworm"
 DEBOOTSTRAP_INCLUDE = ["ca-certificates", "python3"]

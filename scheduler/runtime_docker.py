@@ -24,13 +24,13 @@ import requests.exceptions
 from docker.types import LogConfig, Mount
 
 from bae.errors import BaeError, Unavailable
+from buildpacks.stack import CA_PATH
 
-__all__ = ["UnitSpec", "UnitInfo", "DockerRuntime", "PORT", "CA_PATH"]
+__all__ = ["UnitSpec", "UnitInfo", "DockerRuntime", "PORT"]
 
 log = logging.getLogger("bae.runtime")
 
 PORT = 5000  # each unit has its own network namespace, so every web unit listens on the same $PORT
-CA_PATH = "/etc/ssl/certs/ca-certificates.crt"
 ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)  # the engine refused or is gone
 WORKER_SETTLE = 1.0  # a unit without a port counts as up once it has run this long
 

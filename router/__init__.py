@@ -22,9 +22,8 @@ log = logging.getLogger("bae.router")
 class Router:
     def __init__(self, platform) -> None:
         self.platform = platform
-        s = platform.settings.router
         self.logs = platform.logs.router_root
-        self.nginx = Nginx(s.nginx, platform.data / "router", self.logs, s.host, s.http_port, s)
+        self.nginx = Nginx(platform.data / "router", self.logs, platform.settings.router)
         self.endpoints: dict = {}
         self.max_log_bytes = int(platform.settings.logs.router_max_mb * 1024 * 1024)
         self._checked = 0.0

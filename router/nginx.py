@@ -140,12 +140,13 @@ def _worker_user() -> str | None:
 class Nginx:
     """nginx under `bae serve`: start, apply a checked configuration, stop."""
 
-    def __init__(self, binary: str, prefix: Path, logs: Path, host: str, port: int, settings) -> None:
-        self.binary = binary
+    def __init__(self, prefix: Path, logs: Path, settings) -> None:
+        """``settings``: the [router] section (nginx binary, host, http_port, limits)."""
+        self.binary = settings.nginx
         self.prefix = Path(prefix)
         self.logs = Path(logs)
-        self.listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self.host, self.port = host, port
+        self.host, self.port = settings.host, settings.http_port
+        self.listen = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
         self.settings = settings
         self.user = _worker_user()
         self.conf = self.prefix / "nginx.conf"

@@ -19,9 +19,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
-log = logging.getLogger("bae.logs")
-
 __all__ = ["LogStore", "Entry", "router_log_name"]
+
+log = logging.getLogger("bae.logs")
 
 
 def router_log_name(app: str, deployment: str) -> str:

@@ -1,7 +1,9 @@
 """bae: a self-hosted, git-push platform-as-a-service.
 
-The shared base (model, store, config, errors) and the composition root
-(cli, daemon, pipeline). See DESIGN.md for the vocabulary.
+This package is the base every component stands on: the vocabulary (``model``),
+``errors``, ``store``, ``config``, ``console``, ``logstore``, ``access`` and the
+unit contract (``unit``). It imports nothing of ours outside itself; the
+composition root is the sibling package ``control``. See DESIGN.md.
 """
 
 __all__ = ["__version__"]

@@ -2,6 +2,6 @@
 
 import sys
 
-from bae.cli import main
+from control.cli import main
 
 sys.exit(main())

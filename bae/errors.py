@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "BaeError",
     "NotFound",
+    "Gone",
     "AccessDenied",
     "Invalid",
     "Conflict",
@@ -40,6 +41,10 @@ class BaeError(Exception):
 
 class NotFound(BaeError):
     """A named thing (user, app, deployment, key, build) does not exist."""
+
+
+class Gone(NotFound):
+    """Something the engine held for us (a unit, an image) is no longer there: removed behind our back."""
 
 
 class AccessDenied(BaeError):

@@ -19,6 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
+from bae.model import deployment_key, now
+
 __all__ = ["LogStore", "Entry", "router_log_name"]
 
 log = logging.getLogger("bae.logs")
@@ -26,7 +28,7 @@ log = logging.getLogger("bae.logs")
 
 def router_log_name(app: str, deployment: str) -> str:
     """The file nginx writes a deployment's access log to (under the router log directory)."""
-    return f"{app}--{deployment}.log"
+    return f"{deployment_key(app, deployment)}.log"
 
 
 @dataclass(frozen=True)
@@ -45,10 +47,6 @@ class Entry:
         return self.unit.split(".", 1)[0]
 
 
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
-
-
 class LogStore:
     def __init__(self, root: Path, retention: int, router_root: Path) -> None:
         self.root = Path(root)
@@ -57,7 +55,7 @@ class LogStore:
         self.router_root = Path(router_root)  # nginx's access logs, one file per deployment
 
     def path(self, app: str, deployment: str) -> Path:
-        return self.root / f"{app}--{deployment}.jsonl"
+        return self.root / f"{deployment_key(app, deployment)}.jsonl"
 
     def append(self, app: str, deployment: str, entries: list[Entry]) -> None:
         if not entries:
@@ -83,7 +81,7 @@ class LogStore:
         """A platform line: ``bae[unit]: text``. Best effort: a full disk must not fail (or falsely
         refuse) the deploy, scale or command the line is about."""
         try:
-            self.append(app, deployment, [Entry(now_iso(), "bae", unit, text)])
+            self.append(app, deployment, [Entry(now(), "bae", unit, text)])
         except OSError as exc:
             log.warning("could not write the app log of %s/%s: %s", app, deployment, exc)
 

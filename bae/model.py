@@ -1,13 +1,16 @@
 """The vocabulary of bae as frozen dataclasses, plus name validation.
 
-Every component speaks in these types; see DESIGN.md for what each word means.
+Every component speaks in these types (and the small ``Source`` protocol);
+see DESIGN.md for what each word means.
 Who calls it: everyone. It imports nothing of ours but errors.
 """
 
 from __future__ import annotations
 
 import re
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
+from typing import Callable, Iterator, Protocol
 
 from bae.errors import Invalid
 
@@ -17,6 +20,8 @@ __all__ = [
     "parse_target",
     "slug",
     "hostname",
+    "deployment_key",
+    "now",
     "User",
     "PublicKey",
     "App",
@@ -25,6 +30,9 @@ __all__ = [
     "Release",
     "FormationEntry",
     "Caller",
+    "Endpoint",
+    "Route",
+    "Source",
     "DEFAULT_DEPLOYMENT",
 ]
 
@@ -63,6 +71,16 @@ def slug(app: str, deployment: str) -> str:
 def hostname(app: str, deployment: str, base_domain: str) -> str:
     """A deployment's own hostname: ``APP.BASE`` for the default one, else ``DEP.APP.BASE``."""
     return f"{app}.{base_domain}" if deployment == DEFAULT_DEPLOYMENT else f"{deployment}.{app}.{base_domain}"
+
+
+def deployment_key(app: str, deployment: str) -> str:
+    """A deployment as one file-system and nginx name: ``APP--DEP`` (names never hold ``--``)."""
+    return f"{app}--{deployment}"
+
+
+def now() -> str:
+    """The current time as the ISO 8601 UTC string stored everywhere (state, logs)."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
 @dataclass(frozen=True)
@@ -175,3 +193,49 @@ class Caller:
     @property
     def name(self) -> str:
         return self.user.name if self.user else "admin"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the router may send a deployment's traffic: one up web unit."""
+
+    unit: str  # web.1
+    address: str  # host:port the router connects to
+
+
+@dataclass(frozen=True)
+class Route:
+    """A deployment's hostnames and its up web units (possibly none: the router answers 503)."""
+
+    app: str
+    deployment: str
+    hostnames: tuple[str, ...]
+    endpoints: tuple[Endpoint, ...]
+
+    @property
+    def key(self) -> str:
+        return deployment_key(self.app, self.deployment)
+
+
+class Source(Protocol):
+    """The files of one pushed commit, read without a checkout (the git server makes them,
+    the build runner reads them). Paths are POSIX, relative to the repository root."""
+
+    @property
+    def sha(self) -> str:
+        """The commit's id (hex)."""
+
+    def at(self, sha: str) -> Source:
+        """Another commit of the same repository; KeyError if it is gone."""
+
+    def entry(self, path: str) -> tuple[int, bytes] | None:
+        """(git mode, object id) of a file, symlink or directory, or None if absent."""
+
+    def read(self, path: str, limit: int = 1 << 20) -> bytes | None:
+        """A regular file's bytes (not a symlink's target), or None if absent."""
+
+    def walk(self) -> Iterator[tuple[str, int, bytes]]:
+        """(path, git mode, object id) of every file, symlink and submodule."""
+
+    def tar(self, prefix: str, uid: int, keep: Callable[[str], bool] = lambda p: True) -> Iterator[bytes]:
+        """The files as an uncompressed tar stream under ``prefix``, owned by ``uid``."""

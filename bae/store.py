@@ -13,7 +13,6 @@ import contextlib
 import json
 import sqlite3
 import threading
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
@@ -21,16 +20,11 @@ import sqlite_utils
 from sqlite_utils import Migrations
 
 from bae.errors import Conflict, NotFound
-from bae.model import DEFAULT_DEPLOYMENT, App, Build, Deployment, FormationEntry, PublicKey, Release, User
+from bae.model import DEFAULT_DEPLOYMENT, App, Build, Deployment, FormationEntry, PublicKey, Release, User, now
 
-__all__ = ["Store", "now"]
+__all__ = ["Store"]
 
 migrations = Migrations("bae")
-
-
-def now() -> str:
-    """The current time as the ISO 8601 UTC string stored everywhere."""
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
 @migrations()
@@ -433,10 +427,6 @@ class Store:
         row = self._one("select * from releases where deployment_id = ? and status = 'active' "
                         "order by version desc limit 1", [dep.id])
         return _release(row) if row else None
-
-    def set_release_status(self, release: Release, status: str, error: str | None = None) -> None:
-        with self.write() as db:
-            db["releases"].update(release.id, {"status": status, "error": error})
 
     def set_target(self, dep_id: int, version: int | None) -> None:
         """Which release the scheduler should run for the deployment."""

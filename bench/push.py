@@ -67,7 +67,7 @@ class GitServer:
 
     def __init__(self, tmp: Path, pubkey: str) -> None:
         from bae.config import Settings
-        from bae.platform import Platform
+        from control.platform import Platform
         from gitserver.keys import parse_public_key
         from gitserver.session import SessionContext
         from gitserver.sshd import SSHServer

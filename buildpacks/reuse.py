@@ -17,6 +17,9 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
+
+from bae.model import Source
 
 __all__ = ["fingerprint", "inputs_digest", "ReusePlan", "plan_reuse", "MAX_DEPTH"]
 
@@ -68,15 +71,15 @@ def fingerprint(stack: str, buildpack_dirs: list[str], builder: str, config: dic
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
-def inputs_digest(source, inputs: list[str]) -> str:
+def inputs_digest(source: Source, inputs: list[str]) -> str:
     h = hashlib.sha256()
     for path in sorted(inputs):
-        entry = source._entry(path)
+        entry = source.entry(path)
         h.update(path.encode() + b"=" + (b"%o:%s" % (entry[0], entry[1]) if entry else b"absent") + b"\n")
     return h.hexdigest()
 
 
-def _files(source, keep) -> dict[str, tuple[int, bytes]]:
+def _files(source: Source, keep: Callable[[str], bool]) -> dict[str, tuple[int, bytes]]:
     return {path: (mode, sha) for path, mode, sha in source.walk() if mode != 0o160000 and keep(path)}
 
 
@@ -86,7 +89,8 @@ class ReusePlan:
     depth: int
 
 
-def plan_reuse(previous_reuse: dict | None, fp: str, new_source, old_source, keep) -> ReusePlan | None:
+def plan_reuse(previous_reuse: dict | None, fp: str, new_source: Source, old_source: Source,
+               keep: Callable[[str], bool]) -> ReusePlan | None:
     """A plan to reuse the previous build, or None when the buildpacks must run."""
     if not previous_reuse or previous_reuse.get("fingerprint") != fp:
         return None

@@ -26,22 +26,21 @@ from pathlib import Path
 
 from docker.types import Mount
 
+from bae import config
 from bae.console import ERROR
-from bae.errors import BaeError, DeployFailed
+from bae.errors import BaeError, DeployFailed, Gone
+from bae.model import Build, Source
+from bae.unit import APP_DIR, CA_PATH, ENTRYPOINT, HOME, UID, USER
 from buildpacks.catalog import BUILTINS, Buildpack, fetch
 from buildpacks.engine import client, translated
 from buildpacks.procfile import parse_procfile
 from buildpacks.reuse import fingerprint, inputs_digest, plan_reuse
 from buildpacks.slugignore import slugignore_filter
-from buildpacks.stack import CA_PATH, UID
 
-__all__ = ["BuildRequest", "BuildResult", "run_build", "remove_stale_build_containers", "remove_images",
-           "APP_DIR", "ENTRYPOINT"]
+__all__ = ["BuildRequest", "BuildResult", "run_build", "remove_stale_build_containers", "remove_images"]
 
 log = logging.getLogger("bae.build")
 
-APP_DIR = "/home/bae/app"
-ENTRYPOINT = ["/usr/bin/tini", "-g", "--", "/usr/local/bin/bae-launch"]
 BUILDER = Path(__file__).resolve().parent / "builder.py"
 
 
@@ -50,15 +49,15 @@ class BuildRequest:
     app: str
     deployment: str
     number: int
-    source: object  # gitserver.Source
+    source: Source
     buildpacks: tuple[str, ...]  # the deployment's list; empty: detect among the built-ins
     config: dict[str, str]
     cache_dir: Path
     repository: str
     instance: str
     stack: str
-    settings: object  # bae.config.Build
-    previous: object = None  # bae.model.Build: the last successful build of this deployment
+    settings: config.Build
+    previous: Build | None = None  # the last successful build of this deployment
 
     def container_args(self) -> dict:
         """Name and labels of this build's throw-away container (found by label after a crash)."""
@@ -105,7 +104,7 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) 
 def _build_env(req: BuildRequest) -> dict[str, str]:
     s = req.settings
     env = {
-        "HOME": "/home/bae", "STACK": "bae-bookworm", "LANG": "C.UTF-8",
+        "HOME": HOME, "STACK": "bae-bookworm", "LANG": "C.UTF-8",
         "SOURCE_VERSION": req.source.sha, "BAE_APP": req.app, "BAE_DEPLOYMENT": req.deployment,
         "BAE_STACK": req.stack,
         "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1",
@@ -155,21 +154,20 @@ def remove_images(repository: str, keep: frozenset[str] | set[str] = frozenset()
     ``force`` when the deployment is destroyed; otherwise (pruning) an image a unit still
     runs stays. Newest first, by tag: a reused build's image is a child of the one before
     it, and removing the child's last tag also removes the untagged parents."""
-    import docker.errors
-
     removed = 0
     with translated("removing release images"):
         images = client().images.list(name=repository)
-        for image in sorted(images, key=lambda i: i.attrs.get("Created", ""), reverse=True):
-            for tag in image.tags:
-                if tag in keep:
-                    continue
-                try:
+    for image in sorted(images, key=lambda i: i.attrs.get("Created", ""), reverse=True):
+        for tag in image.tags:
+            if tag in keep:
+                continue
+            try:
+                with translated(f"removing the image {tag}"):
                     client().images.remove(tag, force=force)
-                    removed += 1
-                except docker.errors.APIError:
-                    if force:
-                        raise
+                removed += 1
+            except BaeError:
+                if force:
+                    raise
     return removed
 
 
@@ -197,7 +195,7 @@ class _Watch(threading.Thread):
 
 
 COMMIT_CHANGES = [
-    "USER bae", f"WORKDIR {APP_DIR}", "ENV HOME=/home/bae",
+    f"USER {USER}", f"WORKDIR {APP_DIR}", f"ENV HOME={HOME}",
     "ENTRYPOINT " + json.dumps(ENTRYPOINT), 'CMD ["bash"]', "LABEL bae.role=image",
 ]
 
@@ -235,17 +233,16 @@ def _try_reuse(req: BuildRequest, out, fp: str, keep) -> BuildResult | None:
     if prev is None or not prev.reuse or not prev.image:
         return None
     try:
-        old_source = type(req.source)(req.source.store, prev.commit.encode())
+        old_source = req.source.at(prev.commit)
         plan = plan_reuse(prev.reuse, fp, req.source, old_source, keep)
     except KeyError:  # the previous commit is gone (repository rewritten)
         return None
     if plan is None:
         return None
-    import docker.errors
-
     try:
-        client().images.get(prev.image)
-    except docker.errors.ImageNotFound:
+        with translated("looking up the previous build's image"):
+            client().images.get(prev.image)
+    except Gone:
         return None
     names = sorted(plan.changed)
     out.step(f"Code-only change: reusing build {prev.number}'s {', '.join(prev.reuse.get('buildpacks', []))} output "
@@ -300,7 +297,7 @@ def run_build(req: BuildRequest, out) -> BuildResult:
         with translated("creating the build container"):
             container = docker.containers.create(
                 req.stack, command=["/usr/bin/tini", "-g", "--", "python3", "/tmp/bae/builder.py"],
-                user="bae", working_dir=APP_DIR, mounts=mounts,
+                user=USER, working_dir=APP_DIR, mounts=mounts,
                 **req.container_args(),
                 mem_limit=req.settings.memory, memswap_limit=req.settings.memory,
                 pids_limit=4096, security_opt=["no-new-privileges"], cap_drop=["ALL"],

@@ -19,16 +19,15 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from bae.errors import BaeError, Unavailable
+from bae.errors import BaeError, Gone, Unavailable
+from bae.unit import UID
 from buildpacks.engine import client, translated
 
-__all__ = ["stack_tag", "build_stack", "stack_exists", "RECIPE_DIR", "UID", "CA_PATH"]
+__all__ = ["stack_tag", "build_stack", "stack_exists", "RECIPE_DIR"]
 
 log = logging.getLogger("bae.stack")
 
 RECIPE_DIR = Path(__file__).resolve().parent / "stack"
-CA_PATH = "/etc/ssl/certs/ca-certificates.crt"  # where builds and units see the platform's CA bundle
-UID = 1100  # the `bae` user in the stack image: units, builds and unpacked code run and belong to it
 SUITE = "bookworm"
 DEBOOTSTRAP_INCLUDE = ["ca-certificates", "python3"]
 
@@ -56,20 +55,14 @@ def _base_tag(build) -> str:
     return build.base_image or f"bae/stack-base:{_digest(_base_recipe(build))}"
 
 
-def _exists(tag: str) -> bool:
-    import docker.errors
-
-    try:
-        client().images.get(tag)
-        return True
-    except docker.errors.ImageNotFound:
-        return False
-
-
 def stack_exists(tag: str) -> bool:
     """Is the stack image ``tag`` (stack_tag) in the Docker Engine?"""
-    with translated("looking up the stack image"):
-        return _exists(tag)
+    try:
+        with translated("looking up the stack image"):
+            client().images.get(tag)
+        return True
+    except Gone:
+        return False
 
 
 def _debootstrap(build, tag: str, out: Callable[[str], None]) -> None:
@@ -108,7 +101,7 @@ def build_stack(build, out: Callable[[str], None], *, force: bool = False) -> st
     base = _base_tag(build)
     if build.base_image:
         out(f"Building on the configured base image {base}")
-    elif force or not _exists(base):
+    elif force or not stack_exists(base):
         _debootstrap(build, base, out)
     out(f"Installing Python, Node.js, a C toolchain and tini; adding user bae (uid {UID})")
     with translated("building the stack image"):

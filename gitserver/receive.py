@@ -23,8 +23,8 @@ from dulwich.server import DictBackend, ReceivePackHandler
 
 from bae.console import ERROR, STEP
 from bae.errors import BaeError
-from bae.model import User, slug
-from gitserver.repos import DEPLOY_BRANCHES, ZERO, Repositories, Source, migrate, quarantine
+from bae.model import Source, User, slug
+from gitserver.repos import DEPLOY_BRANCHES, ZERO, CommitSource, Repositories, migrate, quarantine
 
 __all__ = ["PushTarget", "DeployHook", "Progress", "receive_pack"]
 
@@ -186,7 +186,7 @@ class _Handler(ReceivePackHandler):
                 progress(f"{ERROR}Fetch, merge or rebase, and push again.")
                 return b"fetch first: the deployment moved during your push"
             try:
-                source = Source(store, new)
+                source = CommitSource(store, new)
                 self.hook(target, old.decode(), new.decode(), source, progress)
             except BaeError as exc:
                 log.info("push %s by %s: refused: %s", target.slug, target.user.name, exc.message)

@@ -6,7 +6,7 @@ file system unchecked. Pushes land in a quarantine object store first (like
 git's own ``tmp_objdir``): the pack is stored as received and indexed there,
 and its files move into the repository only when the deploy succeeded. A
 refused or broken push therefore leaves the repository byte-for-byte as it was.
-Called by the receive/upload handlers, the pipeline (``Source``) and the
+Called by the receive/upload handlers, the pipeline (``CommitSource``) and the
 apps/deployments commands.
 """
 
@@ -31,7 +31,7 @@ from dulwich.repo import Repo
 from bae.errors import NotFound
 from bae.model import validate_name
 
-__all__ = ["Repositories", "Source", "DEPLOY_BRANCHES", "ZERO"]
+__all__ = ["Repositories", "CommitSource", "DEPLOY_BRANCHES", "ZERO"]
 
 DEPLOY_BRANCHES = (b"refs/heads/master", b"refs/heads/main")
 ZERO = b"0" * 40
@@ -123,8 +123,8 @@ def migrate(store: DiskObjectStore, repo: Repo) -> None:
                 os.replace(os.path.join(src, obj), os.path.join(repo.controldir(), "objects", name, obj))
 
 
-class Source:
-    """The files of one commit, read straight from the object store (no checkout)."""
+class CommitSource:
+    """The files of one commit, read straight from the object store (no checkout): a ``bae.model.Source``."""
 
     def __init__(self, store, commit: bytes) -> None:
         self.store = store
@@ -139,15 +139,10 @@ class Source:
     def sha(self) -> str:
         return self.commit_id.decode()
 
-    @property
-    def message(self) -> str:
-        return self.commit.message.decode("utf-8", "replace").strip()
+    def at(self, sha: str) -> CommitSource:
+        return CommitSource(self.store, sha.encode())
 
-    def root_names(self) -> list[str]:
-        return sorted(e.path.decode("utf-8", "replace") + ("/" if stat.S_ISDIR(e.mode) else "")
-                      for e in self.tree.iteritems())
-
-    def _entry(self, path: str):
+    def entry(self, path: str) -> tuple[int, bytes] | None:
         tree = self.tree
         parts = PurePosixPath(path).parts
         for i, part in enumerate(parts):
@@ -164,7 +159,7 @@ class Source:
 
     def read(self, path: str, limit: int = 1 << 20) -> bytes | None:
         """A regular file's bytes (not a symlink's target), or None if absent."""
-        entry = self._entry(path)
+        entry = self.entry(path)
         if not entry or not stat.S_ISREG(entry[0]):
             return None
         blob = self.store[entry[1]]

@@ -46,6 +46,24 @@ class Request:
         chan = self.channel
         return chan is None or (not chan.closed and chan.get_transport().is_active())
 
+    @property
+    def tty(self) -> bool:
+        """The client asked for a terminal (ssh -t)."""
+        return self.pty is not None
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        """The terminal's columns and rows, if there is one."""
+        return (self.pty[1], self.pty[2]) if self.pty else None
+
+    def read(self, n: int) -> bytes:
+        """Input from the client as it comes (b"" at its end)."""
+        return self.channel.recv(n)
+
+    def watch_resize(self, callback: Callable[[int, int], None]) -> None:
+        """Call ``callback(columns, rows)`` when the client's terminal changes size."""
+        self.on_resize = callback
+
 
 @dataclass
 class SessionContext:

@@ -1,42 +1,56 @@
 """The HTTP router: route table, nginx rendering and reloads, error pages.
 
 ``Router`` is what `bae serve` runs: it turns the scheduler's endpoints and the
-deployments' hostnames into routes and keeps nginx in step.
+deployments' hostnames into routes and keeps nginx in step. Its inputs are
+narrow: where hostnames come from (``Hostnames``, the store), the router
+settings, and its directories.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
 import time
+from pathlib import Path
+from typing import Protocol
 
+from bae import config
+from bae.model import Deployment, Endpoint, Route
 from router.nginx import Nginx
-from router.table import Route, build_routes, check_hostname
+from router.table import build_routes, check_hostname
 
-__all__ = ["Router", "Route", "build_routes", "check_hostname"]
+__all__ = ["Router", "Hostnames", "build_routes", "check_hostname"]
 
 log = logging.getLogger("bae.router")
 
 
+class Hostnames(Protocol):
+    """Where the deployments and their custom domains come from (``bae.store.Store``)."""
+
+    def deployments(self) -> list[Deployment]: ...
+
+    def domains(self) -> dict[int, list[str]]: ...
+
+
 class Router:
-    def __init__(self, platform) -> None:
-        self.platform = platform
-        self.logs = platform.logs.router_root
-        self.nginx = Nginx(platform.data / "router", self.logs, platform.settings.router)
-        self.endpoints: dict = {}
-        self.max_log_bytes = int(platform.settings.logs.router_max_mb * 1024 * 1024)
+    def __init__(self, hostnames: Hostnames, settings: config.Router, *, base_domain: str, prefix: Path,
+                 access_logs: Path, max_log_mb: float) -> None:
+        self.hostnames = hostnames
+        self.base_domain = base_domain
+        self.logs = access_logs
+        self.nginx = Nginx(prefix, access_logs, settings)
+        self.endpoints: dict[tuple[str, str], tuple[Endpoint, ...]] = {}
+        self.max_log_bytes = int(max_log_mb * 1024 * 1024)
         self._checked = 0.0
         self._applied: list[Route] | None = None  # what nginx serves; every pass compares, few reload
 
     def routes(self) -> list[Route]:
-        store = self.platform.store
-        return build_routes(store.deployments(), store.domains(), self.endpoints, self.platform.settings.base_domain)
+        return build_routes(self.hostnames.deployments(), self.hostnames.domains(), self.endpoints, self.base_domain)
 
     def start(self) -> None:
         self.nginx.start(self.routes())
 
-    def sync(self, endpoints: dict) -> None:
+    def sync(self, endpoints: dict[tuple[str, str], tuple[Endpoint, ...]]) -> None:
         """The scheduler's callback: the current up web units of every deployment."""
         self.endpoints = endpoints
         routes = self.routes()
@@ -51,7 +65,7 @@ class Router:
         self.nginx.wait_drained(timeout=10.0)
 
     def rotate_logs(self) -> int:
-        """Access logs over logs.router_max_mb move to NAME.log.1 (one kept); nginx reopens (USR1)."""
+        """Access logs over logs.router_max_mb move to NAME.log.1 (one kept); nginx reopens them."""
         rotated = 0
         for path in self.logs.glob("*.log"):
             try:
@@ -60,8 +74,7 @@ class Router:
                     rotated += 1
             except OSError:
                 continue
-        if rotated and self.nginx.proc and self.nginx.proc.poll() is None:
-            self.nginx.proc.send_signal(signal.SIGUSR1)
+        if rotated and self.nginx.reopen_logs():
             log.info("router: rotated %d access log(s)", rotated)
         return rotated
 

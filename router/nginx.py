@@ -19,10 +19,11 @@ import threading
 import time
 from pathlib import Path
 
+from bae import config
 from bae.errors import BaeError, Unavailable
 from bae.logstore import router_log_name
+from bae.model import Route
 from router.pages import page
-from router.table import Route
 
 __all__ = ["render", "Nginx"]
 
@@ -52,8 +53,9 @@ def _error_pages() -> list[str]:
     return lines
 
 
-def render(routes: list[Route], *, prefix: Path, logs: Path, listen: str, settings, user: str | None) -> str:
-    """A complete nginx.conf for ``routes`` (settings: bae.config.Router)."""
+def render(routes: list[Route], *, prefix: Path, logs: Path, listen: str, settings: config.Router,
+           user: str | None) -> str:
+    """A complete nginx.conf for ``routes``."""
     workers = settings.worker_processes or "auto"
     units = sorted({(e.address, e.unit) for r in routes for e in r.endpoints})
     out = [
@@ -140,7 +142,7 @@ def _worker_user() -> str | None:
 class Nginx:
     """nginx under `bae serve`: start, apply a checked configuration, stop."""
 
-    def __init__(self, prefix: Path, logs: Path, settings) -> None:
+    def __init__(self, prefix: Path, logs: Path, settings: config.Router) -> None:
         """``settings``: the [router] section (nginx binary, host, http_port, limits)."""
         self.binary = settings.nginx
         self.prefix = Path(prefix)
@@ -260,6 +262,13 @@ class Nginx:
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.02)
+        return True
+
+    def reopen_logs(self) -> bool:
+        """Have nginx reopen its access logs (after they were moved aside); False if it is not running."""
+        if self.proc is None or self.proc.poll() is not None:
+            return False
+        self.proc.send_signal(signal.SIGUSR1)
         return True
 
     def stop(self) -> None:

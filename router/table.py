@@ -8,26 +8,13 @@ here too (``check_hostname``) for domains:add.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from bae.errors import Invalid
-from bae.model import hostname
+from bae.model import Deployment, Endpoint, Route, hostname
 
-__all__ = ["Route", "build_routes", "check_hostname"]
+__all__ = ["build_routes", "check_hostname"]
 
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
-
-
-@dataclass(frozen=True)
-class Route:
-    app: str
-    deployment: str
-    hostnames: tuple[str, ...]
-    endpoints: tuple  # scheduler.loop.Endpoint: the up web units, possibly none
-
-    @property
-    def key(self) -> str:
-        return f"{self.app}--{self.deployment}"
 
 
 def check_hostname(text: str, base_domain: str) -> str:
@@ -51,7 +38,8 @@ def check_hostname(text: str, base_domain: str) -> str:
     return host
 
 
-def build_routes(deployments, domains: dict[int, list[str]], endpoints: dict, base_domain: str) -> list[Route]:
+def build_routes(deployments: list[Deployment], domains: dict[int, list[str]],
+                 endpoints: dict[tuple[str, str], tuple[Endpoint, ...]], base_domain: str) -> list[Route]:
     """One route per deployment: APP.BASE (default) or DEP.APP.BASE, plus its custom domains."""
     routes = []
     for dep in deployments:

@@ -1,6 +1,6 @@
 """Collects every unit's output into the app's log store, so it outlives the unit.
 
-One thread per running unit follows `docker logs` (with timestamps) and appends
+One thread per running unit follows its output (``Runtime.follow_logs``) and appends
 lines as ``app[web.1]``. After a restart of `bae serve` each unit is resumed
 from its last collected line. Before the scheduler removes an exited unit it
 calls ``finish``, so a crash's last lines are kept.
@@ -13,21 +13,17 @@ import threading
 import time
 from datetime import datetime
 
+from bae.errors import BaeError
 from bae.logstore import Entry, LogStore
-from scheduler.runtime_docker import DockerRuntime, UnitInfo
+from scheduler.runtime import Runtime, UnitInfo
 
 __all__ = ["LogCollector"]
 
 log = logging.getLogger("bae.logs")
 
 
-def _stamp(raw: str) -> str:
-    """Docker's RFC 3339 nanosecond stamp -> our ISO microseconds."""
-    return datetime.fromisoformat(raw).isoformat(timespec="microseconds")  # Docker stamps are UTC ("Z")
-
-
 class LogCollector:
-    def __init__(self, runtime: DockerRuntime, store: LogStore) -> None:
+    def __init__(self, runtime: Runtime, store: LogStore) -> None:
         self.runtime = runtime
         self.store = store
         self._threads: dict[str, threading.Thread] = {}
@@ -62,27 +58,10 @@ class LogCollector:
     def _follow(self, info: UnitInfo) -> None:
         adopted = (info.started_at or 0) < self._since
         since = self.store.last_time(info.app, info.deployment, info.id) if adopted else None
-        kwargs = {"stream": True, "follow": True, "timestamps": True}
-        if since:
-            kwargs["since"] = datetime.fromisoformat(since).timestamp() + 0.000001
         try:
-            pending = b""
-            batch: list[Entry] = []
-            for chunk in self.runtime.api.logs(info.id, **kwargs):
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for raw in lines:
-                    text = raw.decode("utf-8", "replace").rstrip("\r")
-                    stamp, _, message = text.partition(" ")
-                    try:
-                        t = _stamp(stamp)
-                    except ValueError:
-                        continue
-                    if since and t <= since:
-                        continue
-                    batch.append(Entry(t, "app", info.unit, message, info.id))
-                if batch:
-                    self.store.append(info.app, info.deployment, batch)
-                    batch = []
-        except Exception as exc:  # the container went away mid-stream
-            log.debug("log stream of %s ended: %s", info.name, exc)
+            for lines in self.runtime.follow_logs(
+                    info.id, datetime.fromisoformat(since).timestamp() + 0.000001 if since else None):
+                self.store.append(info.app, info.deployment, [
+                    Entry(t, "app", info.unit, message, info.id) for t, message in lines if not (since and t <= since)])
+        except BaeError as exc:  # the unit went away mid-stream
+            log.debug("log stream of %s ended: %s", info.name, exc.message)

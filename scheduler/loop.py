@@ -20,26 +20,23 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Callable
 
+from bae import config
 from bae.errors import BaeError, DeployFailed
-from bae.model import slug
+from bae.logstore import LogStore
+from bae.model import Endpoint, slug
+from bae.store import Store
+from scheduler.logs import LogCollector
 from scheduler.plan import (Backoff, Context, Crashed, Done, Failed, Remove, Seen, Start, Stop, Want,
                             backoff_delay, plan, rollout_limit)
 from scheduler.plans import memory_labels
-from scheduler.runtime_docker import PORT, DockerRuntime, UnitInfo, UnitSpec
+from scheduler.runtime import Runtime, UnitInfo, UnitSpec
 
-__all__ = ["Scheduler", "Endpoint"]
+__all__ = ["Scheduler"]
 
 log = logging.getLogger("bae.scheduler")
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where the router may send a deployment's traffic: one up web unit."""
-
-    unit: str  # web.1
-    address: str  # container address, ip:port
 
 
 @dataclass
@@ -51,13 +48,16 @@ class _Waiter:
 
 
 class Scheduler:
-    def __init__(self, platform, runtime: DockerRuntime | None = None,
-                 on_routes: Callable[[dict], None] | None = None,
+    def __init__(self, store: Store, settings: config.Settings, runtime: Runtime, logs: LogStore, wake_socket: Path,
+                 on_routes: Callable[[dict[tuple[str, str], tuple[Endpoint, ...]]], None] | None = None,
                  before_stop: Callable[[], None] | None = None) -> None:
-        self.platform = platform
-        self.settings = platform.settings.scheduler
-        self._memory = memory_labels(platform.settings.plans)  # for OOM messages; settings are fixed while serving
-        self.runtime = runtime or platform.runtime  # one Docker client and inspect cache per process
+        self.store = store
+        self.logs = logs
+        self.plans = settings.plans
+        self.ca_bundle = settings.build.ca_bundle
+        self.settings = settings.scheduler
+        self._memory = memory_labels(settings.plans)  # for OOM messages; settings are fixed while serving
+        self.runtime = runtime
         self.on_routes = on_routes
         self.before_stop = before_stop  # waits until the router has stopped sending a stopping unit requests
         self._wake = threading.Event()
@@ -72,14 +72,11 @@ class Scheduler:
         self._recorded: set[str] = set()
         self._backoff: dict[tuple, Backoff] = {}
         self._waiters: dict[tuple[str, str, int], _Waiter] = {}  # (app, deployment, version)
-        self._routes: dict[tuple[str, str], tuple[Endpoint, ...]] = {}
         self._threads: list[threading.Thread] = []
         self._event_at = 0.0
         self._shapes: dict[tuple, tuple] = {}  # (app, dep, process) -> (release, plan, generation) last wanted
-        self.sock_path = platform.data / "run" / "scheduler.sock"
-        from scheduler.logs import LogCollector
-
-        self.collector = LogCollector(self.runtime, platform.logs)
+        self.sock_path = wake_socket
+        self.collector = LogCollector(runtime, logs)
 
     # -- life cycle -------------------------------------------------------------
 
@@ -108,7 +105,7 @@ class Scheduler:
 
     def _recover(self) -> None:
         """Deploys that were under way when the platform stopped are refused: their pushes are gone."""
-        store = self.platform.store
+        store = self.store
         releases, builds = store.fail_interrupted("the platform restarted during the deploy")
         for release in releases:
             log.info("v%d (deployment %d) was being deployed when bae stopped; it failed", release.version,
@@ -124,7 +121,7 @@ class Scheduler:
                     row["failures"], now + max(0.0, not_before - now_wall))
 
     def _watch(self) -> None:
-        def on_event(action: str, labels: dict) -> None:
+        def on_event(action: str) -> None:
             if action in ("die", "destroy", "oom", "start", "stop", "kill"):
                 # the container list may lag the event a little: poll fast for a moment
                 self._event_at = time.monotonic()
@@ -167,7 +164,7 @@ class Scheduler:
 
     def deploy(self, dep, release, progress: Callable[[str], None] | None = None) -> None:
         """Run ``release`` for ``dep`` with the zero-downtime rule; raise DeployFailed if it cannot."""
-        store = self.platform.store
+        store = self.store
         waiter = _Waiter(progress=progress)
         key = (dep.app, dep.name, release.version)
         with self._lock:
@@ -193,13 +190,13 @@ class Scheduler:
         for w in waiters:
             if w.progress:
                 w.progress(text)
-        self.platform.logs.event(app, deployment, "scheduler", text)
+        self.logs.event(app, deployment, "scheduler", text)
 
     # -- one pass ---------------------------------------------------------------
 
     def tick(self) -> bool:
         """Observe, plan, act. Returns True while something is in flight (poll fast)."""
-        store = self.platform.store
+        store = self.store
         now = time.monotonic()
         wants: list[Want] = []
         specs: dict[tuple[str, str, str], tuple] = {}
@@ -283,7 +280,7 @@ class Scheduler:
                 if self._backoff.get(s.key, Backoff()).failures:
                     self._backoff.pop(s.key, None)
                     if (s.app, s.deployment) in deps:
-                        self.platform.store.set_backoff(deps[(s.app, s.deployment)].id, s.process, 0, None, None)
+                        self.store.set_backoff(deps[(s.app, s.deployment)].id, s.process, 0, None, None)
 
     # -- actions ----------------------------------------------------------------
 
@@ -333,12 +330,12 @@ class Scheduler:
     def _start(self, action: Start, spec_parts: tuple) -> None:
         dep, release, command = spec_parts
         w = action.want
-        plan_ = self.platform.settings.plans[w.plan]
+        plan_ = self.plans[w.plan]
         spec = UnitSpec(
             app=w.app, deployment=w.deployment, process=w.process, index=action.index, release=w.release,
             plan=w.plan, generation=w.generation, image=release.image, command=command,
             env=dict(release.config), web=w.web, memory=plan_.memory, cpu=plan_.cpu, pids=plan_.pids,
-            stop_grace=self.settings.stop_grace, ca_bundle=self.platform.settings.build.ca_bundle,
+            stop_grace=self.settings.stop_grace, ca_bundle=self.ca_bundle,
         )
         placeholder_id = f"starting:{w.app}:{w.deployment}:{w.process}:{action.index}:{w.release}:{w.plan}:{w.generation}"
         placeholder = Seen(placeholder_id, w.app, w.deployment, w.process, w.release, action.index, w.plan,
@@ -358,7 +355,7 @@ class Scheduler:
                 self._count_failure(w.key, dep, exc.message, minimum=1.0)  # never retry a refused start at once
                 if w.pending:
                     self._resolve(w.app, w.deployment, w.release, exc.message, exc.hint)
-                    self.platform.store.fail_release(release, exc.message)
+                    self.store.fail_release(release, exc.message)
             except Exception:
                 log.exception("starting %s.%d failed", w.process, action.index)
             finally:
@@ -386,7 +383,7 @@ class Scheduler:
         self._backoff[key] = Backoff(failures, time.monotonic() + delay)
         if dep:
             wall = datetime.now(timezone.utc) + timedelta(seconds=delay)
-            self.platform.store.set_backoff(dep.id, key[2], failures, wall.isoformat(), reason)
+            self.store.set_backoff(dep.id, key[2], failures, wall.isoformat(), reason)
         return delay
 
     def _pending(self, a, deps: dict):
@@ -394,14 +391,14 @@ class Scheduler:
         dep = deps.get((a.app, a.deployment))
         if dep is None:
             return None
-        release = self.platform.store.release(dep, a.release)
+        release = self.store.release(dep, a.release)
         return release if release.status == "pending" else None
 
     def _failed(self, a: Failed, deps: dict) -> None:
         release = self._pending(a, deps)
         if release is None:
             return
-        back_to = self.platform.store.fail_release(release, a.reason)
+        back_to = self.store.fail_release(release, a.reason)
         output = self.runtime.logs(a.unit_id, tail=15) if a.unit_id else ""
         if output.strip():
             self._tell(a.app, a.deployment, f"the last output of {a.unit}:")
@@ -415,7 +412,7 @@ class Scheduler:
         release = self._pending(a, deps)
         if release is None:
             return
-        self.platform.store.activate(release)
+        self.store.activate(release)
         self._tell(a.app, a.deployment, f"v{a.release} is live")
         self._resolutions.append((a.app, a.deployment, a.release, None))
 
@@ -428,20 +425,13 @@ class Scheduler:
 
     # -- routes -----------------------------------------------------------------
 
-    def endpoints(self) -> dict[tuple[str, str], tuple[Endpoint, ...]]:
-        """The up web units of every deployment, as the router should see them."""
-        with self._lock:
-            return dict(self._routes)
-
     def _publish_routes(self, infos: list[UnitInfo]) -> None:
         routes: dict[tuple[str, str], list[Endpoint]] = {}
         with self._lock:
             for info in infos:
                 if info.web and info.running and info.id in self._up and info.id not in self._stopping:
-                    routes.setdefault((info.app, info.deployment), []).append(
-                        Endpoint(info.unit, f"{info.ip}:{PORT}"))
+                    routes.setdefault((info.app, info.deployment), []).append(Endpoint(info.unit, info.address))
             frozen = {k: tuple(sorted(v, key=lambda e: e.address)) for k, v in routes.items()}
-            self._routes = frozen
         # every pass: the router also follows hostnames and deployments; it only reloads on a change
         if self.on_routes:
             try:

@@ -1,4 +1,4 @@
-"""The local Docker Engine as the scheduler's runtime: units are containers.
+"""The local Docker Engine as the scheduler's runtime (``scheduler.runtime.Runtime``): units are containers.
 
 Units are found by their labels (``bae.platform``, ``bae.role=unit``,
 ``bae.app``, ``bae.deployment``, ``bae.process``, ``bae.release``,
@@ -6,91 +6,61 @@ Units are found by their labels (``bae.platform``, ``bae.role=unit``,
 elsewhere. Each unit runs as user ``bae`` under tini with the plan's memory
 (no swap beyond it), CPU and pids limits, no capabilities, no new privileges,
 no Docker socket; a web unit's $PORT is published on 127.0.0.1 only.
-docker's errors are translated to BaeError here.
+This is the only module that touches the Docker SDK for units; the engine's
+errors are translated here, once (``translate``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import socket
 import threading
-from dataclasses import dataclass
 from datetime import datetime
+from typing import Callable, Iterator
 
 import docker
 import docker.errors
 import requests.exceptions
+import urllib3.exceptions
 from docker.types import LogConfig, Mount
+from docker.utils.socket import frames_iter
 
-from bae.errors import BaeError, Unavailable
-from buildpacks.stack import CA_PATH
+from bae.errors import BaeError, Gone, Unavailable
+from bae.unit import CA_PATH, PORT, USER
+from scheduler.runtime import OneOff, UnitIdentity, UnitInfo, UnitSpec
 
-__all__ = ["UnitSpec", "UnitInfo", "DockerRuntime", "PORT"]
+__all__ = ["DockerRuntime", "translate", "ENGINE_ERRORS"]
 
 log = logging.getLogger("bae.runtime")
 
-PORT = 5000  # each unit has its own network namespace, so every web unit listens on the same $PORT
-ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)  # the engine refused or is gone
+# what the engine and the SDK under it raise: refused, gone, or not answering
+ENGINE_ERRORS = (docker.errors.DockerException, docker.errors.StreamParseError, requests.exceptions.RequestException,
+                 urllib3.exceptions.HTTPError, urllib3.exceptions.ProxySchemeUnsupported, OSError)
 WORKER_SETTLE = 1.0  # a unit without a port counts as up once it has run this long
 
 
-@dataclass
-class UnitIdentity:
-    """What a unit's container labels say: written by start(), read back by list_units().
-
-    The labels are the only record of which units exist (never container ids in SQLite)."""
-    app: str
-    deployment: str
-    process: str
-    index: int
-    release: int
-    plan: str
-    generation: int
-    web: bool
-
-    @property
-    def unit(self) -> str:
-        return f"{self.process}.{self.index}"
-
-    def labels(self) -> dict[str, str]:
-        return {"bae.app": self.app, "bae.deployment": self.deployment, "bae.process": self.process,
-                "bae.index": str(self.index), "bae.release": str(self.release), "bae.plan": self.plan,
-                "bae.generation": str(self.generation), "bae.web": "1" if self.web else "0"}
-
-    @staticmethod
-    def from_labels(labels: dict[str, str]) -> dict:
-        """The identity fields from a container's labels; KeyError or ValueError when it is not a unit."""
-        return {"app": labels["bae.app"], "deployment": labels["bae.deployment"], "process": labels["bae.process"],
-                "index": int(labels["bae.index"]), "release": int(labels["bae.release"]),
-                "plan": labels.get("bae.plan", ""), "generation": int(labels.get("bae.generation", "0")),
-                "web": labels.get("bae.web") == "1"}
+def translate(exc: BaseException, what: str, image_gone: BaeError | None = None) -> BaeError:
+    """The engine's error ``exc`` while doing ``what`` as one of ours."""
+    if isinstance(exc, BaeError):
+        return exc
+    if isinstance(exc, docker.errors.ImageNotFound) and image_gone is not None:
+        return image_gone
+    if isinstance(exc, docker.errors.NotFound):
+        return Gone(f"{what} failed: it is gone ({exc.explanation or exc})")
+    if isinstance(exc, docker.errors.APIError):
+        return BaeError(f"{what} failed: {exc.explanation or exc}")
+    return Unavailable(f"{what} failed: the Docker Engine did not answer ({exc.__class__.__name__})",
+                       "Start it (make up starts dockerd).")
 
 
-@dataclass
-class UnitSpec(UnitIdentity):
-    image: str
-    command: str
-    env: dict
-    memory: str
-    cpu: float
-    pids: int
-    stop_grace: int
-    ca_bundle: str = ""
-
-
-@dataclass
-class UnitInfo(UnitIdentity):
-    id: str
-    name: str
-    running: bool
-    status: str
-    ip: str | None = None
-    host_port: int | None = None
-    started_at: float | None = None  # epoch seconds
-    finished_at: float | None = None
-    exit_code: int | None = None
-    oom: bool = False
+@contextlib.contextmanager
+def _engine(what: str, image_gone: BaeError | None = None) -> Iterator[None]:
+    try:
+        yield
+    except ENGINE_ERRORS as exc:
+        raise translate(exc, what, image_gone) from None
 
 
 def _epoch(stamp: str | None) -> float | None:
@@ -99,14 +69,62 @@ def _epoch(stamp: str | None) -> float | None:
     return datetime.fromisoformat(stamp).timestamp()  # RFC 3339, nanoseconds and Z included (3.11+)
 
 
+def _stamp(raw: str) -> str:
+    """Docker's RFC 3339 nanosecond stamp -> our ISO microseconds."""
+    return datetime.fromisoformat(raw).isoformat(timespec="microseconds")  # Docker stamps are UTC ("Z")
+
+
+class _Attached:
+    """A one-off container's attach socket (``scheduler.runtime.Attached``)."""
+
+    def __init__(self, api, cid: str, sock: socket.socket, tty: bool) -> None:
+        self.api, self.cid, self.sock, self.tty = api, cid, sock, tty
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def close_input(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def output(self) -> Iterator[tuple[int, bytes]]:
+        try:
+            if self.tty:
+                while data := self.sock.recv(65536):
+                    yield 1, data
+                return
+            yield from frames_iter(self.sock, tty=False)
+        except OSError:
+            return
+
+    def resize(self, width: int, height: int) -> None:
+        try:
+            with _engine("resizing the terminal"):
+                self.api.resize(self.cid, height=height, width=width)
+        except BaeError:
+            pass  # it ended meanwhile
+
+    def kill(self) -> None:
+        try:
+            with _engine("stopping the one-off unit"):
+                self.api.kill(self.cid)
+        except BaeError:
+            pass  # it ended by itself meanwhile
+
+    def wait(self) -> int:
+        with _engine("the one-off unit"):
+            return int(self.api.wait(self.cid, timeout=30).get("StatusCode", 1))
+
+
 class DockerRuntime:
     """Starts, stops, lists and probes unit containers of one bae installation."""
 
     def __init__(self, instance: str) -> None:
         self.instance = instance
         try:
-            self.client = docker.from_env(version="auto", timeout=120)
-            self.api = self.client.api
+            self.api = docker.from_env(version="auto", timeout=120).api
         except ENGINE_ERRORS as exc:
             raise Unavailable(f"the Docker Engine does not answer ({exc.__class__.__name__})",
                               "Start it (make up starts dockerd).") from None
@@ -119,10 +137,8 @@ class DockerRuntime:
 
     def list_units(self, **labels: str) -> list[UnitInfo]:
         """Every unit container (running or exited) of this installation, by label."""
-        try:
+        with _engine("listing units"):
             rows = self.api.containers(all=True, filters=self._filters(**labels))
-        except ENGINE_ERRORS as exc:
-            raise Unavailable(f"listing units failed: {exc}") from None
         units = []
         for row in rows:
             labels_ = row.get("Labels") or {}
@@ -139,6 +155,8 @@ class DockerRuntime:
                 if net.get("IPAddress"):
                     info.ip = net["IPAddress"]
                     break
+            if info.ip:
+                info.address = f"{info.ip}:{PORT}"
             for port in row.get("Ports") or []:
                 if port.get("PrivatePort") == PORT and port.get("PublicPort"):
                     info.host_port = port["PublicPort"]
@@ -153,10 +171,9 @@ class DockerRuntime:
             cached = self._inspected.get(key)
         if cached is None:
             try:
-                state = self.api.inspect_container(info.id)["State"]
-            except docker.errors.NotFound:
-                return
-            except ENGINE_ERRORS:
+                with _engine("inspecting a unit"):
+                    state = self.api.inspect_container(info.id)["State"]
+            except BaeError:  # gone since it was listed, or the engine went away: the next pass sees
                 return
             cached = (_epoch(state.get("StartedAt")), _epoch(state.get("FinishedAt")),
                       state.get("ExitCode"), bool(state.get("OOMKilled")))
@@ -168,7 +185,7 @@ class DockerRuntime:
         if not info.running:
             info.exit_code = code
 
-    def create(self, *, app: str, deployment: str, unit: str, release: int, image: str, command: str, env: dict,
+    def _create(self, *, app: str, deployment: str, unit: str, release: int, image: str, command: str, env: dict,
                memory: str, cpu: float, pids: int, ca_bundle: str, labels: dict, host: dict | None = None,
                **container) -> str:
         """A container of a release image under the unit contract (not started; returns its id):
@@ -177,25 +194,23 @@ class DockerRuntime:
         env = {**env, "BAE_APP": app, "BAE_DEPLOYMENT": deployment, "BAE_UNIT": unit, "DYNO": unit,
                "BAE_RELEASE": f"v{release}"}
         mounts = [Mount(CA_PATH, ca_bundle, type="bind", read_only=True)] if ca_bundle else []
-        try:
+        image_gone = BaeError(f"the image {image} of v{release} is gone",
+                              "Push again to rebuild it, or roll back to a release whose image exists.")
+        network = self.network(app)
+        with _engine(f"starting {unit}", image_gone):
             host_config = self.api.create_host_config(
                 mem_limit=memory, memswap_limit=memory, nano_cpus=int(cpu * 1e9), pids_limit=pids,
-                security_opt=["no-new-privileges"], cap_drop=["ALL"], mounts=mounts, network_mode=self.network(app),
+                security_opt=["no-new-privileges"], cap_drop=["ALL"], mounts=mounts, network_mode=network,
                 **(host or {}))
             return self.api.create_container(
-                image, command=[command], user="bae", environment=env, host_config=host_config,
+                image, command=[command], user=USER, environment=env, host_config=host_config,
                 name=f"bae-{self.instance}-{app}-{deployment}-{unit}-v{release}-{secrets.token_hex(3)}",
                 labels={"bae.platform": self.instance, **labels}, hostname=unit.replace(".", "-"), **container,
             )["Id"]
-        except docker.errors.ImageNotFound:
-            raise BaeError(f"the image {image} of v{release} is gone",
-                           "Push again to rebuild it, or roll back to a release whose image exists.") from None
-        except ENGINE_ERRORS as exc:
-            raise BaeError(f"starting {unit} failed: {getattr(exc, 'explanation', None) or exc}") from None
 
     def start(self, spec: UnitSpec) -> str:
         """Create and start a unit of the formation; returns its container id."""
-        cid = self.create(
+        cid = self._create(
             app=spec.app, deployment=spec.deployment, unit=spec.unit, release=spec.release, image=spec.image,
             command=spec.command, env={**spec.env, "PORT": str(PORT)} if spec.web else spec.env,
             memory=spec.memory, cpu=spec.cpu, pids=spec.pids, ca_bundle=spec.ca_bundle,
@@ -206,11 +221,10 @@ class DockerRuntime:
             ports=[PORT] if spec.web else None, stop_timeout=spec.stop_grace,
         )
         try:
-            self.api.start(cid)
-        except Exception as exc:
+            with _engine(f"starting {spec.unit}"):
+                self.api.start(cid)
+        except BaseException:
             self.remove(cid)  # never leave a created-but-dead unit behind
-            if isinstance(exc, ENGINE_ERRORS):
-                raise BaeError(f"starting {spec.unit} failed: {getattr(exc, 'explanation', None) or exc}") from None
             raise
         return cid
 
@@ -226,36 +240,39 @@ class DockerRuntime:
                 return self._network
             name = f"bae-{self.instance}"
             try:
-                bridge = self.api.inspect_network("bridge")
-                if (bridge.get("Options") or {}).get("com.docker.network.bridge.enable_icc") == "false":
-                    self._network = "bridge"
-                    return self._network
-                if not any(n.get("Name") == name for n in self.api.networks(names=[name])):
-                    self.api.create_network(
-                        name, driver="bridge", labels={"bae.platform": self.instance},
-                        options={"com.docker.network.bridge.enable_icc": "false"})
-            except docker.errors.APIError as exc:
-                if "already exists" not in str(exc):
-                    raise BaeError(f"creating the unit network failed: {exc.explanation or exc}") from None
+                with _engine("creating the unit network"):
+                    bridge = self.api.inspect_network("bridge")
+                    if (bridge.get("Options") or {}).get("com.docker.network.bridge.enable_icc") == "false":
+                        self._network = "bridge"
+                        return self._network
+                    if not any(n.get("Name") == name for n in self.api.networks(names=[name])):
+                        self.api.create_network(
+                            name, driver="bridge", labels={"bae.platform": self.instance},
+                            options={"com.docker.network.bridge.enable_icc": "false"})
+            except BaeError as exc:
+                if "already exists" not in exc.message:  # another process created it meanwhile
+                    raise
             self._network = name
         return name
 
     def stop(self, unit_id: str, grace: int) -> None:
         """SIGTERM, up to ``grace`` seconds, SIGKILL (the container stays until ``remove``)."""
         try:
-            self.api.stop(unit_id, timeout=grace)
-        except docker.errors.NotFound:
+            with _engine(f"stopping {unit_id[:12]}"):
+                self.api.stop(unit_id, timeout=grace)
+        except Gone:
             return
-        except ENGINE_ERRORS as exc:
-            log.warning("stopping %s failed: %s", unit_id[:12], exc)
+        except BaeError as exc:
+            log.warning("%s", exc.message)
 
     def remove(self, unit_id: str) -> None:
         try:
-            self.api.remove_container(unit_id, force=True)
-        except docker.errors.NotFound:
-            pass
-        except ENGINE_ERRORS as exc:
-            log.warning("removing %s failed: %s", unit_id[:12], exc)
+            with _engine(f"removing {unit_id[:12]}"):
+                self.api.remove_container(unit_id, force=True)
+        except Gone:
+            return
+        except BaeError as exc:
+            log.warning("%s", exc.message)
 
     @classmethod
     def is_up(cls, info: UnitInfo, age: float) -> bool:
@@ -273,30 +290,71 @@ class DockerRuntime:
         except OSError:
             return False
 
-    def watch(self, on_event, stop: threading.Event) -> None:
-        """Call ``on_event(action, labels)`` for container events of our units until ``stop`` is set."""
+    def watch(self, on_event: Callable[[str], None], stop: threading.Event) -> None:
+        """Call ``on_event(action)`` for container events of our units until ``stop`` is set."""
         while not stop.is_set():
             try:
-                stream = self.api.events(decode=True, filters={"type": "container", "label": [
-                    f"bae.platform={self.instance}", "bae.role=unit"]})
-                for event in stream:
-                    if stop.is_set():
-                        stream.close()
-                        return
-                    on_event(event.get("Action", ""), (event.get("Actor") or {}).get("Attributes") or {})
-            except Exception as exc:  # dockerd restarted: reconnect
-                log.info("docker events stream ended (%s); reconnecting", exc.__class__.__name__)
+                with _engine("following the engine's events"):
+                    stream = self.api.events(decode=True, filters={"type": "container", "label": [
+                        f"bae.platform={self.instance}", "bae.role=unit"]})
+                    for event in stream:
+                        if stop.is_set():
+                            stream.close()
+                            return
+                        on_event(event.get("Action", ""))
+            except BaeError as exc:  # dockerd restarted: reconnect
+                log.info("docker events stream ended (%s); reconnecting", exc.message)
                 stop.wait(1)
 
     def logs(self, unit_id: str, tail: int = 20) -> str:
         try:
-            return self.api.logs(unit_id, tail=tail).decode("utf-8", "replace")
-        except ENGINE_ERRORS:
+            with _engine("reading a unit's output"):
+                return self.api.logs(unit_id, tail=tail).decode("utf-8", "replace")
+        except BaeError:
             return ""
+
+    def follow_logs(self, unit_id: str, since: float | None = None) -> Iterator[list[tuple[str, str]]]:
+        kwargs: dict = {"stream": True, "follow": True, "timestamps": True}
+        if since:
+            kwargs["since"] = since
+        with _engine(f"following the output of {unit_id[:12]}"):
+            pending = b""
+            for chunk in self.api.logs(unit_id, **kwargs):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                batch = []
+                for raw in lines:
+                    text = raw.decode("utf-8", "replace").rstrip("\r")
+                    stamp, _, message = text.partition(" ")
+                    try:
+                        batch.append((_stamp(stamp), message))
+                    except ValueError:
+                        continue
+                if batch:
+                    yield batch
+
+    @contextlib.contextmanager
+    def attach(self, job: OneOff, unit: str, stdin: bool) -> Iterator[_Attached]:
+        cid = self._create(
+            app=job.app, deployment=job.deployment, unit=unit, release=job.release, image=job.image,
+            command=job.command, env={"TERM": "xterm", **job.env} if job.tty else job.env, memory=job.memory,
+            cpu=job.cpu, pids=job.pids, ca_bundle=job.ca_bundle, tty=job.tty, stdin_open=stdin,
+            labels={"bae.role": "oneoff", "bae.app": job.app, "bae.deployment": job.deployment,
+                    "bae.release": str(job.release)},
+        )
+        try:
+            with _engine("the one-off unit"):
+                sock = self.api.attach_socket(cid, params={"stdin": 1 if stdin else 0, "stdout": 1, "stderr": 1,
+                                                           "stream": 1})
+                self.api.start(cid)
+            yield _Attached(self.api, cid, getattr(sock, "_sock", sock), job.tty)  # the raw socket under SocketIO
+        finally:
+            self.remove(cid)
 
     def remove_all_oneoffs(self) -> int:
         """One-off units (run, release phase) whose platform stopped while they ran."""
-        rows = self.api.containers(all=True, filters={"label": [f"bae.platform={self.instance}", "bae.role=oneoff"]})
+        with _engine("looking for one-off units"):
+            rows = self.api.containers(all=True, filters={"label": [f"bae.platform={self.instance}", "bae.role=oneoff"]})
         for row in rows:
             self.remove(row["Id"])
         return len(rows)

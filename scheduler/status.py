@@ -9,11 +9,14 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
+from bae import config
 from bae.console import duration
+from bae.model import Deployment, FormationEntry
+from bae.store import Store
 from scheduler.plans import memory_labels
-from scheduler.runtime_docker import DockerRuntime, UnitInfo
+from scheduler.runtime import Runtime, UnitInfo
 
-__all__ = ["UnitStatus", "deployment_status", "converged", "duration"]
+__all__ = ["UnitStatus", "deployment_status", "converged"]
 
 
 @dataclass
@@ -30,7 +33,7 @@ class UnitStatus:
     generation: int = 0
 
 
-def _state(info: UnitInfo, runtime: DockerRuntime, now: float, backoff: dict | None, memory: dict) -> UnitStatus:
+def _state(info: UnitInfo, runtime: Runtime, now: float, backoff: dict | None, memory: dict) -> UnitStatus:
     address = f"127.0.0.1:{info.host_port}" if info.host_port else ""
     base = dict(unit=info.unit, process=info.process, index=info.index, release=info.release, plan=info.plan,
                 address=address, generation=info.generation)
@@ -48,16 +51,18 @@ def _state(info: UnitInfo, runtime: DockerRuntime, now: float, backoff: dict | N
     return UnitStatus(state="crashed", since=since, detail=detail, **base)
 
 
-def deployment_status(platform, dep, runtime: DockerRuntime) -> list[UnitStatus]:
+def deployment_status(store: Store, plans: dict[str, config.Plan], dep: Deployment,
+                      runtime: Runtime) -> list[UnitStatus]:
     now = time.time()
-    backoffs = platform.store.backoffs()
-    memory = memory_labels(platform.settings.plans)
+    backoffs = store.backoffs()
+    memory = memory_labels(plans)
     units = [_state(info, runtime, now, backoffs.get((dep.id, info.process)), memory)
              for info in runtime.list_units(app=dep.app, deployment=dep.name)]
     return sorted(units, key=lambda u: (u.process, u.index, u.release))
 
 
-def converged(statuses: list[UnitStatus], release: int, formation: dict, processes: set[str]) -> bool:
+def converged(statuses: list[UnitStatus], release: int, formation: dict[str, FormationEntry],
+              processes: set[str]) -> bool:
     """Do the ``processes`` run exactly as wanted: every unit current and up, none left over?"""
     for process in processes:
         entry = formation.get(process)

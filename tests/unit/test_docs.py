@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bae.commands import _load, table
-from bae.config import Settings
+from bae.config import Settings, load
+from control.commands import _load, table
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
@@ -46,3 +46,12 @@ def _settings(obj, prefix=""):
 def test_every_setting_has_a_description():
     for name, f in _settings(Settings()):
         assert f.metadata.get("doc"), f"setting {name} has no description"
+
+
+def test_the_readme_settings_example_loads(tmp_path):
+    example = README.split("```toml", 1)[1].split("```", 1)[0]
+    path = tmp_path / "bae.toml"
+    path.write_text(example)
+    settings = load(path)
+    assert settings.source == str(path)
+    assert settings.ssh.port == 2222 and settings.plans["s1"].memory == "256m"

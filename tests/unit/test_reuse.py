@@ -4,10 +4,10 @@ from dulwich.object_store import MemoryObjectStore
 from dulwich.objects import Blob, Commit, Tree
 
 from buildpacks.reuse import fingerprint, inputs_digest, plan_reuse
-from gitserver.repos import Source
+from gitserver.repos import CommitSource
 
 
-def commit(store, files: dict[str, bytes]) -> Source:
+def commit(store, files: dict[str, bytes]) -> CommitSource:
     def tree_of(entries: dict) -> bytes:
         tree = Tree()
         for name, value in entries.items():
@@ -34,7 +34,7 @@ def commit(store, files: dict[str, bytes]) -> Source:
     c.author_timezone = c.commit_timezone = 0
     c.message = b"m"
     store.add_object(c)
-    return Source(store, c.id)
+    return CommitSource(store, c.id)
 
 
 def previous(store, old, fp="fp"):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import click
 
 from bae.access import deployment_for
-from bae.commands import Invocation, command
 from bae.console import ago
 from bae.errors import Invalid
+from control.commands import Invocation, command
+from control.deploy import roll_out
 
 
 @command("releases")
@@ -87,8 +88,6 @@ def releases_rollback(inv: Invocation, target: str, version: str | None) -> None
 
 
 def _roll_back(inv: Invocation, dep, target_release):
-    from bae.deploy import roll_out
-
     return roll_out(inv.platform, dep, image=target_release.image, config=dict(target_release.config),
                        process_types=target_release.process_types, description=f"Rollback to {target_release.name}",
                        user=inv.caller.name, out=inv.console, build_id=target_release.build_id,

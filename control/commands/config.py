@@ -12,12 +12,13 @@ import re
 import click
 
 from bae.access import MEMBER, app_for, deployment_for
-from bae.commands import Invocation, command
 from bae.errors import BaeError, Invalid
 from bae.model import parse_target
+from bae.unit import RESERVED_PREFIX, RESERVED_VARS
+from control.commands import Invocation, command
+from control.deploy import roll_out
 
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_RESERVED = {"PORT", "DYNO", "HOME"}
 MAX_VALUE = 32 * 1024
 
 
@@ -25,7 +26,7 @@ def check_key(key: str) -> str:
     if not _KEY.fullmatch(key) or len(key) > 200:
         raise Invalid(f"'{key[:60]}' is not a config var name",
                       "Names are letters, digits and underscores, not starting with a digit (like DATABASE_URL).")
-    if key in _RESERVED or key.startswith("BAE_"):
+    if key in RESERVED_VARS or key.startswith(RESERVED_PREFIX):
         raise Invalid(f"{key} is set by the platform and cannot be changed", "Reserved: PORT, DYNO, HOME and BAE_*.")
     return key
 
@@ -42,8 +43,6 @@ def _scope(inv: Invocation, target: str):
 
 def _apply(inv: Invocation, deps, what: str, restart: bool, undo) -> None:
     """Roll each affected deployment to a release with the new config; undo the change if one fails."""
-    from bae.deploy import roll_out
-
     for dep in deps:
         inv.platform.logs.event(dep.app, dep.name, "api", f"{what} by {inv.caller.name}")
     if not restart:

@@ -13,6 +13,10 @@ import time
 
 from bae.console import ERROR, Steps
 from bae.errors import BaeError, DeployFailed
+from buildpacks.runner import BuildRequest, run_build
+from buildpacks.stack import stack_exists, stack_tag
+from control.deploy import roll_out
+from control.platform import Platform
 
 __all__ = ["Pipeline", "BuildLog"]
 
@@ -51,7 +55,7 @@ class BuildLog(Steps):
 class Pipeline:
     """Turns a pushed commit into a running release, or refuses it."""
 
-    def __init__(self, platform) -> None:
+    def __init__(self, platform: Platform) -> None:
         self.platform = platform
 
     def __call__(self, target, old: str, new: str, source, progress) -> None:
@@ -94,9 +98,6 @@ class Pipeline:
 
     def build(self, dep, build, source, out: BuildLog):
         """Run the buildpacks over the pushed commit; returns the BuildResult (image, process types)."""
-        from buildpacks.runner import BuildRequest, run_build
-        from buildpacks.stack import stack_exists, stack_tag
-
         platform = self.platform
         settings = platform.settings.build
         stack = stack_tag(settings)
@@ -114,8 +115,6 @@ class Pipeline:
 
     def release(self, dep, build, built, out: BuildLog) -> None:
         """Release vN (image, config snapshot, process types), its release phase, and the rollout."""
-        from bae.deploy import roll_out
-
         platform = self.platform
         roll_out(
             platform, dep, image=built.image, config=platform.build_config(dep),

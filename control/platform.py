@@ -1,8 +1,8 @@
-"""The pieces every command and server share, built once per process.
+"""The composition root's assembly: the pieces every command and server share, built once per process.
 
-``Platform`` holds the settings, the store and the repository backend, and is
-where the daemon hangs the parts only it runs (scheduler, router). The CLI and
-``bae serve`` both start by building one.
+``Platform`` holds the settings, the store, the repository backend, the log
+store and (on first use) the runtime; the CLI and ``bae serve`` both start by
+building one, and hand each component only the parts it needs.
 """
 
 from __future__ import annotations
@@ -16,8 +16,11 @@ import time
 from pathlib import Path
 
 from bae.config import Settings
-from bae.model import hostname, slug
+from bae.logstore import LogStore
+from bae.model import App, Deployment, hostname, slug
 from bae.store import Store
+from gitserver.repos import Repositories
+from scheduler.runtime import Runtime
 
 __all__ = ["Platform"]
 
@@ -28,8 +31,6 @@ class Platform:
     """Settings + state + repositories; the daemon adds its running parts."""
 
     def __init__(self, settings: Settings) -> None:
-        from gitserver.repos import Repositories
-
         self.settings = settings
         self.data = Path(settings.data_dir)
         for sub in ("repos", "cache", "run", "logs"):
@@ -42,11 +43,9 @@ class Platform:
                 os.chmod(self.data / name, 0o600)  # config var values live here
         self.repos = Repositories(self.data / "repos")
         self.instance = self._instance_id()
-        from bae.logstore import LogStore
-
         self.logs = LogStore(self.data / "logs" / "apps", settings.logs.retention_lines, self.data / "logs" / "router")
         self.scheduler = None  # the reconcile loop, in `bae serve` only
-        self._runtime = None
+        self._runtime: Runtime | None = None
 
     def _instance_id(self) -> str:
         """A random id naming this installation on the Docker Engine (container labels)."""
@@ -63,6 +62,11 @@ class Platform:
                 pass
             tmp.unlink()
             return path.read_text().strip()
+
+    @property
+    def wake_socket(self) -> Path:
+        """The datagram socket `bae serve`'s scheduler listens on (``notify``)."""
+        return self.data / "run" / "scheduler.sock"
 
     @property
     def public_host(self) -> str:
@@ -83,7 +87,7 @@ class Platform:
 
     # -- lifecycle shared by commands ------------------------------------------
 
-    def destroy_deployment(self, dep) -> None:
+    def destroy_deployment(self, dep: Deployment) -> None:
         """Remove a deployment everywhere: units, routes, repo, cache, rows."""
         with self.repos.lock(dep.app, dep.name):
             self.store.destroy_deployment(dep)  # the scheduler stops wanting its units
@@ -94,7 +98,7 @@ class Platform:
             shutil.rmtree(self.cache_dir(dep), ignore_errors=True)
             self.logs.remove(dep.app, dep.name)
 
-    def destroy_app(self, app) -> None:
+    def destroy_app(self, app: App) -> None:
         for dep in self.store.deployments(app):
             self.destroy_deployment(dep)
         self.store.destroy_app(app)
@@ -102,9 +106,10 @@ class Platform:
         shutil.rmtree(self.data / "cache" / app.name, ignore_errors=True)
 
     @property
-    def runtime(self):
+    def runtime(self) -> Runtime:
         """The scheduler's runtime (the Docker Engine), for commands that look at units."""
         if self._runtime is None:
+            # imported on first use: commands that never look at units do not load the Docker SDK
             from scheduler.runtime_docker import DockerRuntime
 
             self._runtime = DockerRuntime(self.instance)
@@ -115,21 +120,21 @@ class Platform:
         if self.scheduler is not None:
             self.scheduler.wake()
             return True
-        path = self.data / "run" / "scheduler.sock"
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-                sock.sendto(b"wake", str(path))
+                sock.sendto(b"wake", str(self.wake_socket))
             return True
         except OSError:
             return False
 
-    def _remove_units(self, dep) -> None:
+    def _remove_units(self, dep: Deployment) -> None:
         try:
             self.runtime.remove_all(app=dep.app, deployment=dep.name)
         except Exception as exc:  # Docker down: the scheduler removes them later (they are orphans)
             log.warning("could not remove the units of %s/%s: %s", dep.app, dep.name, exc)
 
-    def _remove_images(self, dep) -> None:
+    def _remove_images(self, dep: Deployment) -> None:
+        # imported on use: commands that never touch images do not load the Docker SDK
         from buildpacks.runner import remove_images
 
         for attempt in range(3):
@@ -143,13 +148,13 @@ class Platform:
                 time.sleep(1)
                 self._remove_units(dep)
 
-    def build_config(self, dep) -> dict[str, str]:
+    def build_config(self, dep: Deployment) -> dict[str, str]:
         """The config vars of ``dep``: the app's, overridden by the deployment's (a build's env dir, a release's snapshot)."""
         return {k: v for k, (v, _) in self.store.effective_config(dep).items()}
 
-    def image_repository(self, dep) -> str:
+    def image_repository(self, dep: Deployment) -> str:
         """Docker repository of ``dep``'s release images (unique per installation)."""
         return f"bae/{self.instance}/{dep.app}/{dep.name}"
 
-    def cache_dir(self, dep) -> Path:
+    def cache_dir(self, dep: Deployment) -> Path:
         return self.data / "cache" / dep.app / dep.name

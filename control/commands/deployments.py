@@ -5,11 +5,11 @@ from __future__ import annotations
 import click
 
 from bae.access import MEMBER, OWNER, app_for, deployment_for
-from bae.commands import Invocation, command
-from bae.commands.apps import require_confirmation
 from bae.console import ago
 from bae.errors import Invalid
 from bae.model import DEFAULT_DEPLOYMENT, validate_name
+from control.commands import Invocation, command
+from control.commands.apps import require_confirmation
 
 
 @command("deployments:create")

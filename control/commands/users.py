@@ -5,9 +5,9 @@ from __future__ import annotations
 import click
 
 from bae.access import require_admin
-from bae.commands import Invocation, command
 from bae.console import ago
 from bae.model import validate_name
+from control.commands import Invocation, command
 
 
 @command("users:add")

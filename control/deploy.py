@@ -13,16 +13,18 @@ import time
 
 from bae.errors import BaeError, DeployFailed, Unavailable
 from bae.model import Deployment, Release
+from control.platform import Platform
+from scheduler.oneoff import run_oneoff
+from scheduler.plan import rollout_limit
+from scheduler.runtime import OneOff
 
 __all__ = ["roll_out", "run_release_phase", "prune_images"]
 
 log = logging.getLogger("bae.deploy")
 
 
-def run_release_phase(platform, dep: Deployment, release: Release, out) -> None:
+def run_release_phase(platform: Platform, dep: Deployment, release: Release, out) -> None:
     """Run the Procfile's ``release:`` command once in a one-off unit of the new image; fail on non-zero."""
-    from scheduler.oneoff import OneOff, run_oneoff
-
     command = release.process_types["release"]
     out.step(f"Running release command: {command}")
     job = OneOff.for_release(platform.settings, dep, release, command, name="release")
@@ -51,8 +53,6 @@ def _deploy(platform, dep: Deployment, release: Release, out) -> None:
         platform.scheduler.deploy(dep, release, progress=out.detail)
         return
     # another process runs the scheduler: hand it the release and wait for the outcome
-    from scheduler.plan import rollout_limit
-
     platform.store.set_target(dep.id, release.version)
     if not platform.notify():
         raise Unavailable("bae serve is not running, so nothing can be deployed now",
@@ -106,6 +106,7 @@ def roll_out(platform, dep: Deployment, *, image: str, config: dict, process_typ
 
 def prune_images(platform, dep: Deployment) -> int:
     """Remove release images no longer needed: keep those of the last K releases (rollback) and any in use."""
+    # imported on use: the config and releases commands import this module, other commands should not load Docker
     from buildpacks.runner import remove_images
 
     keep_n = platform.settings.scheduler.keep_releases

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from bae.access import deployment_for
-from bae.commands import Invocation, command
+from control.commands import Invocation, command
+from router.table import check_hostname
 
 
 @command("domains")
@@ -24,8 +25,6 @@ def domains(inv: Invocation, target: str) -> None:
 @click.argument("hostname")
 def domains_add(inv: Invocation, target: str, hostname: str) -> None:
     """Route a custom hostname (or *.example.com) to a deployment."""
-    from router.table import check_hostname
-
     dep = deployment_for(inv.caller, inv.store, target)
     host = check_hostname(hostname, inv.platform.settings.base_domain)
     inv.store.add_domain(dep, host)

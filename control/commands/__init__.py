@@ -14,15 +14,17 @@ import importlib
 import logging
 import secrets
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable
+from typing import BinaryIO, Callable, Protocol
 
 import click
 
 from bae.console import Console
 from bae.errors import AccessDenied, BaeError, Invalid
-from bae.model import Caller
+from bae.model import Caller, Deployment, Release
+from bae.store import Store
+from control.platform import Platform
 
-__all__ = ["Invocation", "command", "dispatch", "table", "TOPICS", "command_help"]
+__all__ = ["Invocation", "Terminal", "command", "dispatch", "table", "TOPICS", "command_help"]
 
 log = logging.getLogger("bae.commands")
 
@@ -38,16 +40,32 @@ class _Table(click.Group):
 table = _Table(name="bae", context_settings={"help_option_names": []})
 
 
+class Terminal(Protocol):
+    """What an SSH session offers an interactive command (``gitserver.session.Request``)."""
+
+    data: str | None  # the command line as it arrived
+
+    @property
+    def tty(self) -> bool: ...
+
+    @property
+    def size(self) -> tuple[int, int] | None: ...
+
+    def read(self, n: int) -> bytes: ...
+
+    def watch_resize(self, callback: Callable[[int, int], None]) -> None: ...
+
+
 @dataclass
 class Invocation:
     """Everything a command may use: the platform, who called, where to write."""
 
-    platform: Any  # bae.platform.Platform
+    platform: Platform
     caller: Caller
     console: Console
     stdin: BinaryIO
     prog: str = "bae"
-    request: Any = None  # the SSH request (pty, resize, channel) for interactive commands
+    request: Terminal | None = None  # over SSH: the session, for interactive commands (run)
     alive: Callable[[], bool] = lambda: True  # False once the caller went away (long commands stop)
 
     @property
@@ -56,10 +74,10 @@ class Invocation:
         return not self.caller.local
 
     @property
-    def store(self):
+    def store(self) -> Store:
         return self.platform.store
 
-    def current_release(self, dep):
+    def current_release(self, dep: Deployment) -> Release:
         """The release ``dep`` runs, or Invalid saying to push first."""
         if not dep.release_version:
             raise Invalid(f"nothing is deployed to {dep.slug} yet",
@@ -83,7 +101,7 @@ def command(name: str, *, local_only: bool = False, passthrough: bool = False, *
 
 def _load() -> None:
     for topic in TOPICS:
-        importlib.import_module(f"bae.commands.{topic}")
+        importlib.import_module(f"control.commands.{topic}")
 
 
 def _context(cmd: click.Command, name: str, inv: Invocation) -> click.Context:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from bae.commands import Invocation, command
+from control.commands import Invocation, command
 
 
 @command("stack:build", local_only=True)
@@ -12,6 +12,7 @@ from bae.commands import Invocation, command
 @click.option("--if-missing", is_flag=True, help="Quietly do nothing when the image exists (for make up).")
 def stack_build(inv: Invocation, force: bool, if_missing: bool) -> None:
     """Build the stack image (Debian bookworm + Python, Node.js, toolchain) builds and units run on."""
+    # imported here: the Docker SDK is loaded by the commands that use it only
     from buildpacks.stack import build_stack, stack_exists, stack_tag
 
     settings = inv.platform.settings.build

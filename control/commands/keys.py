@@ -7,9 +7,9 @@ import re
 import click
 
 from bae.access import user_for_keys
-from bae.commands import Invocation, command
 from bae.console import ago
 from bae.errors import Invalid
+from control.commands import Invocation, command
 from gitserver.keys import parse_public_key
 
 _FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")

@@ -10,12 +10,18 @@ import logging
 import signal
 import sys
 import threading
+from typing import Callable
 
-from bae.commands import Invocation, dispatch
 from bae.console import Console
-from bae.pipeline import Pipeline
+from buildpacks.runner import remove_stale_build_containers
+from control.pipeline import Pipeline
+from control.platform import Platform
+from gitserver.session import SessionContext
+from gitserver.sshd import SSHServer
+from router import Router
+from scheduler.loop import Scheduler
 
-__all__ = ["serve", "configure_logging"]
+__all__ = ["serve", "configure_logging", "ssh_prog"]
 
 log = logging.getLogger("bae")
 
@@ -32,31 +38,24 @@ def configure_logging() -> None:
     logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
 
-def ssh_prog(platform) -> str:
+def ssh_prog(platform: Platform) -> str:
+    """How users reach the command table: ``ssh -p PORT bae@HOST``."""
     port = platform.settings.ssh.port
     return f"ssh {'' if port == 22 else f'-p {port} '}bae@{platform.public_host}"
 
 
-def serve(platform, console: Console) -> int:
-    from gitserver.session import SessionContext
-    from gitserver.sshd import SSHServer
-
+def serve(platform: Platform, console: Console, run_command: Callable[..., int]) -> int:
+    """Run until SIGTERM/SIGINT. ``run_command(caller, argv, stdin, stdout, stderr, request)`` runs one
+    command line of an SSH client (the command table's dispatch)."""
     configure_logging()
     settings = platform.settings
     stop = threading.Event()
     prog = ssh_prog(platform)
-
-    def run_command(caller, argv, stdin, stdout, stderr, request) -> int:
-        inv = Invocation(platform, caller, Console(stdout, stderr), stdin, prog=prog, request=request,
-                         alive=request.alive)
-        return dispatch(inv, argv)
-
-    from router import Router
-    from scheduler.loop import Scheduler
-
-    router = Router(platform)
+    router = Router(platform.store, settings.router, base_domain=settings.base_domain, prefix=platform.data / "router",
+                    access_logs=platform.logs.router_root, max_log_mb=settings.logs.router_max_mb)
     router.start()
-    scheduler = Scheduler(platform, on_routes=router.sync, before_stop=router.drain)
+    scheduler = Scheduler(platform.store, settings, platform.runtime, platform.logs, platform.wake_socket,
+                          on_routes=router.sync, before_stop=router.drain)
     platform.scheduler = scheduler
     scheduler.start()
     context = SessionContext(platform.store, platform.repos, Pipeline(platform), run_command, prog)
@@ -68,8 +67,6 @@ def serve(platform, console: Console) -> int:
         stop.set()
 
     try:
-        from buildpacks.runner import remove_stale_build_containers
-
         stale = remove_stale_build_containers(platform.instance)
         stale += platform.runtime.remove_all_oneoffs()
         if stale:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from bae.access import OWNER, app_for
-from bae.commands import Invocation, command
 from bae.model import validate_name
+from control.commands import Invocation, command
 
 
 @command("access:add")

@@ -5,16 +5,15 @@ from __future__ import annotations
 import click
 
 from bae.access import deployment_for
-from bae.commands import Invocation, command
 from bae.errors import Invalid
+from buildpacks.catalog import BUILTINS, validate_spec
+from control.commands import Invocation, command
 
 
 @command("buildpacks")
 @click.argument("target", metavar="APP[/DEP]")
 def buildpacks_list(inv: Invocation, target: str) -> None:
     """Show the buildpacks a deployment builds with (default: detected among the built-ins)."""
-    from buildpacks.catalog import BUILTINS
-
     dep = deployment_for(inv.caller, inv.store, target)
     if dep.buildpacks:
         inv.console.out(f"=== {dep.slug} builds with, in order:")
@@ -31,8 +30,6 @@ def buildpacks_list(inv: Invocation, target: str) -> None:
 @click.argument("specs", nargs=-1, metavar="BUILDPACK...")
 def buildpacks_set(inv: Invocation, target: str, specs: tuple[str, ...]) -> None:
     """Build with these buildpacks, in order: built-in names, git URLs (#ref), or (admins) local paths."""
-    from buildpacks.catalog import validate_spec
-
     dep = deployment_for(inv.caller, inv.store, target)
     if not specs:
         raise Invalid("name at least one buildpack", f"For example: buildpacks:set {dep.slug} python")

@@ -7,9 +7,9 @@ from datetime import datetime
 import click
 
 from bae.access import deployment_for
-from bae.commands import Invocation, command
 from bae.console import ago
 from bae.errors import Invalid
+from control.commands import Invocation, command
 
 
 def _duration(start: str, end: str | None) -> str:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from bae.access import deployment_for
-from bae.commands import Invocation, command
 from bae.errors import Invalid
+from control.commands import Invocation, command
 
 
 @command("logs")

@@ -8,9 +8,11 @@ import time
 import click
 
 from bae.access import deployment_for
-from bae.commands import Invocation, command
 from bae.console import duration
 from bae.errors import Invalid
+from control.commands import Invocation, command
+from scheduler.plans import check_plan, memory_label
+from scheduler.status import converged, deployment_status
 
 _PAIR = re.compile(r"([A-Za-z0-9][A-Za-z0-9_-]{0,29})=(.+)")
 
@@ -36,8 +38,6 @@ def _known_type(release, process: str, dep) -> None:
 
 def _wait(inv: Invocation, dep, processes: set[str], wait: bool) -> None:
     """Wake the scheduler; unless told not to, wait until the processes run as wanted."""
-    from scheduler.status import converged, deployment_status
-
     if not inv.platform.notify():
         inv.console.detail("bae serve is not running: the change applies when it starts.")
         return
@@ -49,7 +49,7 @@ def _wait(inv: Invocation, dep, processes: set[str], wait: bool) -> None:
     while time.monotonic() < deadline:
         fresh = inv.store.deployment(dep.app, dep.name)
         formation = inv.store.formation(fresh)
-        if converged(deployment_status(inv.platform, fresh, inv.platform.runtime), fresh.release_version,
+        if converged(deployment_status(inv.store, inv.platform.settings.plans, fresh, inv.platform.runtime), fresh.release_version,
                      formation, processes):
             inv.console.step("done")
             return
@@ -62,12 +62,10 @@ def _wait(inv: Invocation, dep, processes: set[str], wait: bool) -> None:
 @click.argument("target", metavar="APP[/DEP]")
 def ps(inv: Invocation, target: str) -> None:
     """Show the units of a deployment: state, age, release, plan and address."""
-    from scheduler.status import deployment_status
-
     dep = deployment_for(inv.caller, inv.store, target)
     release = inv.store.release(dep, dep.release_version) if dep.release_version else None
     formation = inv.store.formation(dep)
-    statuses = deployment_status(inv.platform, dep, inv.platform.runtime)
+    statuses = deployment_status(inv.store, inv.platform.settings.plans, dep, inv.platform.runtime)
     if release is None:
         inv.console.out(f"Nothing is deployed to {dep.slug} yet.")
     for process, command_ in sorted((release.process_types if release else {}).items()):
@@ -90,8 +88,6 @@ def ps(inv: Invocation, target: str) -> None:
 @click.option("--wait/--no-wait", default=True, help="Wait until the units are up (default) or return at once.")
 def ps_scale(inv: Invocation, target: str, changes: tuple[str, ...], wait: bool) -> None:
     """Set how many units of each process type run (horizontal scaling), optionally with a plan."""
-    from scheduler.plans import check_plan
-
     dep = deployment_for(inv.caller, inv.store, target)
     release = inv.current_release(dep)
     limit = inv.platform.settings.scheduler.max_units
@@ -120,8 +116,6 @@ def ps_scale(inv: Invocation, target: str, changes: tuple[str, ...], wait: bool)
 @click.option("--wait/--no-wait", default=True, help="Wait until the resized units are up (default).")
 def ps_resize(inv: Invocation, target: str, changes: tuple[str, ...], wait: bool) -> None:
     """Change the plan (memory, CPU, pids) of process types: vertical scaling; units are replaced."""
-    from scheduler.plans import check_plan
-
     dep = deployment_for(inv.caller, inv.store, target)
     release = inv.current_release(dep)
     plans = inv.platform.settings.plans
@@ -156,8 +150,6 @@ def ps_restart(inv: Invocation, target: str, process: str | None, wait: bool) ->
 @command("plans")
 def plans(inv: Invocation) -> None:
     """List the plans (unit sizes) with their memory, CPU and process limits."""
-    from scheduler.plans import memory_label
-
     default = inv.platform.settings.scheduler.default_plan
     inv.console.table(
         ["plan", "memory", "cpu", "pids", ""],

@@ -7,9 +7,10 @@ from importlib.metadata import PackageNotFoundError, version as pkg_version
 import click
 
 from bae.access import require_admin
-from bae.commands import Invocation, command, command_help, visible
 from bae.config import render
+from bae.console import Console
 from bae.errors import Invalid
+from control.commands import Invocation, command, command_help, dispatch, visible
 
 _TITLES = {
     "apps": "Apps", "deployments": "Deployments", "access": "Access", "users": "Users",
@@ -77,8 +78,15 @@ def config_show(inv: Invocation) -> None:
 @command("serve", local_only=True)
 def serve(inv: Invocation) -> int:
     """Run the platform in the foreground: SSH server, scheduler and router."""
-    from bae.daemon import serve as run_daemon
+    # imported here: the SSH server, router and scheduler are not loaded for the other commands
+    from control.daemon import serve as run_daemon, ssh_prog
 
-    return run_daemon(inv.platform, inv.console)
+    prog = ssh_prog(inv.platform)
+
+    def run_command(caller, argv, stdin, stdout, stderr, request) -> int:
+        return dispatch(Invocation(inv.platform, caller, Console(stdout, stderr), stdin, prog=prog, request=request,
+                                   alive=request.alive), argv)
+
+    return run_daemon(inv.platform, inv.console, run_command)
 
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import sys
 
-from bae.commands import Invocation, dispatch
 from bae.config import load
 from bae.console import Console
 from bae.errors import BaeError
 from bae.model import Caller
+from control.commands import Invocation, dispatch
+from control.platform import Platform
 
 __all__ = ["main"]
 
@@ -34,8 +35,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config, args = _split_config(list(sys.argv[1:] if argv is None else argv))
         settings = load(config)
-        from bae.platform import Platform
-
         try:
             platform = Platform(settings)
         except PermissionError as exc:

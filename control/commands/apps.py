@@ -5,10 +5,10 @@ from __future__ import annotations
 import click
 
 from bae.access import MEMBER, OWNER, app_for
-from bae.commands import Invocation, command
 from bae.console import ago
 from bae.errors import Invalid
 from bae.model import DEFAULT_DEPLOYMENT, validate_name
+from control.commands import Invocation, command
 
 
 def require_confirmation(given: str | None, expected: str, what: str) -> None:

@@ -32,7 +32,7 @@ from scheduler.logs import LogCollector
 from scheduler.plan import (Backoff, Context, Crashed, Done, Failed, Remove, Seen, Start, Stop, Want,
                             backoff_delay, plan, rollout_limit)
 from scheduler.plans import memory_labels
-from scheduler.runtime import Runtime, UnitInfo, UnitSpec
+from scheduler.runtime import Runtime, UnitInfo, UnitSpec, Workload
 
 __all__ = ["Scheduler"]
 
@@ -330,13 +330,10 @@ class Scheduler:
     def _start(self, action: Start, spec_parts: tuple) -> None:
         dep, release, command = spec_parts
         w = action.want
-        plan_ = self.plans[w.plan]
         spec = UnitSpec(
             app=w.app, deployment=w.deployment, process=w.process, index=action.index, release=w.release,
-            plan=w.plan, generation=w.generation, image=release.image, command=command,
-            env=dict(release.config), web=w.web, memory=plan_.memory, cpu=plan_.cpu, pids=plan_.pids,
-            stop_grace=self.settings.stop_grace, ca_bundle=self.ca_bundle,
-        )
+            plan=w.plan, generation=w.generation, web=w.web, stop_grace=self.settings.stop_grace,
+            workload=Workload.of(release, command, self.plans[w.plan], self.ca_bundle))
         placeholder_id = f"starting:{w.app}:{w.deployment}:{w.process}:{action.index}:{w.release}:{w.plan}:{w.generation}"
         placeholder = Seen(placeholder_id, w.app, w.deployment, w.process, w.release, action.index, w.plan,
                            w.generation, True, 0.0, False, web=w.web)

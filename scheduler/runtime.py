@@ -20,7 +20,7 @@ from typing import Callable, Iterator, Protocol
 from bae import config
 from bae.model import Deployment, Release
 
-__all__ = ["Runtime", "Attached", "UnitIdentity", "UnitSpec", "UnitInfo", "OneOff"]
+__all__ = ["Runtime", "Attached", "UnitIdentity", "Workload", "UnitSpec", "UnitInfo", "OneOff"]
 
 
 @dataclass
@@ -56,8 +56,8 @@ class UnitIdentity:
 
 
 @dataclass
-class UnitSpec(UnitIdentity):
-    """A unit to start: its identity, what to run and the plan's limits."""
+class Workload:
+    """What a unit runs (a release's image, a command, config vars) and within which limits (a plan's)."""
 
     image: str
     command: str
@@ -65,8 +65,19 @@ class UnitSpec(UnitIdentity):
     memory: str
     cpu: float
     pids: int
+    ca_bundle: str = ""  # the host's CA bundle the unit trusts (build.ca_bundle); empty: the stack's own
+
+    @classmethod
+    def of(cls, release: Release, command: str, plan: config.Plan, ca_bundle: str) -> Workload:
+        return cls(release.image, command, dict(release.config), plan.memory, plan.cpu, plan.pids, ca_bundle)
+
+
+@dataclass
+class UnitSpec(UnitIdentity):
+    """A unit of the formation to start: its identity (its labels), what it runs, its stop grace period."""
+
+    workload: Workload
     stop_grace: int
-    ca_bundle: str = ""
 
 
 @dataclass
@@ -93,14 +104,8 @@ class OneOff:
     app: str
     deployment: str
     release: int
-    image: str
-    command: str
-    env: dict
-    memory: str
-    cpu: float
-    pids: int
+    workload: Workload
     name: str = "run"  # run.1234 / release
-    ca_bundle: str = ""
     tty: bool = False
     size: tuple[int, int] | None = None  # columns, rows
 
@@ -109,8 +114,7 @@ class OneOff:
                     **options) -> OneOff:
         """A one-off unit of ``release``: its image and config, the default plan's limits."""
         plan = settings.plans[settings.scheduler.default_plan]
-        return cls(dep.app, dep.name, release.version, release.image, command,
-                   dict(release.config), plan.memory, plan.cpu, plan.pids, ca_bundle=settings.build.ca_bundle,
+        return cls(dep.app, dep.name, release.version, Workload.of(release, command, plan, settings.build.ca_bundle),
                    **options)
 
 

@@ -29,7 +29,7 @@ from docker.utils.socket import frames_iter
 
 from bae.errors import BaeError, Gone, Unavailable
 from bae.unit import CA_PATH, PORT, USER
-from scheduler.runtime import OneOff, UnitIdentity, UnitInfo, UnitSpec
+from scheduler.runtime import OneOff, UnitIdentity, UnitInfo, UnitSpec, Workload
 
 __all__ = ["DockerRuntime", "translate", "ENGINE_ERRORS"]
 
@@ -61,6 +61,17 @@ def _engine(what: str, image_gone: BaeError | None = None) -> Iterator[None]:
         yield
     except ENGINE_ERRORS as exc:
         raise translate(exc, what, image_gone) from None
+
+
+def _quietly(what: str, call: Callable[[], object]) -> None:
+    """An engine call whose failure is only logged: a unit that is gone already is what was wanted."""
+    try:
+        with _engine(what):
+            call()
+    except Gone:
+        return
+    except BaeError as exc:
+        log.warning("%s", exc.message)
 
 
 def _epoch(stamp: str | None) -> float | None:
@@ -185,36 +196,36 @@ class DockerRuntime:
         if not info.running:
             info.exit_code = code
 
-    def _create(self, *, app: str, deployment: str, unit: str, release: int, image: str, command: str, env: dict,
-               memory: str, cpu: float, pids: int, ca_bundle: str, labels: dict, host: dict | None = None,
-               **container) -> str:
+    def _create(self, *, app: str, deployment: str, unit: str, release: int, workload: Workload, env: dict,
+                labels: dict, host: dict | None = None, **container) -> str:
         """A container of a release image under the unit contract (not started; returns its id):
-        user bae, the BAE_* and DYNO variables, the plan's limits without swap, no privileges or
-        capabilities, the platform's CA bundle, the installation's isolated network."""
+        user bae, ``env`` (the workload's, with the caller's additions) and the BAE_* and DYNO variables,
+        the plan's limits without swap, no privileges or capabilities, the platform's CA bundle, the
+        installation's isolated network."""
+        w = workload
         env = {**env, "BAE_APP": app, "BAE_DEPLOYMENT": deployment, "BAE_UNIT": unit, "DYNO": unit,
                "BAE_RELEASE": f"v{release}"}
-        mounts = [Mount(CA_PATH, ca_bundle, type="bind", read_only=True)] if ca_bundle else []
-        image_gone = BaeError(f"the image {image} of v{release} is gone",
+        mounts = [Mount(CA_PATH, w.ca_bundle, type="bind", read_only=True)] if w.ca_bundle else []
+        image_gone = BaeError(f"the image {w.image} of v{release} is gone",
                               "Push again to rebuild it, or roll back to a release whose image exists.")
         network = self.network(app)
         with _engine(f"starting {unit}", image_gone):
             host_config = self.api.create_host_config(
-                mem_limit=memory, memswap_limit=memory, nano_cpus=int(cpu * 1e9), pids_limit=pids,
+                mem_limit=w.memory, memswap_limit=w.memory, nano_cpus=int(w.cpu * 1e9), pids_limit=w.pids,
                 security_opt=["no-new-privileges"], cap_drop=["ALL"], mounts=mounts, network_mode=network,
                 **(host or {}))
             return self.api.create_container(
-                image, command=[command], user=USER, environment=env, host_config=host_config,
+                w.image, command=[w.command], user=USER, environment=env, host_config=host_config,
                 name=f"bae-{self.instance}-{app}-{deployment}-{unit}-v{release}-{secrets.token_hex(3)}",
                 labels={"bae.platform": self.instance, **labels}, hostname=unit.replace(".", "-"), **container,
             )["Id"]
 
     def start(self, spec: UnitSpec) -> str:
         """Create and start a unit of the formation; returns its container id."""
+        env = spec.workload.env
         cid = self._create(
-            app=spec.app, deployment=spec.deployment, unit=spec.unit, release=spec.release, image=spec.image,
-            command=spec.command, env={**spec.env, "PORT": str(PORT)} if spec.web else spec.env,
-            memory=spec.memory, cpu=spec.cpu, pids=spec.pids, ca_bundle=spec.ca_bundle,
-            labels={"bae.role": "unit", **spec.labels()},
+            app=spec.app, deployment=spec.deployment, unit=spec.unit, release=spec.release, workload=spec.workload,
+            env={**env, "PORT": str(PORT)} if spec.web else env, labels={"bae.role": "unit", **spec.labels()},
             host={"port_bindings": {PORT: ("127.0.0.1", None)} if spec.web else None,
                   "log_config": LogConfig(type="json-file", config={"max-size": "10m", "max-file": "3"}),
                   "restart_policy": {"Name": "no"}},
@@ -257,22 +268,10 @@ class DockerRuntime:
 
     def stop(self, unit_id: str, grace: int) -> None:
         """SIGTERM, up to ``grace`` seconds, SIGKILL (the container stays until ``remove``)."""
-        try:
-            with _engine(f"stopping {unit_id[:12]}"):
-                self.api.stop(unit_id, timeout=grace)
-        except Gone:
-            return
-        except BaeError as exc:
-            log.warning("%s", exc.message)
+        _quietly(f"stopping {unit_id[:12]}", lambda: self.api.stop(unit_id, timeout=grace))
 
     def remove(self, unit_id: str) -> None:
-        try:
-            with _engine(f"removing {unit_id[:12]}"):
-                self.api.remove_container(unit_id, force=True)
-        except Gone:
-            return
-        except BaeError as exc:
-            log.warning("%s", exc.message)
+        _quietly(f"removing {unit_id[:12]}", lambda: self.api.remove_container(unit_id, force=True))
 
     @classmethod
     def is_up(cls, info: UnitInfo, age: float) -> bool:
@@ -335,10 +334,10 @@ class DockerRuntime:
 
     @contextlib.contextmanager
     def attach(self, job: OneOff, unit: str, stdin: bool) -> Iterator[_Attached]:
+        env = job.workload.env
         cid = self._create(
-            app=job.app, deployment=job.deployment, unit=unit, release=job.release, image=job.image,
-            command=job.command, env={"TERM": "xterm", **job.env} if job.tty else job.env, memory=job.memory,
-            cpu=job.cpu, pids=job.pids, ca_bundle=job.ca_bundle, tty=job.tty, stdin_open=stdin,
+            app=job.app, deployment=job.deployment, unit=unit, release=job.release, workload=job.workload,
+            env={"TERM": "xterm", **env} if job.tty else env, tty=job.tty, stdin_open=stdin,
             labels={"bae.role": "oneoff", "bae.app": job.app, "bae.deployment": job.deployment,
                     "bae.release": str(job.release)},
         )

@@ -52,6 +52,7 @@ class SSH:
 class Router:
     host: str = setting("0.0.0.0", "address nginx listens on for end-user HTTP traffic")
     http_port: int = setting(80, "TCP port nginx listens on for end-user HTTP traffic")
+    https_port: int = setting(443, "TCP port nginx listens on for HTTPS (TLS 1.2/1.3, HTTP/2); 0: no HTTPS")
     nginx: str = setting("nginx", "nginx binary the router runs")
     client_max_body_size: str = setting("100m", "largest request body nginx accepts (nginx size syntax)")
     connect_timeout: float = setting(3.0, "seconds to wait for a unit to accept a connection before trying another")
@@ -59,6 +60,21 @@ class Router:
     send_timeout: float = setting(60.0, "seconds a unit may take to read a request body")
     keepalive: int = setting(32, "idle keep-alive connections nginx keeps per app to its units")
     worker_processes: int = setting(1, "nginx worker processes (0: one per CPU core); one leaves the CPU to the units on small hosts")
+
+
+@dataclass
+class TLS:
+    acme_directory: str = setting("https://acme-v02.api.letsencrypt.org/directory",
+                                  "ACME directory URL certs:auto obtains certificates from")
+    acme_email: str = setting("", "contact address registered with the ACME CA (expiry notices); empty: none")
+    acme_ca_bundle: str = setting("", "CA bundle that verifies the ACME directory's HTTPS (a private or test CA); empty: the system's")
+    acme_timeout: float = setting(90.0, "seconds an ACME order (validation and issuance) may take before it fails")
+    challenge_port: int = setting(80, "port the CA and the pre-flight check reach this router's HTTP-01 answers on (80 for public CAs)")
+    resolver: str = setting("", "DNS server (HOST or HOST:PORT) the pre-flight check resolves hostnames with; empty: the system's")
+    retry_min: float = setting(60.0, "seconds before the first retry of a failed certificate order; doubles per failure")
+    retry_max: float = setting(21600.0, "longest wait, in seconds, between retries of a failing certificate order")
+    check_interval: float = setting(3600.0, "seconds between certificate checks when nothing is due sooner")
+    hsts_max_age: int = setting(31536000, "max-age of the Strict-Transport-Security header certs:redirect --hsts sends")
 
 
 @dataclass
@@ -116,6 +132,7 @@ class Settings:
     base_domain: str = setting("bae.localhost", "apps are served at APP.BASE_DOMAIN (bae.localhost resolves to loopback)")
     ssh: SSH = setting(SSH(), "the SSH server")
     router: Router = setting(Router(), "the HTTP router (nginx)")
+    tls: TLS = setting(TLS(), "HTTPS certificates: uploaded, or from an ACME CA (certs:auto)")
     build: Build = setting(Build(), "building releases")
     scheduler: Scheduler = setting(Scheduler(), "running units")
     plans: dict[str, Plan] = setting(_default_plans(), "unit sizes ps:resize chooses from")

@@ -34,6 +34,8 @@ __all__ = [
     "Route",
     "Source",
     "DEFAULT_DEPLOYMENT",
+    "Certificate",
+    "TlsState",
 ]
 
 DEFAULT_DEPLOYMENT = "default"
@@ -239,3 +241,41 @@ class Source(Protocol):
 
     def tar(self, prefix: str, uid: int, keep: Callable[[str], bool] = lambda p: True) -> Iterator[bytes]:
         """The files as an uncompressed tar stream under ``prefix``, owned by ``uid``."""
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """A TLS certificate the router may serve: uploaded or from ACME. Its chain and key are files
+    (``data_dir/tls/NAME.pem`` and ``NAME.key``); this is what is known about it.
+    ``deployment_id`` None: the platform's own (a wildcard for ``*.BASE_DOMAIN``)."""
+
+    name: str
+    deployment_id: int | None
+    source: str  # "uploaded" or "acme"
+    hostnames: tuple[str, ...]  # its subject alternative names (DNS), wildcards as "*.example.com"
+    issuer: str
+    serial: str  # hex
+    fingerprint: str  # SHA-256 of the leaf, hex
+    not_before: str  # ISO 8601 UTC
+    not_after: str
+    created_at: str = ""
+
+    @property
+    def short(self) -> str:
+        """How commands name it: the first 12 hex digits of its fingerprint."""
+        return self.fingerprint[:12]
+
+
+@dataclass(frozen=True)
+class TlsState:
+    """A deployment's HTTPS choices and its automatic certificate's renewal progress."""
+
+    deployment_id: int
+    auto: bool = False  # certs:auto on: certificates from the ACME CA
+    redirect: bool = False  # certs:redirect on: HTTP -> HTTPS (308)
+    hsts: bool = False
+    failures: int = 0  # failed orders in a row (backoff)
+    not_before: str | None = None  # no new order before this time (backoff)
+    last_attempt: str | None = None
+    last_error: str | None = None  # None: the last attempt succeeded
+    last_success: str | None = None

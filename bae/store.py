@@ -20,7 +20,8 @@ import sqlite_utils
 from sqlite_utils import Migrations
 
 from bae.errors import Conflict, NotFound
-from bae.model import DEFAULT_DEPLOYMENT, App, Build, Deployment, FormationEntry, PublicKey, Release, User, now
+from bae.model import (DEFAULT_DEPLOYMENT, App, Build, Certificate, Deployment, FormationEntry, PublicKey, Release,
+                       TlsState, User, now)
 
 __all__ = ["Store"]
 
@@ -104,6 +105,29 @@ def m005_config_vars(db: sqlite_utils.Database) -> None:
     # scope 0: set on the app, shared by its deployments; else the deployment's id (overrides)
     db["config_vars"].create({"app_id": int, "scope": int, "key": str, "value": str, "updated_at": str},
                              pk=("app_id", "scope", "key"), foreign_keys=[("app_id", "apps", "id")])
+
+
+@migrations()
+def m006_certificates(db: sqlite_utils.Database) -> None:
+    # TLS certificates the router serves. deployment_id NULL: the platform's own (a *.BASE_DOMAIN
+    # wildcard). The PEM files live under data_dir/tls/NAME.{pem,key} (root-only); rows hold what
+    # `certs` shows and the renewal plan decides on.
+    db["certificates"].create(
+        {"id": int, "name": str, "deployment_id": int, "source": str, "hostnames": str, "issuer": str,
+         "serial": str, "fingerprint": str, "not_before": str, "not_after": str, "created_at": str},
+        pk="id", foreign_keys=[("deployment_id", "deployments", "id")], not_null={"name", "source"},
+    )
+    db["certificates"].create_index(["name"], unique=True)
+    db["certificates"].create_index(["deployment_id"])
+    # Per deployment: automatic certificates on/off, the HTTP->HTTPS redirect, and the renewal's
+    # progress and backoff (stored, so a restart neither forgets a failure nor hammers the CA).
+    db["tls_state"].create(
+        {"deployment_id": int, "auto": int, "redirect": int, "hsts": int, "failures": int, "not_before": str,
+         "last_attempt": str, "last_error": str, "last_success": str},
+        pk="deployment_id", foreign_keys=[("deployment_id", "deployments", "id")],
+        defaults={"auto": 0, "redirect": 0, "hsts": 0, "failures": 0},
+    )
+    db["acme_accounts"].create({"directory": str, "uri": str, "email": str, "created_at": str}, pk="directory")
 
 
 class Store:
@@ -587,7 +611,77 @@ class Store:
         return removed
 
 
-_DEPLOYMENT_TABLES = ["domains", "backoff", "formation", "releases", "builds"]
+    # -- certificates and TLS state -------------------------------------------
+
+    def add_certificate(self, cert: Certificate, replace: tuple[str, ...] = ()) -> Certificate:
+        """Record ``cert`` (its files are written already); rows named in ``replace`` go in the same
+        transaction, so the router never sees neither or both."""
+        with self.write() as db:
+            for name in replace:
+                db.execute("delete from certificates where name = ?", [name])
+            db["certificates"].insert({
+                "name": cert.name, "deployment_id": cert.deployment_id, "source": cert.source,
+                "hostnames": json.dumps(list(cert.hostnames)), "issuer": cert.issuer, "serial": cert.serial,
+                "fingerprint": cert.fingerprint, "not_before": cert.not_before, "not_after": cert.not_after,
+                "created_at": now(),
+            })
+        return self.certificate(cert.name)
+
+    def certificate(self, name: str) -> Certificate:
+        row = self._one("select * from certificates where name = ?", [name])
+        if not row:
+            raise NotFound(f"no certificate {name}")
+        return _certificate(row)
+
+    def certificates(self, dep: Deployment | None = None, *, platform: bool = False) -> list[Certificate]:
+        """All certificates; or one deployment's; or (platform=True) the platform's own."""
+        sql, params = "select * from certificates", []
+        if platform:
+            sql += " where deployment_id is null"
+        elif dep is not None:
+            sql, params = sql + " where deployment_id = ?", [dep.id]
+        return [_certificate(r) for r in self.db.query(sql + " order by id", params)]
+
+    def remove_certificate(self, name: str) -> None:
+        with self.write() as db:
+            db.execute("delete from certificates where name = ?", [name])
+
+    def tls_states(self) -> dict[int, TlsState]:
+        return {r["deployment_id"]: _tls_state(r) for r in self.db.query("select * from tls_state")}
+
+    def tls_state(self, dep: Deployment) -> TlsState:
+        row = self._one("select * from tls_state where deployment_id = ?", [dep.id])
+        return _tls_state(row) if row else TlsState(dep.id)
+
+    def update_tls_state(self, dep_id: int, **values) -> None:
+        """Set some fields of a deployment's TLS state (auto, redirect, hsts, failures, not_before, last_*)."""
+        with self.write() as db:
+            if not self._one("select 1 as x from tls_state where deployment_id = ?", [dep_id]):
+                db["tls_state"].insert({"deployment_id": dep_id, "auto": 0, "redirect": 0, "hsts": 0, "failures": 0})
+            db["tls_state"].update(dep_id, {k: int(v) if isinstance(v, bool) else v for k, v in values.items()})
+
+    def acme_account(self, directory: str) -> dict | None:
+        return self._one("select * from acme_accounts where directory = ?", [directory])
+
+    def save_acme_account(self, directory: str, uri: str, email: str) -> None:
+        with self.write() as db:
+            db["acme_accounts"].upsert({"directory": directory, "uri": uri, "email": email, "created_at": now()},
+                                       pk="directory")
+
+
+_DEPLOYMENT_TABLES = ["domains", "backoff", "formation", "releases", "builds", "certificates", "tls_state"]
+
+
+def _certificate(row: dict) -> Certificate:
+    return Certificate(name=row["name"], deployment_id=row["deployment_id"], source=row["source"],
+                       hostnames=tuple(json.loads(row["hostnames"] or "[]")), issuer=row["issuer"] or "",
+                       serial=row["serial"] or "", fingerprint=row["fingerprint"] or "",
+                       not_before=row["not_before"], not_after=row["not_after"], created_at=row["created_at"] or "")
+
+
+def _tls_state(row: dict) -> TlsState:
+    return TlsState(row["deployment_id"], bool(row["auto"]), bool(row["redirect"]), bool(row["hsts"]),
+                    row["failures"] or 0, row["not_before"], row["last_attempt"], row["last_error"], row["last_success"])
 
 
 def _release(row: dict) -> Release:

@@ -9,17 +9,29 @@ default kind) runs as 2 web units of the default plan. In one run, ROUNDS times:
 Prints requests/s, p50 and p99 for each, the throughput ratio (target ≥ 0.9) and
 the router's added p50 latency at low load (target ≤ 0.2 ms).
 
+HTTPS, in the same run and rounds (a wildcard certificate for *.bae.localhost
+uploaded with certs:add --platform, ECDSA P-256):
+  (d) wrk over HTTPS through the router (keep-alive) against (b): throughput ratio
+      (target ≥ 0.85) and the added p50 at one connection;
+  (e) new connections per request (Connection: close) over HTTP and HTTPS: the
+      new-handshake rate with 64 clients;
+  (f) openssl s_time one connection at a time, full handshakes against resumed
+      ones, and openssl s_client -sess_out/-sess_in showing "Reused".
+The load average before and after is printed: other work on the machine skews it.
+
 Run: .venv/bin/python -m bench.router [SECONDS] [CONNECTIONS] [ROUNDS]
 (medians are printed)
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import docker
@@ -34,10 +46,13 @@ def _ms(text: str) -> float:
     return float(value) * _UNITS[unit]
 
 
-def wrk_start(url: str, connections: int, seconds: int, threads: int = 1, host: str | None = None):
+def wrk_start(url: str, connections: int, seconds: int, threads: int = 1, host: str | None = None,
+              close: bool = False):
     cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency"]
     if host:
         cmd += ["-H", f"Host: {host}"]
+    if close:
+        cmd += ["-H", "Connection: close"]
     return subprocess.Popen(cmd + [url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -50,6 +65,47 @@ def wrk_result(proc) -> dict:
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {"rps": rps, "p50": p50, "p99": p99, "errors": (errors.group(1) if errors else ""),
             "non2xx": int(non2xx.group(1)) if non2xx else 0}
+
+
+def install_wildcard(server, client) -> str:
+    """Upload a *.bae.localhost certificate as the platform's own: wrk sends no SNI for 127.0.0.1, so
+    the default HTTPS server's certificate is the one it gets; the Host header routes. Returns the CA file."""
+    from tlsutil import make_ca, make_leaf, served
+
+    ca = make_ca("bench root")
+    leaf = make_leaf(ca, ["*.bae.localhost"])
+    result = client.ssh("certs:add", "--platform", "-", input=(leaf.cert_pem + leaf.key_pem).decode())
+    assert result.returncode == 0, result.stderr
+    deadline = time.monotonic() + 20
+    while served(server.https_port, "bench.bae.localhost") is None:
+        assert time.monotonic() < deadline, "the router did not serve the bench certificate"
+        time.sleep(0.1)
+    path = os.path.join(tempfile.mkdtemp(prefix="bae-bench-ca-"), "ca.pem")
+    with open(path, "wb") as fh:
+        fh.write(ca.cert_pem)
+    return path
+
+
+def s_time(port: int, mode: str, seconds: int) -> float:
+    """Handshakes per second, one connection at a time (openssl s_time -new or -reuse, TLS 1.2:
+    s_time's reuse needs a session it can take right after the handshake)."""
+    out = subprocess.run(["openssl", "s_time", "-connect", f"127.0.0.1:{port}", mode, "-tls1_2",
+                          "-time", str(seconds)], capture_output=True, text=True).stdout
+    found = re.search(r"(\d+) connections in ([\d.]+) real seconds", out)
+    return int(found.group(1)) / float(found.group(2)) if found else 0.0
+
+
+def resumption(port: int, host: str, cafile: str) -> str:
+    """What openssl s_client says about a second connection offering the first one's session (TLS 1.3 ticket)."""
+    session = os.path.join(os.path.dirname(cafile), "session.pem")
+    request = f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    base = ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", host, "-CAfile", cafile,
+            "-ign_eof"]
+    subprocess.run(base + ["-sess_out", session], input=request, capture_output=True, text=True, timeout=20)
+    out = subprocess.run(base + ["-sess_in", session], input=request, capture_output=True, text=True,
+                         timeout=20).stdout
+    line = next((l.strip() for l in out.splitlines() if l.startswith(("Reused", "New,"))), "no answer")
+    return line
 
 
 def main(seconds: int = 8, connections: int = 64, rounds: int = 3, plan: str = "s1",
@@ -71,10 +127,15 @@ def main(seconds: int = 8, connections: int = 64, rounds: int = 3, plan: str = "
                for c in engine.api.containers(filters={"label": [f"bae.platform={instance}", "bae.app=bench"]})]
         host = "bench.bae.localhost"
         router_url = f"http://127.0.0.1:{server.http_port}/"
-        for proc in [wrk_start(f"http://{ip}:5000/", 2, 2) for ip in ips] + [wrk_start(router_url, 2, 2, host=host)]:
-            proc.communicate()  # warm up both paths
+        tls_url = f"https://127.0.0.1:{server.https_port}/"
+        cafile = install_wildcard(server, client)
+        for proc in [wrk_start(f"http://{ip}:5000/", 2, 2) for ip in ips] + [wrk_start(router_url, 2, 2, host=host),
+                                                                              wrk_start(tls_url, 2, 2, host=host)]:
+            proc.communicate()  # warm up every path
+        load_before = os.getloadavg()
 
         direct, routed, low_direct, low_routed = [], [], [], []
+        routed_tls, low_routed_tls, close_http, close_tls = [], [], [], []
         for _ in range(rounds):
             runs = [wrk_result(p) for p in [wrk_start(f"http://{ip}:5000/", connections // 2, seconds) for ip in ips]]
             direct.append({"rps": sum(r["rps"] for r in runs), "p50": statistics.mean(r["p50"] for r in runs),
@@ -84,6 +145,15 @@ def main(seconds: int = 8, connections: int = 64, rounds: int = 3, plan: str = "
             time.sleep(1)
             low_direct.append(wrk_result(wrk_start(f"http://{ips[0]}:5000/", 1, seconds // 2)))
             low_routed.append(wrk_result(wrk_start(router_url, 1, seconds // 2, host=host)))
+            time.sleep(1)
+            routed_tls.append(wrk_result(wrk_start(tls_url, connections, seconds, threads=2, host=host)))
+            time.sleep(1)
+            low_routed_tls.append(wrk_result(wrk_start(tls_url, 1, seconds // 2, host=host)))
+            close_http.append(wrk_result(wrk_start(router_url, connections, seconds // 2, threads=2, host=host,
+                                                   close=True)))
+            close_tls.append(wrk_result(wrk_start(tls_url, connections, seconds // 2, threads=2, host=host,
+                                                  close=True)))
+        load_after = os.getloadavg()
 
         def med(rows, key):
             return statistics.median(r[key] for r in rows)
@@ -100,6 +170,27 @@ def main(seconds: int = 8, connections: int = 64, rounds: int = 3, plan: str = "
         ld, lr = med(low_direct, "p50"), med(low_routed, "p50")
         print(f"low load (1 connection) p50: direct {ld:.3f} ms, router {lr:.3f} ms, added {lr - ld:.3f} ms"
               "   (target ≤ 0.2 ms)")
+
+        print(f"\n== router over TLS, same run: HTTPS vs HTTP through the router, {connections} connections")
+        print(f"{'path':<38}{'requests/s':>12}{'p50 ms':>9}{'p99 ms':>9}  errors")
+        for name, rows in (("HTTP through the router (keep-alive)", routed),
+                           ("HTTPS through the router (keep-alive)", routed_tls),
+                           ("HTTP, a new connection per request", close_http),
+                           ("HTTPS, a new handshake per request", close_tls)):
+            errors = "; ".join(r["errors"] for r in rows if r["errors"]) or "none"
+            print(f"{name:<38}{med(rows, 'rps'):>12.0f}{med(rows, 'p50'):>9.2f}{med(rows, 'p99'):>9.2f}  {errors}")
+        print(f"HTTPS/HTTP keep-alive throughput ratio: {med(routed_tls, 'rps') / med(routed, 'rps'):.2f}"
+              "   (target ≥ 0.85)")
+        lt = med(low_routed_tls, "p50")
+        print(f"low load (1 connection) p50 through the router: HTTP {lr:.3f} ms, HTTPS {lt:.3f} ms, "
+              f"added by TLS {lt - lr:.3f} ms")
+        print(f"new-handshake rate ({connections} clients, full TLS handshake per request): "
+              f"{med(close_tls, 'rps'):.0f}/s (plain TCP connections: {med(close_http, 'rps'):.0f}/s)")
+        new, reused = s_time(server.https_port, "-new", seconds // 2), s_time(server.https_port, "-reuse", seconds // 2)
+        print(f"openssl s_time, one connection at a time: full handshakes {new:.0f}/s, resumed {reused:.0f}/s")
+        print(f"resumption (openssl s_client -sess_out, then -sess_in): {resumption(server.https_port, host, cafile)}")
+        print(f"load average (1 min) before/after the rounds: {load_before[0]:.1f} / {load_after[0]:.1f} "
+              f"on {os.cpu_count()} cores")
     finally:
         server.stop()
         for c in engine.api.containers(all=True, filters={"label": [f"bae.platform={instance}"]}):

@@ -19,6 +19,7 @@ from control.platform import Platform
 from gitserver.session import SessionContext
 from gitserver.sshd import SSHServer
 from router import Router
+from router.https import Https
 from scheduler.loop import Scheduler
 
 __all__ = ["serve", "configure_logging", "ssh_prog"]
@@ -51,8 +52,12 @@ def serve(platform: Platform, console: Console, run_command: Callable[..., int])
     settings = platform.settings
     stop = threading.Event()
     prog = ssh_prog(platform)
+    https = None
+    if settings.router.https_port:
+        https = Https(platform.store, settings.router, settings.tls, base_domain=settings.base_domain,
+                      tls_dir=platform.data / "tls")
     router = Router(platform.store, settings.router, base_domain=settings.base_domain, prefix=platform.data / "router",
-                    access_logs=platform.logs.router_root, max_log_mb=settings.logs.router_max_mb)
+                    access_logs=platform.logs.router_root, max_log_mb=settings.logs.router_max_mb, https=https)
     router.start()
     scheduler = Scheduler(platform.store, settings, platform.runtime, platform.logs, platform.wake_socket,
                           on_routes=router.sync, before_stop=router.drain)
@@ -79,6 +84,8 @@ def serve(platform: Platform, console: Console, run_command: Callable[..., int])
     console.step(f"bae is serving (data in {settings.data_dir}, settings from {settings.source})")
     console.detail(f"SSH:  {ssh.address[0]}:{ssh.address[1]}  host key {ssh.fingerprint}")
     console.detail(f"HTTP: {settings.router.host}:{settings.router.http_port}  (apps at APP.{settings.base_domain})")
+    if settings.router.https_port:
+        console.detail(f"HTTPS: {settings.router.host}:{settings.router.https_port}  (certificates: certs APP)")
     for dep in platform.store.deployments():
         if dep.release_version:
             console.detail(f"      {dep.slug}: {platform.web_url(dep.app, dep.name)}")

@@ -23,6 +23,7 @@ from bae import config
 from bae.errors import BaeError, Unavailable
 from bae.logstore import router_log_name
 from bae.model import Route
+from router import tls as tls_conf
 from router.pages import page
 
 __all__ = ["render", "Nginx"]
@@ -54,8 +55,8 @@ def _error_pages() -> list[str]:
 
 
 def render(routes: list[Route], *, prefix: Path, logs: Path, listen: str, settings: config.Router,
-           user: str | None) -> str:
-    """A complete nginx.conf for ``routes``."""
+           user: str | None, tls: tls_conf.TlsView | None = None) -> str:
+    """A complete nginx.conf for ``routes``; HTTPS too when ``tls`` is given."""
     workers = settings.worker_processes or "auto"
     units = sorted({(e.address, e.unit) for r in routes for e in r.endpoints})
     out = [
@@ -95,7 +96,9 @@ def render(routes: list[Route], *, prefix: Path, logs: Path, listen: str, settin
         f"  proxy_send_timeout {int(settings.send_timeout * 1000)}ms;",
         "  proxy_next_upstream error timeout; proxy_next_upstream_tries 3;",
         "  add_header X-Request-Id $bae_request_id always;",
+        *(tls_conf.http_lines(tls) if tls else []),
     ]
+    challenge = tls_conf.challenge_location(tls) if tls else []
     for r in routes:
         if r.endpoints:
             out.append(f"  upstream u-{r.key} {{")
@@ -107,22 +110,33 @@ def render(routes: list[Route], *, prefix: Path, logs: Path, listen: str, settin
         f"    listen {listen} default_server backlog=4096;",
         "    server_name _;",
         f"    access_log {logs}/_unknown.log bae buffer=32k flush=1s;",
+        *challenge,
         f"    location / {{ default_type text/html; return 404 {_quote(page(404))}; }}",
         "  }",
     ]
     for r in routes:
+        log_path = f"{logs}/{router_log_name(r.app, r.deployment)}"
+        redirected = tls.redirected(r.key) if tls else ()
+        if redirected:
+            out += tls_conf.redirect_server(tls, listen, redirected, log_path)
+        hostnames = [h for h in r.hostnames if h not in redirected]
+        if not hostnames:
+            continue
         out += [
             "  server {",
             f"    listen {listen};",
-            f"    server_name {' '.join(r.hostnames)};",
-            f"    access_log {logs}/{router_log_name(r.app, r.deployment)} bae buffer=64k flush=1s;",
+            f"    server_name {' '.join(hostnames)};",
+            f"    access_log {log_path} bae buffer=64k flush=1s;",
             *_error_pages(),
+            *challenge,
         ]
         if r.endpoints:
             out.append(f"    location / {{ proxy_pass http://u-{r.key}; }}")
         else:
             out.append("    location / { return 503; }")
         out.append("  }")
+    if tls:
+        out += tls_conf.https_servers(tls, routes, logs, _error_pages())
     out.append("}")
     return "\n".join(out) + "\n"
 
@@ -149,6 +163,9 @@ class Nginx:
         self.logs = Path(logs)
         self.host, self.port = settings.host, settings.http_port
         self.listen = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        self.https_port = settings.https_port
+        self.https_listen = (f"[{self.host}]:{self.https_port}" if ":" in self.host
+                             else f"{self.host}:{self.https_port}") if self.https_port else ""
         self.settings = settings
         self.user = _worker_user()
         self.conf = self.prefix / "nginx.conf"
@@ -163,9 +180,9 @@ class Nginx:
             for kind in _TEMP_KINDS:
                 os.chown(self.prefix / "tmp" / kind, uid, -1)
 
-    def render(self, routes: list[Route]) -> str:
+    def render(self, routes: list[Route], tls: tls_conf.TlsView | None = None) -> str:
         return render(routes, prefix=self.prefix, logs=self.logs, listen=self.listen, settings=self.settings,
-                      user=self.user)
+                      user=self.user, tls=tls)
 
     def _check(self, path: Path) -> str | None:
         """nginx -t on ``path``: None if fine, else nginx's complaint."""
@@ -181,16 +198,19 @@ class Nginx:
             os.replace(candidate, self.conf)
         return problem
 
-    def start(self, routes: list[Route]) -> None:
-        try:
-            probe = socket.socket()
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind((self.host if self.host != "0.0.0.0" else "", self.port))
-            probe.close()
-        except OSError as exc:
-            raise Unavailable(f"the router cannot listen on {self.listen}: {exc.strerror}",
-                              "Stop what uses that port, or set router.http_port.") from None
-        text = self.render(routes)
+    def start(self, routes: list[Route], tls: tls_conf.TlsView | None = None) -> None:
+        for port, listen, key in ((self.port, self.listen, "http_port"), (self.https_port, self.https_listen, "https_port")):
+            if not port:
+                continue
+            try:
+                probe = socket.socket()
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((self.host if self.host != "0.0.0.0" else "", port))
+                probe.close()
+            except OSError as exc:
+                raise Unavailable(f"the router cannot listen on {listen}: {exc.strerror}",
+                                  f"Stop what uses that port, or set router.{key}.") from None
+        text = self.render(routes, tls)
         problem = self._write_checked(text)
         if problem:
             raise BaeError(f"nginx refused bae's configuration: {problem}")
@@ -230,10 +250,10 @@ class Nginx:
             return True  # gone
         return b"shutting down" in title or not title  # empty: exited, not yet reaped
 
-    def apply(self, routes: list[Route]) -> bool:
+    def apply(self, routes: list[Route], tls: tls_conf.TlsView | None = None) -> bool:
         """Make nginx route ``routes``: check, swap, reload gracefully. False if nginx refused it."""
         with self._lock:
-            text = self.render(routes)
+            text = self.render(routes, tls)
             if text == self.current:
                 return True
             problem = self._write_checked(text)

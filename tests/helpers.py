@@ -58,11 +58,12 @@ class Server:
         self.data = self.tmp / "data"
         self.ssh_port = free_port()
         self.http_port = free_port()
+        self.https_port = free_port()
         self.config = self.tmp / "bae.toml"
         config = {
             "data_dir": str(self.data),
             "ssh": {"host": "127.0.0.1", "port": self.ssh_port, "public_host": "127.0.0.1"},
-            "router": {"host": "127.0.0.1", "http_port": self.http_port},
+            "router": {"host": "127.0.0.1", "http_port": self.http_port, "https_port": self.https_port},
         }
         for section, values in (settings or {}).items():
             if isinstance(values, dict):
@@ -251,7 +252,8 @@ class Load:
     ``resent`` and reported, and anything else is a failure.
     """
 
-    def __init__(self, url: str, host: str, threads: int = 4, rate: float = 300.0) -> None:
+    def __init__(self, url: str, host: str, threads: int = 4, rate: float = 300.0, context=None) -> None:
+        """``context``: an ssl.SSLContext for HTTPS (the connection presents ``host`` as SNI)."""
         import threading
         from urllib.parse import urlsplit
 
@@ -259,6 +261,7 @@ class Load:
         self.address = (parts.hostname, parts.port or 80)
         self.path = parts.path or "/"
         self.host, self.threads, self.interval = host, threads, threads / rate
+        self.context = context
         self.ok = 0
         self.resent = 0
         self.failures: list[str] = []
@@ -270,16 +273,24 @@ class Load:
     def _run(self) -> None:
         import http.client
         import json as json_
+        import ssl
 
         conn, reused = None, False
         while not self._stop.is_set():
             started = time.monotonic()
             if conn is None:
-                conn, reused = http.client.HTTPConnection(*self.address, timeout=15), False
+                if self.context is not None:
+                    from tlsutil import SNIConnection
+
+                    conn = SNIConnection(self.address[1], self.host, self.context, timeout=15)
+                else:
+                    conn = http.client.HTTPConnection(*self.address, timeout=15)
+                reused = False
             try:
                 conn.request("GET", self.path, headers={"Host": self.host})
                 response = conn.getresponse()
-            except (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected) as exc:
+            except (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected,
+                    ssl.SSLEOFError, ssl.SSLZeroReturnError) as exc:  # closed idle connection (TLS: close_notify)
                 conn.close()
                 conn = None
                 with self._lock:

@@ -26,6 +26,9 @@ SDKS = {  # third-party package -> the only files that may import it
     "paramiko": ("gitserver/",),
     "dulwich": ("gitserver/",),
     "sqlite_utils": ("bae/store.py",),
+    "acme": ("router/acme.py",),  # the ACME client library and its JOSE and DNS helpers
+    "josepy": ("router/acme.py",),
+    "dns": ("router/acme.py",),
 }
 # the built-in buildpacks and the builder run inside build containers, not in bae's process
 OUTSIDE = ("buildpacks/builder.py", "buildpacks/python/", "buildpacks/nodejs/", "buildpacks/stack/")

@@ -17,11 +17,11 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from bae.model import deployment_key, now
 
-__all__ = ["LogStore", "Entry", "router_log_name"]
+__all__ = ["LogStore", "Entry", "Cursor", "router_log_name"]
 
 log = logging.getLogger("bae.logs")
 
@@ -45,6 +45,40 @@ class Entry:
     @property
     def process(self) -> str:
         return self.unit.split(".", 1)[0]
+
+
+class Cursor:
+    """A position in one log file: ``read()`` returns the complete lines added since the last read."""
+
+    def __init__(self, path: Path, parse: Callable[[str], Entry | None]) -> None:
+        self.path, self.parse = path, parse
+        st = path.stat() if path.exists() else None
+        self.position, self.inode = (st.st_size, st.st_ino) if st else (0, None)
+        self._recent: list[tuple] = []  # lines read lately: a trimmed file is read again from its start
+
+    def read(self) -> list[Entry]:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return []
+        if st.st_ino != self.inode or st.st_size < self.position:  # trimmed or replaced: read it again
+            self.position, self.inode = 0, st.st_ino
+        if st.st_size == self.position:
+            return []
+        with open(self.path, "rb") as fh:
+            fh.seek(self.position)
+            chunk = fh.read()
+        complete = chunk.rfind(b"\n") + 1
+        self.position += complete
+        out = []
+        for raw in chunk[:complete].decode("utf-8", "replace").splitlines():
+            e = self.parse(raw)
+            if e is None or (e.t, e.unit, e.text) in self._recent:
+                continue
+            self._recent.append((e.t, e.unit, e.text))
+            out.append(e)
+        del self._recent[:-2000]
+        return out
 
 
 class LogStore:
@@ -130,36 +164,19 @@ class LogStore:
         entries.sort(key=lambda e: e.t)
         return entries[-lines:] if lines else entries
 
+    def cursor(self, app: str, deployment: str, *, router: bool = False) -> Cursor:
+        """Reads the lines written after now, each once (across trims)."""
+        return Cursor(*self._source(app, deployment, router))
+
     def follow(self, app: str, deployment: str, stop, *, process: str | None = None, unit: str | None = None,
                router: bool = False) -> Iterator[Entry]:
         """New lines as they arrive (across unit replacements) until ``stop()`` is true."""
-        path, parse = self._source(app, deployment, router)
-        position, inode = (path.stat().st_size, path.stat().st_ino) if path.exists() else (0, None)
-        recent: list[tuple] = []
+        cursor = self.cursor(app, deployment, router=router)
         while not stop():
             time.sleep(0.2)
-            if not path.exists():
-                continue
-            st = path.stat()
-            if st.st_ino != inode or st.st_size < position:  # trimmed or replaced: read it again
-                position, inode = 0, st.st_ino
-            if st.st_size == position:
-                continue
-            with open(path, "rb") as fh:
-                fh.seek(position)
-                chunk = fh.read()
-            complete = chunk.rfind(b"\n") + 1
-            position += complete
-            for raw in chunk[:complete].decode("utf-8", "replace").splitlines():
-                e = parse(raw)
-                if e is None or not self._matches(e, process, unit):
-                    continue
-                key = (e.t, e.unit, e.text)
-                if key in recent:
-                    continue
-                recent.append(key)
-                del recent[:-2000]
-                yield e
+            for e in cursor.read():
+                if self._matches(e, process, unit):
+                    yield e
 
     def last_time(self, app: str, deployment: str, cid: str) -> str | None:
         """When the last collected line of container ``cid`` was written (to resume after a restart)."""

@@ -165,6 +165,7 @@ class Release:
     status: str
     created_at: str
     error: str | None = None
+    hint: str | None = None  # a failed deploy's: what to do about it
 
     @property
     def name(self) -> str:

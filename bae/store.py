@@ -130,6 +130,18 @@ def m006_certificates(db: sqlite_utils.Database) -> None:
     db["acme_accounts"].create({"directory": str, "uri": str, "email": str, "created_at": str}, pk="directory")
 
 
+@migrations()
+def m007_scheduler_decisions(db: sqlite_utils.Database) -> None:
+    # what the scheduler's decisions depend on, so a restart of `bae serve` decides as before:
+    # per unit (by the runtime's id) when it was first up and whether its crash was counted;
+    # per backoff the shape (release, plan, generation) its failures were counted under
+    db["unit_state"].create({"unit_id": str, "deployment_id": int, "up_since": float, "crash_counted": int},
+                            pk="unit_id")
+    db["backoff"].add_column("shape", str)
+    # a failed deploy's hint (what to do about it), next to its error
+    db["releases"].add_column("hint", str)
+
+
 class Store:
     """Typed access to the platform's SQLite database."""
 
@@ -464,12 +476,12 @@ class Store:
                        "and id != ?", [release.deployment_id, release.id])
             db["releases"].update(release.id, {"status": "active", "error": None})
 
-    def fail_release(self, release: Release, reason: str) -> int | None:
+    def fail_release(self, release: Release, reason: str, hint: str | None = None) -> int | None:
         """Mark a pending ``release`` failed and point the deployment back at its active release
         (returned). A release that went live meanwhile is left alone."""
         with self.write() as db:
-            cur = db.execute("update releases set status = 'failed', error = ? where id = ? and status = 'pending'",
-                             [reason, release.id])
+            cur = db.execute("update releases set status = 'failed', error = ?, hint = ? where id = ? "
+                             "and status = 'pending'", [reason, hint, release.id])
             row = self._one("select version from releases where deployment_id = ? and status = 'active' "
                             "order by version desc limit 1", [release.deployment_id])
             version = row["version"] if row else None
@@ -509,15 +521,35 @@ class Store:
             db["formation"].upsert(row, pk=("deployment_id", "process"))
 
     def backoffs(self) -> dict[tuple[int, str], dict]:
+        """Crash backoff by (deployment id, process type): failures, not_before (ISO time), reason, shape."""
         return {(r["deployment_id"], r["process"]): r for r in self.db.query("select * from backoff")}
 
-    def set_backoff(self, dep_id: int, process: str, failures: int, not_before: str | None, reason: str | None) -> None:
+    def set_backoff(self, dep_id: int, process: str, failures: int, not_before: str | None, reason: str | None,
+                    shape: list | None = None) -> None:
         with self.write() as db:
             if failures == 0:
                 db.execute("delete from backoff where deployment_id = ? and process = ?", [dep_id, process])
             else:
                 db["backoff"].upsert({"deployment_id": dep_id, "process": process, "failures": failures,
-                                      "not_before": not_before, "reason": reason}, pk=("deployment_id", "process"))
+                                      "not_before": not_before, "reason": reason,
+                                      "shape": json.dumps(shape) if shape is not None else None},
+                                     pk=("deployment_id", "process"))
+
+    def unit_states(self) -> dict[str, dict]:
+        """What the scheduler recorded per unit id: up_since (epoch seconds or None), crash_counted."""
+        return {r["unit_id"]: r for r in self.db.query("select * from unit_state")}
+
+    def set_unit_state(self, unit_id: str, dep_id: int | None, *, up_since: float | None = None,
+                       crash_counted: bool = False) -> None:
+        with self.write() as db:
+            db["unit_state"].upsert({"unit_id": unit_id, "deployment_id": dep_id, "up_since": up_since,
+                                     "crash_counted": int(crash_counted)}, pk="unit_id")
+
+    def forget_units(self, unit_ids: list[str]) -> None:
+        """Units that no longer exist: their recorded state goes."""
+        with self.write() as db:
+            for unit_id in unit_ids:
+                db.execute("delete from unit_state where unit_id = ?", [unit_id])
 
     def fail_interrupted(self, reason: str) -> tuple[list[Release], int]:
         """At start-up: deploys and builds that were under way when the platform stopped have failed."""
@@ -669,7 +701,8 @@ class Store:
                                        pk="directory")
 
 
-_DEPLOYMENT_TABLES = ["domains", "backoff", "formation", "releases", "builds", "certificates", "tls_state"]
+_DEPLOYMENT_TABLES = ["domains", "backoff", "unit_state", "formation", "releases", "builds", "certificates",
+                      "tls_state"]
 
 
 def _certificate(row: dict) -> Certificate:
@@ -689,7 +722,7 @@ def _release(row: dict) -> Release:
         id=row["id"], deployment_id=row["deployment_id"], version=row["version"], image=row["image"],
         config=json.loads(row["config"] or "{}"), process_types=json.loads(row["process_types"] or "{}"),
         build_id=row["build_id"], commit=row["commit_sha"], user=row["user"], description=row["description"],
-        status=row["status"], created_at=row["created_at"], error=row["error"],
+        status=row["status"], created_at=row["created_at"], error=row["error"], hint=row.get("hint"),
     )
 
 

@@ -23,7 +23,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bae.config import Settings
 from bench.common import free_port, make_repo, median, report, run, timed, tmpdir, wait_port
+from control.deploy import deploy_lock
+from control.platform import Platform
+from gitserver.keys import parse_public_key
+from gitserver.session import SessionContext
+from gitserver.sshd import SSHServer
 
 
 def small_repo(path: Path) -> Path:
@@ -66,22 +72,20 @@ class GitServer:
     """bae's SSH git server in this process, on a loopback port, with a recording deploy hook."""
 
     def __init__(self, tmp: Path, pubkey: str) -> None:
-        from bae.config import Settings
-        from control.platform import Platform
-        from gitserver.keys import parse_public_key
-        from gitserver.session import SessionContext
-        from gitserver.sshd import SSHServer
-
         settings = Settings(data_dir=str(tmp / "data"))
         self.platform = Platform(settings)
         self.user = self.platform.store.add_user("bench", admin=True)
         self.platform.store.add_key(self.user, parse_public_key(pubkey))
         self.port = free_port()
-        context = SessionContext(self.platform.store, self.platform.repos, self.record, lambda *a: 1, "bench")
+        context = SessionContext(self.platform.store, self.platform.repos, self, lambda *a: 1, "bench")
         self.ssh = SSHServer("127.0.0.1", self.port, self.platform.data / "ssh_host_ed25519_key", context)
         self.ssh.start()
 
-    def record(self, target, old, new, source, progress) -> None:
+    def lock(self, app, deployment, waiting):
+        return deploy_lock(self.platform, app, deployment, waiting)
+
+    def __call__(self, target, old, new, source, progress) -> None:
+        """The deploy hook: record the push only."""
         store = self.platform.store
         build = store.start_build(store.deployment(target.app, target.deployment), new, old, target.user.name)
         progress(f"-----> Received {new[:7]} (recorded only: this benchmark measures the git server)")

@@ -69,9 +69,10 @@ class BuildRequest:
 def _remove_container(container) -> None:
     """Never leave a build container behind; a failure here must not hide the build's own error."""
     try:
-        container.remove(force=True)
-    except Exception:
-        log.warning("could not remove build container %s", container.name)
+        with translated("removing the build container"):
+            container.remove(force=True)
+    except BaeError as exc:
+        log.warning("could not remove build container %s: %s", container.name, exc.message)
 
 
 @dataclass
@@ -188,9 +189,10 @@ class _Watch(threading.Thread):
                 self.reason = "cancelled"
             if self.reason:
                 try:
-                    self.container.kill()
-                except Exception:
-                    pass
+                    with translated("stopping the build"):
+                        self.container.kill()
+                except BaeError:
+                    pass  # it ended by itself meanwhile
                 return
 
 
@@ -325,8 +327,8 @@ def run_build(req: BuildRequest, out) -> BuildResult:
             if pending:
                 out.line(pending.decode("utf-8", "replace"))
             status = container.wait()
-        watch.done.set()
-        container.reload()
+            watch.done.set()
+            container.reload()
         if watch.reason == "timeout":
             raise DeployFailed(f"the build took longer than {req.settings.timeout} s and was stopped",
                                "Make it faster, or raise build.timeout.")

@@ -13,6 +13,7 @@ import threading
 from typing import Callable
 
 from bae.console import Console
+from bae.errors import BaeError
 from buildpacks.runner import remove_stale_build_containers
 from control.pipeline import Pipeline
 from control.platform import Platform
@@ -61,7 +62,6 @@ def serve(platform: Platform, console: Console, run_command: Callable[..., int])
     router.start()
     scheduler = Scheduler(platform.store, settings, platform.runtime, platform.logs, platform.wake_socket,
                           on_routes=router.sync, before_stop=router.drain)
-    platform.scheduler = scheduler
     scheduler.start()
     context = SessionContext(platform.store, platform.repos, Pipeline(platform), run_command, prog)
     ssh = SSHServer(settings.ssh.host, settings.ssh.port, platform.data / "ssh_host_ed25519_key",
@@ -76,8 +76,8 @@ def serve(platform: Platform, console: Console, run_command: Callable[..., int])
         stale += platform.runtime.remove_all_oneoffs()
         if stale:
             log.info("removed %d build and one-off container(s) left by an earlier run", stale)
-    except Exception as exc:  # Docker down: builds will say so when they run
-        log.warning("could not look for stale build containers: %s", exc)
+    except BaeError as exc:  # Docker down: builds will say so when they run
+        log.warning("could not look for stale build containers: %s", exc.message)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     ssh.start()

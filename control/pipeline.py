@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from contextlib import AbstractContextManager
+from typing import Callable
 
 from bae.console import ERROR, Steps
 from bae.errors import BaeError, DeployFailed
 from buildpacks.runner import BuildRequest, run_build
 from buildpacks.stack import stack_exists, stack_tag
-from control.deploy import roll_out
+from control.deploy import deploy_lock, roll_out
 from control.platform import Platform
 
 __all__ = ["Pipeline", "BuildLog"]
@@ -57,6 +59,10 @@ class Pipeline:
 
     def __init__(self, platform: Platform) -> None:
         self.platform = platform
+
+    def lock(self, app: str, deployment: str, waiting: Callable[[], None]) -> AbstractContextManager[None]:
+        """The deploy lock the git server holds around a push (``control.deploy.deploy_lock``)."""
+        return deploy_lock(self.platform, app, deployment, waiting)
 
     def __call__(self, target, old: str, new: str, source, progress) -> None:
         store = self.platform.store

@@ -7,33 +7,28 @@ building one, and hand each component only the parts it needs.
 
 from __future__ import annotations
 
-import logging
 import os
 import secrets
-import shutil
 import socket
-import time
 from pathlib import Path
 
 from bae.config import Settings
 from bae.logstore import LogStore
-from bae.model import App, Deployment, hostname, slug
+from bae.model import Deployment, hostname, slug
 from bae.store import Store
 from gitserver.repos import Repositories
 from scheduler.runtime import Runtime
 
 __all__ = ["Platform"]
 
-log = logging.getLogger("bae")
-
 
 class Platform:
-    """Settings + state + repositories; the daemon adds its running parts."""
+    """Settings, state, repositories, logs and the runtime of one installation."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.data = Path(settings.data_dir)
-        for sub in ("repos", "cache", "run", "logs"):
+        for sub in ("repos", "cache", "run", "logs", "locks"):
             (self.data / sub).mkdir(parents=True, exist_ok=True)
             os.chmod(self.data / sub, 0o700)  # code, caches, logs and sockets are root's alone
         os.chmod(self.data, 0o711)  # nginx's workers (www-data) need to pass through to router/
@@ -44,7 +39,6 @@ class Platform:
         self.repos = Repositories(self.data / "repos")
         self.instance = self._instance_id()
         self.logs = LogStore(self.data / "logs" / "apps", settings.logs.retention_lines, self.data / "logs" / "router")
-        self.scheduler = None  # the reconcile loop, in `bae serve` only
         self._runtime: Runtime | None = None
 
     def _instance_id(self) -> str:
@@ -85,26 +79,6 @@ class Platform:
         host = self.hostname(app, deployment)
         return f"http://{host}/" if port == 80 else f"http://{host}:{port}/"
 
-    # -- lifecycle shared by commands ------------------------------------------
-
-    def destroy_deployment(self, dep: Deployment) -> None:
-        """Remove a deployment everywhere: units, routes, repo, cache, rows."""
-        with self.repos.lock(dep.app, dep.name):
-            self.store.destroy_deployment(dep)  # the scheduler stops wanting its units
-            self.notify()
-            self._remove_units(dep)
-            self._remove_images(dep)
-            self.repos.destroy(dep.app, dep.name)
-            shutil.rmtree(self.cache_dir(dep), ignore_errors=True)
-            self.logs.remove(dep.app, dep.name)
-
-    def destroy_app(self, app: App) -> None:
-        for dep in self.store.deployments(app):
-            self.destroy_deployment(dep)
-        self.store.destroy_app(app)
-        self.repos.destroy(app.name)
-        shutil.rmtree(self.data / "cache" / app.name, ignore_errors=True)
-
     @property
     def runtime(self) -> Runtime:
         """The scheduler's runtime (the Docker Engine), for commands that look at units."""
@@ -117,36 +91,12 @@ class Platform:
 
     def notify(self) -> bool:
         """Wake the scheduler of `bae serve` (in this process or another). False if none runs."""
-        if self.scheduler is not None:
-            self.scheduler.wake()
-            return True
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
                 sock.sendto(b"wake", str(self.wake_socket))
             return True
         except OSError:
             return False
-
-    def _remove_units(self, dep: Deployment) -> None:
-        try:
-            self.runtime.remove_all(app=dep.app, deployment=dep.name)
-        except Exception as exc:  # Docker down: the scheduler removes them later (they are orphans)
-            log.warning("could not remove the units of %s/%s: %s", dep.app, dep.name, exc)
-
-    def _remove_images(self, dep: Deployment) -> None:
-        # imported on use: commands that never touch images do not load the Docker SDK
-        from buildpacks.runner import remove_images
-
-        for attempt in range(3):
-            try:
-                remove_images(self.image_repository(dep), force=True)
-                return
-            except Exception as exc:  # in use by a unit a reconcile pass started meanwhile, or Docker down
-                if attempt == 2:
-                    log.warning("could not remove the images of %s/%s: %s", dep.app, dep.name, exc)
-                    return
-                time.sleep(1)
-                self._remove_units(dep)
 
     def build_config(self, dep: Deployment) -> dict[str, str]:
         """The config vars of ``dep``: the app's, overridden by the deployment's (a build's env dir, a release's snapshot)."""

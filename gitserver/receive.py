@@ -14,6 +14,7 @@ import logging
 import queue
 import threading
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Callable, Protocol as TypingProtocol
 
@@ -103,6 +104,11 @@ class Progress:
 
 
 class DeployHook(TypingProtocol):
+    """What a push to a deploy branch runs before its ref moves (the platform's pipeline)."""
+
+    def lock(self, app: str, deployment: str, waiting: Callable[[], None]) -> AbstractContextManager[None]:
+        """The deployment's deploy lock: held from the ref check to the ref update."""
+
     def __call__(self, target: PushTarget, old: str, new: str, source: Source, progress: Progress) -> None:
         """Build and deploy ``new``; raise BaeError to refuse the push."""
 
@@ -112,11 +118,9 @@ def _branch(ref: bytes) -> str:
 
 
 class _Handler(ReceivePackHandler):
-    def __init__(self, repo: Repo, proto, target: PushTarget, repos: Repositories,
-                 hook: DeployHook, alive: Callable[[], bool]) -> None:
+    def __init__(self, repo: Repo, proto, target: PushTarget, hook: DeployHook, alive: Callable[[], bool]) -> None:
         super().__init__(DictBackend({"/": repo}), ["/"], proto)
         self.target = target
-        self.repos = repos
         self.hook = hook
         self.alive = alive
 
@@ -175,8 +179,8 @@ class _Handler(ReceivePackHandler):
     def _deploy(self, old: bytes, new: bytes, ref: bytes, store, progress: Progress) -> bytes:
         target = self.target
         started = time.monotonic()
-        with self.repos.lock(target.app, target.deployment,
-                             waiting=lambda: progress(f"{STEP}Waiting for another push to this deployment to finish")):
+        with self.hook.lock(target.app, target.deployment,
+                            waiting=lambda: progress(f"{STEP}Waiting for another push to this deployment to finish")):
             try:
                 current = self.repo.refs[ref]
             except KeyError:
@@ -209,6 +213,6 @@ def receive_pack(repos: Repositories, target: PushTarget, proto, hook: DeployHoo
     """Serve one ``git-receive-pack`` conversation on ``proto`` for ``target``."""
     repo = repos.open(target.app, target.deployment)
     try:
-        _Handler(repo, proto, target, repos, hook, alive).handle()
+        _Handler(repo, proto, target, hook, alive).handle()
     finally:
         repo.close()

@@ -13,7 +13,6 @@ apps/deployments commands.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import io
 import os
 import shutil
@@ -69,26 +68,6 @@ class Repositories:
             graveyard = Path(tempfile.mkdtemp(prefix=".removing-", dir=self.root))
             os.rename(target, graveyard / "x")  # atomic: never a half-deleted repo at the path
             shutil.rmtree(graveyard, ignore_errors=True)
-        lock = self.root / app / f"{deployment}.lock" if deployment else None
-        if lock and lock.exists():
-            lock.unlink()
-
-    @contextlib.contextmanager
-    def lock(self, app: str, deployment: str, waiting: Callable[[], None] | None = None) -> Iterator[None]:
-        """Serialise pushes to one deployment (across threads and processes)."""
-        path = self.path(app, deployment).with_suffix(".lock")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if waiting:
-                    waiting()
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # releases the lock
 
 
 @contextlib.contextmanager

@@ -1,12 +1,13 @@
-"""The reconcile loop inside `bae serve`: observe, plan, act, repeat.
+"""The reconcile loop inside `bae serve`: observe, desire, plan, apply, repeat.
 
-Observed state comes from the runtime (containers by label) plus what this
-process knows about them (which web units accept connections, which are
-being stopped, which starts are under way). The desired state comes from the
-store. ``plan`` decides; this module performs the actions on a thread pool so
-that a slow stop never delays a start. It wakes immediately on a deploy, a
-scale, a restart, a Docker event (a unit died) or a datagram on the wake
-socket (from `bae` commands in other processes), and at least every
+Each pass reads what should run from the store (``desire``), what runs from the
+runtime plus the stored decision state (``observe``), lets the pure ``plan``
+decide, and performs the actions through a table of handlers (``apply``) on a
+thread pool, so that a slow stop never delays a start. A deploy's outcome is
+written to the store (the release goes active or failed, after the router
+routes the new units); whoever waits for it reads it there. The loop wakes at
+once on a datagram on the wake socket (deploys, `ps:*` commands, from any
+process), on a runtime event (a unit died), and at least every
 ``scheduler.interval`` seconds otherwise.
 """
 
@@ -19,71 +20,98 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
 from bae import config
-from bae.errors import BaeError, DeployFailed
+from bae.errors import BaeError
 from bae.logstore import LogStore
-from bae.model import Endpoint, slug
+from bae.model import Deployment, Endpoint, Release, slug
 from bae.store import Store
 from scheduler.logs import LogCollector
-from scheduler.plan import (Backoff, Context, Crashed, Done, Failed, Remove, Seen, Start, Stop, Want,
-                            backoff_delay, plan, rollout_limit)
+from scheduler.plan import Context, Crashed, Done, Failed, Remove, Seen, Start, Stop, Want, backoff_delay, plan
 from scheduler.plans import memory_labels
 from scheduler.runtime import Runtime, UnitInfo, UnitSpec, Workload
+from scheduler.state import Decisions
 
 __all__ = ["Scheduler"]
 
 log = logging.getLogger("bae.scheduler")
 
+Routes = dict[tuple[str, str], tuple[Endpoint, ...]]
+
 
 @dataclass
-class _Waiter:
-    event: threading.Event = field(default_factory=threading.Event)
-    error: str | None = None
-    hint: str | None = None
-    progress: Callable[[str], None] | None = None
+class Desired:
+    """What the store says should run, this pass."""
+
+    wants: list[Want] = field(default_factory=list)
+    specs: dict[tuple[str, str, str], tuple[Deployment, Release, str]] = field(default_factory=dict)  # want.key ->
+    deployments: dict[tuple[str, str], Deployment] = field(default_factory=dict)
+    pending: list[tuple[str, str, int]] = field(default_factory=list)  # releases being deployed
+
+    def dep_id(self, app: str, deployment: str) -> int | None:
+        dep = self.deployments.get((app, deployment))
+        return dep.id if dep else None
+
+
+@dataclass
+class Observed:
+    """What runs now, this pass."""
+
+    units: list[UnitInfo]
+    seen: list[Seen]
+    by_id: dict[str, UnitInfo] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.by_id = {u.id: u for u in self.units}
+
+
+@dataclass
+class _Pass:
+    desired: Desired
+    observed: Observed
+    live: list[Release] = field(default_factory=list)  # releases to mark active once routed
 
 
 class Scheduler:
     def __init__(self, store: Store, settings: config.Settings, runtime: Runtime, logs: LogStore, wake_socket: Path,
-                 on_routes: Callable[[dict[tuple[str, str], tuple[Endpoint, ...]]], None] | None = None,
+                 on_routes: Callable[[Routes], None] | None = None,
                  before_stop: Callable[[], None] | None = None) -> None:
         self.store = store
         self.logs = logs
+        self.runtime = runtime
         self.plans = settings.plans
         self.ca_bundle = settings.build.ca_bundle
         self.settings = settings.scheduler
         self._memory = memory_labels(settings.plans)  # for OOM messages; settings are fixed while serving
-        self.runtime = runtime
         self.on_routes = on_routes
         self.before_stop = before_stop  # waits until the router has stopped sending a stopping unit requests
+        self.sock_path = wake_socket
+        self.decisions = Decisions(store)
+        self.collector = LogCollector(runtime, logs)
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="unit")
-        self._starting: dict[str, Seen] = {}  # placeholder id -> Seen, until the container exists
-        self._started_ids: dict[str, str] = {}  # placeholder id -> container id, once created
-        self._started: dict[str, float] = {}  # container id -> when first seen without a start time
-        self._stopping: set[str] = set()
-        self._up: dict[str, float] = {}  # container id -> monotonic time it was first up
-        self._recorded: set[str] = set()
-        self._backoff: dict[tuple, Backoff] = {}
-        self._waiters: dict[tuple[str, str, int], _Waiter] = {}  # (app, deployment, version)
         self._threads: list[threading.Thread] = []
         self._event_at = 0.0
-        self._shapes: dict[tuple, tuple] = {}  # (app, dep, process) -> (release, plan, generation) last wanted
-        self.sock_path = wake_socket
-        self.collector = LogCollector(runtime, logs)
+        # I/O under way (not decisions: a restart forgets it with the threads doing it)
+        self._lock = threading.Lock()
+        self._starting: dict[str, Seen] = {}  # placeholder id -> Seen, until the unit is listed
+        self._started_ids: dict[str, str] = {}  # placeholder id -> unit id, once created
+        self._created: dict[str, float] = {}  # unit id -> when first seen created but not started
+        self._stopping: set[str] = set()
+        self._handlers: dict[type, Callable] = {Start: self._start, Stop: self._stop_unit, Remove: self._remove,
+                                                Crashed: self._crashed, Failed: self._failed, Done: self._done}
 
     # -- life cycle -------------------------------------------------------------
 
     def start(self) -> None:
         self._recover()
-        for target, name in ((self._run, "scheduler"), (self._watch, "docker-events"), (self._listen, "wake-socket")):
-            thread = threading.Thread(target=target, name=name, daemon=True)
+        sock = self._bind()  # before start() returns: a deploy may notify at once
+        for target, name, args in ((self._run, "scheduler", ()), (self._watch, "runtime-events", ()),
+                                   (self._listen, "wake-socket", (sock,))):
+            thread = threading.Thread(target=target, args=args, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
 
@@ -104,32 +132,26 @@ class Scheduler:
         self._wake.set()
 
     def _recover(self) -> None:
-        """Deploys that were under way when the platform stopped are refused: their pushes are gone."""
-        store = self.store
-        releases, builds = store.fail_interrupted("the platform restarted during the deploy")
+        """Deploys that were under way when the platform stopped are refused: their pushes are gone.
+        The decision state is read back as it was."""
+        releases, builds = self.store.fail_interrupted("the platform restarted during the deploy")
         for release in releases:
             log.info("v%d (deployment %d) was being deployed when bae stopped; it failed", release.version,
                      release.deployment_id)
         if builds:
             log.info("%d build(s) were running when bae stopped; they failed", builds)
-        now_wall, now = time.time(), time.monotonic()
-        deps = {d.id: d for d in store.deployments()}
-        for (dep_id, process), row in store.backoffs().items():
-            if dep_id in deps:
-                not_before = datetime.fromisoformat(row["not_before"]).timestamp() if row["not_before"] else 0
-                self._backoff[(deps[dep_id].app, deps[dep_id].name, process)] = Backoff(
-                    row["failures"], now + max(0.0, not_before - now_wall))
+        self.decisions.load({d.id: (d.app, d.name) for d in self.store.deployments()})
 
     def _watch(self) -> None:
         def on_event(action: str) -> None:
             if action in ("die", "destroy", "oom", "start", "stop", "kill"):
-                # the container list may lag the event a little: poll fast for a moment
+                # the unit list may lag the event a little: poll fast for a moment
                 self._event_at = time.monotonic()
                 self._wake.set()
 
         self.runtime.watch(on_event, self._stop)
 
-    def _listen(self) -> None:
+    def _bind(self) -> socket.socket:
         try:
             self.sock_path.unlink()
         except FileNotFoundError:
@@ -138,6 +160,9 @@ class Scheduler:
         sock.bind(str(self.sock_path))
         os.chmod(self.sock_path, 0o600)
         sock.settimeout(1.0)
+        return sock
+
+    def _listen(self, sock: socket.socket) -> None:
         while not self._stop.is_set():
             try:
                 sock.recv(64)
@@ -160,175 +185,142 @@ class Scheduler:
             self._wake.wait(0.05 if busy else self.settings.interval)
             self._wake.clear()
 
-    # -- deploys ----------------------------------------------------------------
-
-    def deploy(self, dep, release, progress: Callable[[str], None] | None = None) -> None:
-        """Run ``release`` for ``dep`` with the zero-downtime rule; raise DeployFailed if it cannot."""
-        store = self.store
-        waiter = _Waiter(progress=progress)
-        key = (dep.app, dep.name, release.version)
-        with self._lock:
-            self._waiters[key] = waiter
-        try:
-            store.set_target(dep.id, release.version)
-            self.wake()
-            limit = rollout_limit(store.formation(dep), release.process_types, self.settings.boot_timeout,
-                                  self.settings.rollout_batch)
-            if not waiter.event.wait(limit):  # roll_out marks the release failed
-                raise DeployFailed(f"the deploy of v{release.version} did not finish within {limit} s")
-        finally:
-            with self._lock:
-                self._waiters.pop(key, None)
-        if waiter.error:
-            raise DeployFailed(waiter.error, waiter.hint)
-
     def _tell(self, app: str, deployment: str, text: str) -> None:
-        """A platform event: the operator's log, the pusher waiting on a deploy, the app's log."""
+        """A platform event: the operator's log and the app's log (where a waiting deploy reads it)."""
         log.info("%s: %s", slug(app, deployment), text)
-        with self._lock:
-            waiters = [w for (a, d, _), w in self._waiters.items() if (a, d) == (app, deployment)]
-        for w in waiters:
-            if w.progress:
-                w.progress(text)
         self.logs.event(app, deployment, "scheduler", text)
 
     # -- one pass ---------------------------------------------------------------
 
     def tick(self) -> bool:
-        """Observe, plan, act. Returns True while something is in flight (poll fast)."""
-        store = self.store
-        now = time.monotonic()
-        wants: list[Want] = []
-        specs: dict[tuple[str, str, str], tuple] = {}
-        deps: dict[tuple[str, str], object] = {}  # (app, name) -> bae.model.Deployment
-        pending = []
-        for dep, release, formation in store.targets():
-            deps[(dep.app, dep.name)] = dep
+        """Observe, desire, plan, apply. Returns True while something is in flight (poll fast)."""
+        now = time.time()
+        desired = self.desire()
+        observed = self.observe(now, desired)
+        ctx = Context(now=now, boot_timeout=self.settings.boot_timeout, batch=max(1, self.settings.rollout_batch),
+                      backoff_max=self.settings.backoff_max, backoff=self.decisions.backoffs(), memory=self._memory)
+        actions = plan(desired.wants, observed.seen, ctx, tuple(desired.pending))
+        this = _Pass(desired, observed)
+        self.apply(actions, this)
+        self._publish_routes(observed.units)
+        for release in this.live:  # a deploy is done once the router routes its units
+            self.store.activate(release)
+        with self._lock:
+            busy = bool(self._starting) or any(not s.up and s.running and not s.stopping for s in observed.seen)
+        return busy or time.monotonic() - self._event_at < 1.0
+
+    def desire(self) -> Desired:
+        """One ``Want`` per deployment and process type of the release it should run (the store's targets).
+        A type that runs a new release, plan or restart generation forgets its old crashes."""
+        desired = Desired()
+        for dep, release, formation in self.store.targets():
+            desired.deployments[(dep.app, dep.name)] = dep
             if release is None:
                 continue
             if release.status == "pending":
-                pending.append((dep.app, dep.name, release.version))
+                desired.pending.append((dep.app, dep.name, release.version))
             for process, command in release.process_types.items():
-                if process == "release":
-                    continue
                 entry = formation.get(process)
-                if entry is None:
+                if process == "release" or entry is None:
                     continue
                 w = Want(dep.app, dep.name, process, release.version, release.status == "pending",
                          entry.quantity, entry.plan, entry.generation, process == "web")
-                wants.append(w)
-                specs[w.key] = (dep, release, command)
-        infos = self.runtime.list_units()
-        by_id = {i.id: i for i in infos}
-        self.collector.sync(infos)
-        seen = [self._seen(info, now) for info in infos]
+                desired.wants.append(w)
+                desired.specs[w.key] = (dep, release, command)
+                self.decisions.reset(w.key, dep.id, unless_shape=(w.release, w.plan, w.generation))
+        return desired
+
+    def observe(self, now: float, desired: Desired) -> Observed:
+        """The runtime's units as ``Seen`` (with the recorded decision state), plus the starts under way."""
+        units = self.runtime.list_units()
+        listed = {u.id for u in units}
+        self.collector.sync(units)
+        self.decisions.prune(listed)
+        seen = [self._seen(info, now, desired) for info in units]
         with self._lock:
             for placeholder, unit_id in list(self._started_ids.items()):
-                if unit_id in by_id:  # listed now: the container stands for itself
+                if unit_id in listed:  # listed now: the unit stands for itself
                     self._starting.pop(placeholder, None)
                     del self._started_ids[placeholder]
             seen += list(self._starting.values())
-            self._stopping &= set(by_id)
-            for gone in [i for i in self._up if i not in by_id]:
-                del self._up[gone]
-            for gone in [i for i in self._started if i not in by_id]:
-                del self._started[gone]
-            self._recorded &= set(by_id)
-        self._reset_backoff(seen, now, deps)
-        for w in wants:  # a new release, plan or restart deserves a fresh start: forget old crashes
-            shape = (w.release, w.plan, w.generation)
-            if self._shapes.get(w.key, shape) != shape and w.key in self._backoff:
-                del self._backoff[w.key]
-                if (w.app, w.deployment) in deps:
-                    store.set_backoff(deps[(w.app, w.deployment)].id, w.process, 0, None, None)
-            self._shapes[w.key] = shape
-        ctx = Context(now=now, boot_timeout=self.settings.boot_timeout, batch=max(1, self.settings.rollout_batch),
-                      backoff_max=self.settings.backoff_max, backoff=dict(self._backoff),
-                      memory=self._memory)
-        actions = plan(wants, seen, ctx, tuple(pending))
-        self._resolutions: list[tuple] = []
-        self._apply(actions, specs, deps, by_id)
-        self._publish_routes(infos)
-        for resolution in self._resolutions:  # pushes learn the outcome once the router routes it
-            self._resolve(*resolution)
-        with self._lock:
-            busy = bool(self._starting) or any(not s.up and s.running and not s.stopping for s in seen)
-        return busy or now - self._event_at < 1.0
+            self._stopping &= listed
+            for gone in [i for i in self._created if i not in listed]:
+                del self._created[gone]
+        self._reset_backoff(seen, now, desired)
+        return Observed(units, seen)
 
-    def _seen(self, info: UnitInfo, now: float) -> Seen:
-        if info.started_at:  # the container's own start time: the same age `ps` shows
-            age = max(0.0, time.time() - info.started_at)
+    def _seen(self, info: UnitInfo, now: float, desired: Desired) -> Seen:
+        if info.started_at:  # the unit's own start time: the same age `ps` shows
+            age = max(0.0, now - info.started_at)
         else:  # created, not started yet
-            age = now - self._started.setdefault(info.id, now)
-        up = info.id in self._up
-        if info.running and not up:
-            if self.runtime.is_up(info, age):
-                self._up[info.id] = now
-                up = True
-                if info.release:
-                    self._tell(info.app, info.deployment, f"{info.unit} up" +
-                               (f" after {age:.1f} s" if age < 600 else ""))
-        if not info.running:
-            self._up.pop(info.id, None)
+            with self._lock:
+                age = now - self._created.setdefault(info.id, now)
+        dep_id = desired.dep_id(info.app, info.deployment)
+        up = self.decisions.up_since(info.id) is not None
+        if info.running and not up and self.runtime.is_up(info, age):
+            self.decisions.mark_up(info.id, dep_id, now)
+            up = True
+            if info.release:
+                self._tell(info.app, info.deployment, f"{info.unit} up" + (f" after {age:.1f} s" if age < 600 else ""))
+        if not info.running and up:
+            self.decisions.forget_up(info.id)
+            up = False
+        with self._lock:
+            stopping = info.id in self._stopping
         return Seen(info.id, info.app, info.deployment, info.process, info.release, info.index, info.plan,
-                    info.generation, info.running, age, up, info.exit_code, info.oom, info.id in self._stopping,
-                    info.web, info.id in self._recorded)
+                    info.generation, info.running, age, up, info.exit_code, info.oom, stopping,
+                    info.web, self.decisions.crash_counted(info.id))
 
-    def _reset_backoff(self, seen: list[Seen], now: float, deps: dict) -> None:
+    def _reset_backoff(self, seen: list[Seen], now: float, desired: Desired) -> None:
+        """A type whose unit stayed up ``backoff_reset`` seconds starts afresh."""
         for s in seen:
-            if s.up and s.running and s.id in self._up and now - self._up[s.id] >= self.settings.backoff_reset:
-                if self._backoff.get(s.key, Backoff()).failures:
-                    self._backoff.pop(s.key, None)
-                    if (s.app, s.deployment) in deps:
-                        self.store.set_backoff(deps[(s.app, s.deployment)].id, s.process, 0, None, None)
+            since = self.decisions.up_since(s.id) if s.up and s.running else None
+            if since is not None and now - since >= self.settings.backoff_reset and self.decisions.failures(s.key):
+                self.decisions.reset(s.key, desired.dep_id(s.app, s.deployment))
 
     # -- actions ----------------------------------------------------------------
 
-    def _apply(self, actions: list, specs: dict, deps: dict, by_id: dict) -> None:
-        stops = [a for a in actions if isinstance(a, Stop)]
-        for a in stops:
-            if a.unit.id in by_id:
-                with self._lock:
-                    self._stopping.add(a.unit.id)
+    def apply(self, actions: list, this: _Pass) -> None:
+        """Perform ``actions``: each kind by its handler in the table."""
+        by_id = this.observed.by_id
+        stops = [a for a in actions if isinstance(a, Stop) and a.unit.id in by_id]
         if stops:  # take them out of the router before they get SIGTERM
-            self._publish_routes(list(by_id.values()))
+            with self._lock:
+                self._stopping.update(a.unit.id for a in stops)
+            self._publish_routes(this.observed.units)
         for a in actions:
             try:
-                if isinstance(a, Start):
-                    self._start(a, specs[a.want.key])
-                elif isinstance(a, Stop):
-                    if a.unit.id in by_id:
-                        self._tell(a.unit.app, a.unit.deployment, f"{a.unit.name} (v{a.unit.release}) stopping: {a.reason}")
-                        self._pool.submit(self._stop_unit, a.unit.id)
-                elif isinstance(a, Remove):
-                    if a.unit.id in by_id:
-                        self._pool.submit(self._remove_unit, a.unit.id)
-                elif isinstance(a, Crashed):
-                    self._crashed(a, deps)
-                elif isinstance(a, Failed):
-                    self._failed(a, deps)
-                elif isinstance(a, Done):
-                    self._done(a, deps)
+                self._handlers[type(a)](a, this)
             except Exception:
                 log.exception("applying %s failed", type(a).__name__)
 
-    def _stop_unit(self, unit_id: str) -> None:
+    def _stop_unit(self, a: Stop, this: _Pass) -> None:
+        if a.unit.id not in this.observed.by_id:
+            return
+        self._tell(a.unit.app, a.unit.deployment, f"{a.unit.name} (v{a.unit.release}) stopping: {a.reason}")
+        self._pool.submit(self._stop_and_remove, a.unit.id)
+
+    def _stop_and_remove(self, unit_id: str) -> None:
         try:
             if self.before_stop:
                 self.before_stop()
             self.runtime.stop(unit_id, self.settings.stop_grace)
-            self._remove_unit(unit_id)
+            self._remove_now(unit_id)
         finally:
             with self._lock:  # if it is still listed, the next pass decides again
                 self._stopping.discard(unit_id)
             self._wake.set()
 
-    def _remove_unit(self, unit_id: str) -> None:
+    def _remove(self, a: Remove, this: _Pass) -> None:
+        if a.unit.id in this.observed.by_id:
+            self._pool.submit(self._remove_now, a.unit.id)
+
+    def _remove_now(self, unit_id: str) -> None:
         self.collector.finish(unit_id)  # its last lines (a crash's) are kept in the app's log
         self.runtime.remove(unit_id)
 
-    def _start(self, action: Start, spec_parts: tuple) -> None:
-        dep, release, command = spec_parts
+    def _start(self, action: Start, this: _Pass) -> None:
+        dep, release, command = this.desired.specs[action.want.key]
         w = action.want
         spec = UnitSpec(
             app=w.app, deployment=w.deployment, process=w.process, index=action.index, release=w.release,
@@ -341,18 +333,19 @@ class Scheduler:
             if placeholder_id in self._starting:
                 return
             self._starting[placeholder_id] = placeholder
+
         def run() -> None:
             try:
                 unit_id = self.runtime.start(spec)
-                with self._lock:  # the placeholder goes once a pass lists the container itself
+                with self._lock:  # the placeholder goes once a pass lists the unit itself
                     self._started_ids[placeholder_id] = unit_id
                 return
             except BaeError as exc:
                 self._tell(w.app, w.deployment, f"{w.process}.{action.index}: {exc.message}")
-                self._count_failure(w.key, dep, exc.message, minimum=1.0)  # never retry a refused start at once
+                self._count_failure(w.key, dep.id, (w.release, w.plan, w.generation), exc.message,
+                                    minimum=1.0)  # never retry a refused start at once
                 if w.pending:
-                    self._resolve(w.app, w.deployment, w.release, exc.message, exc.hint)
-                    self.store.fail_release(release, exc.message)
+                    self.store.fail_release(release, exc.message, exc.hint)
             except Exception:
                 log.exception("starting %s.%d failed", w.process, action.index)
             finally:
@@ -363,72 +356,65 @@ class Scheduler:
         self._tell(w.app, w.deployment, f"{w.process}.{action.index} starting (v{w.release}, {w.plan})")
         self._pool.submit(run)
 
-    def _crashed(self, a: Crashed, deps: dict) -> None:
+    def _crashed(self, a: Crashed, this: _Pass) -> None:
         u = a.unit
-        self._recorded.add(u.id)
+        dep_id = this.desired.dep_id(u.app, u.deployment)
+        self.decisions.mark_crash_counted(u.id, dep_id)
         if not a.counts:  # another unit of the type already counted this pass, or an outdated unit
             self._tell(u.app, u.deployment, a.reason)
             return
-        delay = self._count_failure(u.key, deps.get((u.app, u.deployment)), a.reason)
+        delay = self._count_failure(u.key, dep_id, (u.release, u.plan, u.generation), a.reason)
         self._tell(u.app, u.deployment, f"{a.reason}, restarting " + (f"in {delay:.0f}s" if delay else "now"))
 
-    def _count_failure(self, key: tuple[str, str, str], dep, reason: str, minimum: float = 0.0) -> float:
+    def _count_failure(self, key: tuple[str, str, str], dep_id: int | None, shape: tuple[int, str, int],
+                       reason: str, minimum: float = 0.0) -> float:
         """One more failure of a process type: its next start waits (the plan predicts the same
-        delay, plan.backoff_delay); stored so that `ps` can say "restarting in Ns"."""
-        failures = self._backoff.get(key, Backoff()).failures + 1
-        delay = max(minimum, backoff_delay(failures, self.settings.backoff_max))
-        self._backoff[key] = Backoff(failures, time.monotonic() + delay)
-        if dep:
-            wall = datetime.now(timezone.utc) + timedelta(seconds=delay)
-            self.store.set_backoff(dep.id, key[2], failures, wall.isoformat(), reason)
+        delay, plan.backoff_delay)."""
+        delay = max(minimum, backoff_delay(self.decisions.failures(key) + 1, self.settings.backoff_max))
+        self.decisions.count_failure(key, dep_id, shape, delay, reason)
         return delay
 
-    def _pending(self, a, deps: dict):
+    def _pending(self, a: Failed | Done, this: _Pass) -> Release | None:
         """The release a Failed/Done action is about, if it is still being deployed."""
-        dep = deps.get((a.app, a.deployment))
+        dep = this.desired.deployments.get((a.app, a.deployment))
         if dep is None:
             return None
         release = self.store.release(dep, a.release)
         return release if release.status == "pending" else None
 
-    def _failed(self, a: Failed, deps: dict) -> None:
-        release = self._pending(a, deps)
+    def _failed(self, a: Failed, this: _Pass) -> None:
+        release = self._pending(a, this)
         if release is None:
             return
-        back_to = self.store.fail_release(release, a.reason)
+        dep = this.desired.deployments[(a.app, a.deployment)]
+        back_to = self.store.active_release(dep)
         output = self.runtime.logs(a.unit_id, tail=15) if a.unit_id else ""
         if output.strip():
             self._tell(a.app, a.deployment, f"the last output of {a.unit}:")
             for line in output.rstrip().splitlines()[-15:]:
                 self._tell(a.app, a.deployment, f"  {line[:300]}")
         self._tell(a.app, a.deployment, f"deploy of v{a.release} failed: {a.reason}; "
-                   + (f"v{back_to} keeps serving" if back_to else "nothing was running before"))
-        self._resolve(a.app, a.deployment, a.release, a.reason, _failure_hint(a.cause, self.settings.boot_timeout))
+                   + (f"v{back_to.version} keeps serving" if back_to else "nothing was running before"))
+        # after the lines above: whoever waits for the outcome has them once it reads it
+        self.store.fail_release(release, a.reason, _failure_hint(a.cause, self.settings.boot_timeout))
 
-    def _done(self, a: Done, deps: dict) -> None:
-        release = self._pending(a, deps)
+    def _done(self, a: Done, this: _Pass) -> None:
+        release = self._pending(a, this)
         if release is None:
             return
-        self.store.activate(release)
         self._tell(a.app, a.deployment, f"v{a.release} is live")
-        self._resolutions.append((a.app, a.deployment, a.release, None))
-
-    def _resolve(self, app: str, deployment: str, version: int, error: str | None, hint: str | None = None) -> None:
-        with self._lock:
-            waiter = self._waiters.get((app, deployment, version))
-        if waiter:
-            waiter.error, waiter.hint = error, hint
-            waiter.event.set()
+        this.live.append(release)
 
     # -- routes -----------------------------------------------------------------
 
-    def _publish_routes(self, infos: list[UnitInfo]) -> None:
+    def _publish_routes(self, units: list[UnitInfo]) -> None:
         routes: dict[tuple[str, str], list[Endpoint]] = {}
         with self._lock:
-            for info in infos:
-                if info.web and info.running and info.id in self._up and info.id not in self._stopping:
-                    routes.setdefault((info.app, info.deployment), []).append(Endpoint(info.unit, info.address))
-            frozen = {k: tuple(sorted(v, key=lambda e: e.address)) for k, v in routes.items()}
+            stopping = set(self._stopping)
+        for info in units:
+            if info.web and info.running and info.id not in stopping and self.decisions.up_since(info.id) is not None:
+                routes.setdefault((info.app, info.deployment), []).append(Endpoint(info.unit, info.address))
+        frozen = {k: tuple(sorted(v, key=lambda e: e.address)) for k, v in routes.items()}
         # every pass: the router also follows hostnames and deployments; it only reloads on a change
         if self.on_routes:
             try:

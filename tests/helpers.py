@@ -7,14 +7,22 @@ images it causes carry the server's instance label and are removed at the end.
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
+
+import docker
+import tomli_w
 
 ROOT = Path(__file__).resolve().parent.parent
 BAE = [sys.executable, "-m", "bae"]
@@ -40,6 +48,18 @@ def wait_port(port: int, timeout: float = 20.0, proc: subprocess.Popen | None = 
     raise TimeoutError(f"nothing listens on port {port} after {timeout}s")
 
 
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.2, what: str = "condition"):
+    """Poll ``predicate`` until it returns something true (returned), or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}; last value: {value!r}")
+        time.sleep(interval)
+
+
 def run(cmd, *, cwd=None, env=None, input=None, timeout=600, check=False) -> subprocess.CompletedProcess:
     result = subprocess.run(cmd, cwd=cwd, env=env, input=input, capture_output=True, timeout=timeout,
                             text=not isinstance(input, bytes))
@@ -52,8 +72,6 @@ class Server:
     """A `bae serve` process with its own data directory, ports and config."""
 
     def __init__(self, tmp: Path, settings: dict | None = None) -> None:
-        import tomli_w
-
         self.tmp = Path(tmp)
         self.data = self.tmp / "data"
         self.ssh_port = free_port()
@@ -102,8 +120,6 @@ class Server:
 
     def cleanup(self) -> None:
         """Remove every container and image this server's platform created (after stop())."""
-        import docker
-
         path = self.data / "instance-id"
         if not path.exists():
             return
@@ -112,7 +128,7 @@ class Server:
         for row in engine.api.containers(all=True, filters={"label": f"bae.platform={instance}"}):
             try:
                 engine.api.remove_container(row["Id"], force=True)
-            except docker.errors.NotFound:
+            except docker.errors.APIError:  # gone, or its removal (by bae, when it stopped) is under way
                 pass
         for net in engine.api.networks(filters={"label": f"bae.platform={instance}"}):
             try:
@@ -254,9 +270,6 @@ class Load:
 
     def __init__(self, url: str, host: str, threads: int = 4, rate: float = 300.0, context=None) -> None:
         """``context``: an ssl.SSLContext for HTTPS (the connection presents ``host`` as SNI)."""
-        import threading
-        from urllib.parse import urlsplit
-
         parts = urlsplit(url)
         self.address = (parts.hostname, parts.port or 80)
         self.path = parts.path or "/"
@@ -271,10 +284,6 @@ class Load:
         self._workers = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
 
     def _run(self) -> None:
-        import http.client
-        import json as json_
-        import ssl
-
         conn, reused = None, False
         while not self._stop.is_set():
             started = time.monotonic()
@@ -310,7 +319,7 @@ class Load:
                 with self._lock:
                     if response.status == 200:
                         self.ok += 1
-                        unit = json_.loads(body).get("BAE_UNIT", "?")
+                        unit = json.loads(body).get("BAE_UNIT", "?")
                         self.units[unit] = self.units.get(unit, 0) + 1
                     else:
                         self.failures.append(f"HTTP {response.status}: {body[:100]!r}")
@@ -325,6 +334,11 @@ class Load:
                 with self._lock:
                     self.failures.append(f"{type(exc).__name__} while reading: {exc}"[:200])
             self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+
+    def wait(self, requests: int, timeout: float = 30.0) -> None:
+        """Until ``requests`` more requests have succeeded (the load runs meanwhile)."""
+        target = self.ok + requests
+        wait_for(lambda: self.ok >= target or len(self.failures) > 50, timeout, 0.05, f"{requests} requests")
 
     def __enter__(self) -> "Load":
         for w in self._workers:

@@ -9,6 +9,7 @@ from bae.console import ago
 from bae.errors import Invalid
 from bae.model import DEFAULT_DEPLOYMENT, validate_name
 from control.commands import Invocation, command
+from control.deploy import destroy_app
 
 
 def require_confirmation(given: str | None, expected: str, what: str) -> None:
@@ -86,5 +87,5 @@ def apps_destroy(inv: Invocation, app: str, confirmation: str | None) -> None:
     """Destroy an app: its deployments, repos, builds, releases and units (owner or admin)."""
     found = app_for(inv.caller, inv.store, app, OWNER)
     require_confirmation(confirmation, found.name, f"app '{found.name}' with all its deployments, code, releases and units")
-    inv.platform.destroy_app(found)
+    destroy_app(inv.platform, found)
     inv.console.step(f"Destroyed app {found.name}")

@@ -16,7 +16,7 @@ from bae.errors import BaeError, Invalid
 from bae.model import parse_target
 from bae.unit import RESERVED_PREFIX, RESERVED_VARS
 from control.commands import Invocation, command
-from control.deploy import roll_out
+from control.deploy import change_config
 
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MAX_VALUE = 32 * 1024
@@ -39,29 +39,6 @@ def _scope(inv: Invocation, target: str):
         dep = inv.store.deployment(app_name, dep_name)
         return app, dep.id, [dep], f"{dep.app}/{dep.name}"  # APP/default: not the shared vars
     return app, 0, inv.store.deployments(app), f"{app.name} (all its deployments)"
-
-
-def _apply(inv: Invocation, deps, what: str, restart: bool, undo) -> None:
-    """Roll each affected deployment to a release with the new config; undo the change if one fails."""
-    for dep in deps:
-        inv.platform.logs.event(dep.app, dep.name, "api", f"{what} by {inv.caller.name}")
-    if not restart:
-        inv.console.detail("Recorded; the next deploy uses it (--no-restart).")
-        return
-    for dep in deps:
-        try:
-            with inv.platform.repos.lock(dep.app, dep.name,
-                                         waiting=lambda: inv.console.step(f"Waiting for a deploy of {dep.slug} to finish")):
-                active = inv.store.active_release(dep)  # read under the lock: a push may just have made one
-                if active is None:
-                    continue  # nothing deployed: the first deploy takes the vars
-                roll_out(inv.platform, dep, image=active.image, config=inv.platform.build_config(dep),
-                         process_types=active.process_types, description=what, user=inv.caller.name,
-                         out=inv.console, build_id=active.build_id, commit=active.commit)
-        except BaeError as exc:
-            undo()
-            raise BaeError(f"{dep.slug}: {exc.message}",
-                           "The config change was undone; the previous release keeps serving.") from None
 
 
 @command("config")
@@ -119,15 +96,8 @@ def config_set(inv: Invocation, target: str, pairs: tuple[str, ...], no_restart:
         if len(value.encode("utf-8")) > MAX_VALUE:
             raise Invalid(f"the value of {key[:60]} is longer than {MAX_VALUE // 1024} KiB")
         values[check_key(key)] = value
-    before = inv.store.config_vars(app, scope)
-    inv.store.set_config(app, scope, values)
     inv.console.step(f"Set {', '.join(values)} on {label}")
-
-    def undo() -> None:
-        inv.store.unset_config(app, scope, [k for k in values if k not in before])
-        inv.store.set_config(app, scope, {k: before[k] for k in values if k in before})
-
-    _apply(inv, deps, f"set {', '.join(values)}", not no_restart, undo)
+    change_config(inv.platform, app, scope, deps, values, user=inv.caller.name, out=inv.console, restart=not no_restart)
 
 
 @command("config:unset")
@@ -141,10 +111,10 @@ def config_unset(inv: Invocation, target: str, keys: tuple[str, ...], no_restart
         raise Invalid("name at least one config var", f"For example: config:unset {target} DEBUG")
     for key in keys:
         check_key(key)
-    before = inv.store.config_vars(app, scope)
-    removed = inv.store.unset_config(app, scope, list(keys))
+    present = inv.store.config_vars(app, scope)
+    removed = [k for k in dict.fromkeys(keys) if k in present]
     if not removed:
         raise BaeError(f"none of {', '.join(keys)} is set on {label}", f"See `config {target}`.")
     inv.console.step(f"Unset {', '.join(removed)} on {label}")
-    _apply(inv, deps, f"unset {', '.join(removed)}", not no_restart,
-           lambda: inv.store.set_config(app, scope, {k: before[k] for k in removed}))
+    change_config(inv.platform, app, scope, deps, dict.fromkeys(removed), user=inv.caller.name, out=inv.console,
+                  restart=not no_restart)

@@ -10,6 +10,7 @@ from bae.errors import Invalid
 from bae.model import DEFAULT_DEPLOYMENT, validate_name
 from control.commands import Invocation, command
 from control.commands.apps import require_confirmation
+from control.deploy import destroy_deployment
 
 
 @command("deployments:create")
@@ -48,5 +49,5 @@ def deployments_destroy(inv: Invocation, target: str, confirmation: str | None) 
     if dep.name == DEFAULT_DEPLOYMENT:
         raise Invalid("the default deployment lives as long as its app", f"Destroy the app instead: apps:destroy {dep.app}")
     require_confirmation(confirmation, f"{dep.app}/{dep.name}", f"deployment {dep.app}/{dep.name} with its code, releases and units")
-    inv.platform.destroy_deployment(dep)
+    destroy_deployment(inv.platform, dep)
     inv.console.step(f"Destroyed deployment {dep.app}/{dep.name}")

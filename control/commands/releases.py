@@ -8,7 +8,7 @@ from bae.access import deployment_for
 from bae.console import ago
 from bae.errors import Invalid
 from control.commands import Invocation, command
-from control.deploy import roll_out
+from control.deploy import rollback, rollback_target
 
 
 @command("releases")
@@ -65,30 +65,9 @@ def releases_rollback(inv: Invocation, target: str, version: str | None) -> None
     """Roll back to release vN (default: the one before the current), as a new release with vN's image and config."""
 
     dep = deployment_for(inv.caller, inv.store, target)
-    current = inv.store.active_release(dep)
-    if version is None:
-        earlier = [r for r in inv.store.releases(dep, limit=1000)
-                   if r.status in ("superseded", "active") and (current is None or r.version < current.version)]
-        if not earlier:
-            raise Invalid(f"{dep.slug} has no earlier release to roll back to", f"See `releases {dep.slug}`.")
-        target_release = earlier[0]
-    else:
-        target_release = inv.store.release(dep, _version(version))
-        if target_release.status == "failed":
-            raise Invalid(f"{target_release.name} never ran (its deploy failed)", "Pick a release that was live.")
-    if current is not None and target_release.version == current.version:
-        raise Invalid(f"{target_release.name} is the current release already")
-    inv.console.step(f"Rolling back {dep.slug} to {target_release.name}")
-    with inv.platform.repos.lock(dep.app, dep.name,
-                                 waiting=lambda: inv.console.step(f"Waiting for a deploy of {dep.slug} to finish")):
-        release = _roll_back(inv, dep, target_release)
+    target_release = rollback_target(inv.platform, dep, None if version is None else _version(version))
+    release = rollback(inv.platform, dep, target_release, user=inv.caller.name, out=inv.console)
     inv.console.detail(f"{release.name} runs {target_release.name}'s code and config vars.")
     inv.console.detail(f"The config vars you set stay as they are (see `config {dep.slug}`); the next deploy or "
                        "config change uses them.")
 
-
-def _roll_back(inv: Invocation, dep, target_release):
-    return roll_out(inv.platform, dep, image=target_release.image, config=dict(target_release.config),
-                       process_types=target_release.process_types, description=f"Rollback to {target_release.name}",
-                       user=inv.caller.name, out=inv.console, build_id=target_release.build_id,
-                       commit=target_release.commit, release_phase=False)

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import socket
+import stat
+import subprocess
+import time
+
 import pytest
+
+from helpers import BAE, free_port, run
 
 pytestmark = pytest.mark.integration
 
@@ -76,8 +83,6 @@ def test_users_and_keys(server, admin):
 
 
 def test_state_is_private_to_root(server, admin):
-    import stat
-
     assert stat.S_IMODE((server.data / "bae.db").stat().st_mode) == 0o600
     for sub in ("repos", "cache", "logs", "run"):
         assert stat.S_IMODE((server.data / sub).stat().st_mode) == 0o700
@@ -157,8 +162,6 @@ def test_config_show(server, admin):
     bad = server.tmp / "bad.toml"
     bad.write_text("[ssh]\nprot = 1\n")
     env = dict(server.env, BAE_CONFIG=str(bad))
-    from helpers import BAE, run
-
     result = run(BAE + ["config:show"], env=env)
     fails(result, "unknown setting 'ssh.prot'", code=78)
 
@@ -169,11 +172,7 @@ def test_shell_subsystem_and_forwarding_refused(server, admin):
     sftp = admin.ssh("sftp", extra=["-s"])
     assert sftp.returncode != 0 and "no 'sftp' subsystem" in sftp.stderr
     # a local forward (-L) is only refused when a connection uses it:
-    import socket
-    import subprocess
-    import time
-
-    port = __import__("helpers").free_port()
+    port = free_port()
     cmd = [("LogLevel=INFO" if part == "LogLevel=ERROR" else part) for part in admin.ssh_cmd]
     proc = subprocess.Popen(cmd + ["-N", "-L", f"{port}:127.0.0.1:{server.ssh_port}", "bae@127.0.0.1"],
                             stderr=subprocess.PIPE, text=True)

@@ -8,10 +8,11 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
-from helpers import head, make_repo, run
+from helpers import head, make_repo, run, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -34,16 +35,18 @@ def read_advertisement(stream) -> list[bytes]:
         lines.append(stream.read(size - 4))
 
 
-def raw_push(client, target: str, ref_line: bytes, pack: bytes, *, kill_after: bool = False) -> subprocess.CompletedProcess | None:
-    """Speak receive-pack by hand over ssh: for packs git itself would never send."""
+def raw_push(client, target: str, ref_line: bytes, pack: bytes, *,
+             kill_when: Callable[[], bool] | None = None) -> subprocess.CompletedProcess | None:
+    """Speak receive-pack by hand over ssh: for packs git itself would never send.
+    With ``kill_when``, the client is killed mid-push as soon as that is true."""
     proc = subprocess.Popen(client.ssh_cmd + ["bae@127.0.0.1", f"git-receive-pack '/{target}.git'"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     read_advertisement(proc.stdout)
     proc.stdin.write(pkt(ref_line + b"\0report-status side-band-64k\n") + b"0000")
     proc.stdin.write(pack)
     proc.stdin.flush()
-    if kill_after:
-        time.sleep(0.3)
+    if kill_when is not None:
+        wait_for(kill_when, interval=0.01, what="the push to be under way")
         proc.kill()
         proc.wait()
         return None
@@ -176,9 +179,9 @@ def test_corrupt_truncated_and_abandoned_packs_change_nothing(server, dev, tmp_p
 
     truncated = raw_push(dev, "packs", line, pack[: len(pack) // 3])
     assert b"unpack bad pack" in truncated.stdout or truncated.returncode != 0
-    raw_push(dev, "packs", line, pack[: len(pack) // 2], kill_after=True)
-    time.sleep(1)
-    assert snapshot(git_dir) == before, "a refused or abandoned push left files behind"
+    raw_push(dev, "packs", line, pack[: len(pack) // 2],
+             kill_when=lambda: list((git_dir / "objects").glob("incoming-*")))
+    wait_for(lambda: snapshot(git_dir) == before, timeout=10, what="the abandoned push's quarantine to go")
     assert dev.git("ls-remote", dev.url("packs")).stdout.split()[0] == old
     # and the real push still works afterwards
     assert dev.push(repo, "packs").returncode == 0

@@ -13,7 +13,7 @@ import time
 import pytest
 import requests
 
-from helpers import APPS, Load, make_repo
+from helpers import APPS, Load, make_repo, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -126,10 +126,10 @@ def test_no_restart_records_for_the_next_deploy(server, dev, shop):
 def test_config_change_rolls_units_without_failed_requests(server, dev, shop):
     ok(dev.ssh("ps:scale", "shop", "web=2"))
     with Load(f"http://127.0.0.1:{server.http_port}/", "shop.bae.localhost", threads=4, rate=300) as load:
-        time.sleep(1)
+        load.wait(300)
         for i in range(3):
             ok(dev.ssh("config:set", "shop", f"ROLL={i}"))
-        time.sleep(1)
+        load.wait(300)
     assert not load.failures, load.failures[:5]
     assert load.ok > 500
     assert env_of(server, "shop.bae.localhost", "ROLL") == "2"
@@ -140,10 +140,8 @@ def test_logs_from_two_units_with_a_crash_outlive_the_units(server, dev, shop):
     for _ in range(6):
         get(server, "shop.bae.localhost", "/marker-request")
     ok(dev.ssh("ps:scale", "shop", "crasher=1", "--no-wait"))
-    deadline = time.monotonic() + 30
-    while "crasher.1 crashed (exit 3)" not in dev.ssh("logs", "shop", "-n", "500").stdout:
-        assert time.monotonic() < deadline, "no crash event in the logs"
-        time.sleep(0.5)
+    wait_for(lambda: "crasher.1 crashed (exit 3)" in dev.ssh("logs", "shop", "-n", "500").stdout, interval=0.5,
+             what="a crash event in the logs")
     ok(dev.ssh("ps:scale", "shop", "crasher=0", "web=1"))
     lines = ok(dev.ssh("logs", "shop", "-n", "2000")).splitlines()
     stamps = [line.split(" ", 1)[0] for line in lines]
@@ -167,14 +165,11 @@ def test_logs_tail_follows_new_lines(server, dev, shop):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen: list[str] = []
     threading.Thread(target=lambda: [seen.append(line) for line in proc.stdout], daemon=True).start()
-    time.sleep(1.5)
+    wait_for(lambda: seen, what="the last line, shown before the follow starts")
     get(server, "shop.bae.localhost", "/followed-request")
     ok(dev.ssh("ps:restart", "shop"))  # the follow goes on across unit replacements
     get(server, "shop.bae.localhost", "/after-restart")
-    deadline = time.monotonic() + 15
-    while not any("/after-restart" in line for line in seen):
-        assert time.monotonic() < deadline, "".join(seen[-20:])
-        time.sleep(0.2)
+    wait_for(lambda: any("/after-restart" in line for line in seen), timeout=15, what="the line after the restart")
     proc.terminate()
     proc.wait(10)
     text = "".join(seen)

@@ -14,7 +14,7 @@ import pytest
 import requests
 import websocket
 
-from helpers import APPS, Load, make_repo
+from helpers import APPS, Load, make_repo, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -49,13 +49,6 @@ def get(server, host: str, path: str = "/", **kw) -> requests.Response:
 def settled(server, host: str, status: int) -> bool:
     """Three requests in a row answer ``status`` (a reload may be under way)."""
     return all(get(server, host).status_code == status for _ in range(3))
-
-
-def wait_for(predicate, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
@@ -158,20 +151,22 @@ def test_zero_failed_requests_through_deploy_scale_and_kill(server, dev, apps, t
     url = f"http://127.0.0.1:{server.http_port}/"
     engine = docker.from_env(version="auto")
     instance = (server.data / "instance-id").read_text().strip()
+    unit_2 = {"label": [f"bae.platform={instance}", "bae.app=alpha", "bae.deployment=default", "bae.index=2"]}
     with Load(url, "alpha.bae.localhost", threads=4, rate=300) as load:
-        time.sleep(1)
+        load.wait(300)
         deploy(server, dev, "alpha", apps, **{"app.py": (APPS / "pyweb" / "app.py").read_text().replace(
             'VERSION = "one"', 'VERSION = "two"')})
-        time.sleep(1)
+        load.wait(300)
         for n in (2, 5, 1, 3):
             assert dev.ssh("ps:scale", "alpha", f"web={n}").returncode == 0
-            time.sleep(1)
-        victim = engine.api.containers(filters={"label": [f"bae.platform={instance}", "bae.app=alpha",
-                                                          "bae.deployment=default", "bae.index=2"]})[0]
+            load.wait(300)
+        victim = engine.api.containers(filters=unit_2)[0]
         engine.api.kill(victim["Id"])
-        time.sleep(3)
+        wait_for(lambda: load.units.get("web.2") and [c for c in engine.api.containers(filters=unit_2)
+                                                       if c["Id"] != victim["Id"]], what="web.2 replaced")
+        load.wait(600)
         assert dev.ssh("ps:restart", "alpha").returncode == 0
-        time.sleep(1)
+        load.wait(300)
     print(f"{load.ok} requests succeeded; {load.resent} were resent after a keep-alive connection closed on reload")
     if load.failures:  # say which unit failed and why, from the router's own logs
         access = (server.data / "logs" / "router" / "alpha--default.log").read_text().splitlines()

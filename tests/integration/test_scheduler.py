@@ -2,31 +2,25 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import signal
+import socket
+import sqlite3
 import time
+from datetime import datetime
 from pathlib import Path
 
 import docker
 import pytest
 import requests
 
-from helpers import APPS, Server, make_repo
+from helpers import APPS, Server, make_repo, wait_for
 
 pytestmark = pytest.mark.integration
 
 SETTINGS = {"scheduler": {"boot_timeout": 8, "stop_grace": 5, "backoff_reset": 60.0}}
-
-
-def wait_for(predicate, timeout=30.0, interval=0.2, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; last value: {value!r}")
-        time.sleep(interval)
 
 
 def units(client, target) -> dict[str, dict]:
@@ -61,6 +55,31 @@ def containers(server, **labels):
 
 def get(address, path="/"):
     return requests.get(f"http://{address}{path}", timeout=5)
+
+
+def routed(server, host: str) -> bool:
+    """Does the router send ``host`` to a unit (the scheduler handed it the app's endpoints)?"""
+    try:
+        return requests.get(f"http://127.0.0.1:{server.http_port}/", headers={"Host": host}, timeout=5).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def answers(container) -> bool:
+    """Does a unit's container accept connections on $PORT (as the scheduler probes it)?"""
+    ip = next(iter(container.attrs["NetworkSettings"]["Networks"].values()), {}).get("IPAddress")
+    try:
+        with socket.create_connection((ip, 5000), timeout=1):
+            return True
+    except (OSError, TypeError):
+        return False
+
+
+def backoff(server, process: str) -> dict:
+    """The stored crash backoff of a process type (what `ps` shows as "restarting in Ns")."""
+    with sqlite3.connect(f"file:{server.data / 'bae.db'}?mode=ro", uri=True) as db:
+        row = db.execute("select failures, not_before from backoff where process = ?", [process]).fetchone()
+    return {"failures": row[0], "not_before": datetime.fromisoformat(row[1]).timestamp()} if row else {"failures": 0}
 
 
 def pyweb(tmp_path: Path, name="pyweb", **changes) -> Path:
@@ -167,9 +186,6 @@ def test_kill_9_and_docker_rm_f_are_healed(server, dev, deployed):
     pid = victim.attrs["State"]["Pid"]
     app_pid = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()[0]
     Path(f"/proc/{app_pid}").exists()
-    import os
-    import signal
-
     os.kill(int(app_pid), signal.SIGKILL)
     wait_for(lambda: [c for c in containers(server, app="sched", process="web", index="1")
                       if c.id != victim.id and c.status == "running"], what="a replacement for web.1")
@@ -255,7 +271,7 @@ def test_restarting_bae_serve_adopts_units_and_heals_what_died_meanwhile(tmp_pat
         assert srv.stop() == 0
         assert {c.id for c in containers(srv, app="adopted") if c.status == "running"} == set(before)
         srv.start()
-        time.sleep(3)
+        wait_for(lambda: routed(srv, "adopted.bae.localhost"), what="a reconcile pass after the restart")
         after = {c.id: c.attrs["State"]["StartedAt"] for c in containers(srv, app="adopted")}
         assert after == before, "units were restarted or duplicated"
         assert len(up(dev, "adopted")) == 2
@@ -268,3 +284,62 @@ def test_restarting_bae_serve_adopts_units_and_heals_what_died_meanwhile(tmp_pat
     finally:
         srv.stop()
         srv.cleanup()
+
+
+def test_crash_backoff_and_rollout_progress_survive_a_restart(tmp_path):
+    srv = Server(tmp_path, {"scheduler": {**SETTINGS["scheduler"], "rollout_batch": 1}}).start()
+    try:
+        dev = srv.user("keeper")
+        dev.ssh("apps:create", "keep")
+        assert dev.push(pyweb(tmp_path), "keep").returncode == 0
+        # a crash loop: each crash doubles the wait; the sixth waits 16 s
+        assert dev.ssh("ps:scale", "keep", "crasher=1", "--no-wait").returncode == 0
+        counted = wait_for(lambda: backoff(srv, "crasher")["failures"] >= 6 and backoff(srv, "crasher"), timeout=90,
+                           what="six crashes in a row")
+        assert srv.stop() == 0
+        srv.start()
+        wait_for(lambda: routed(srv, "keep.bae.localhost"), what="a reconcile pass after the restart")
+        assert backoff(srv, "crasher") == counted, "the restart forgot the backoff or counted a crash again"
+        again = wait_for(lambda: backoff(srv, "crasher")["failures"] > counted["failures"] and time.time(),
+                         timeout=60, what="the next crash")
+        assert again >= counted["not_before"] - 0.5, "the crasher was restarted before its backoff ran out"
+        assert dev.ssh("ps:scale", "keep", "crasher=0").returncode == 0
+
+        # a rolling restart, one web unit at a time, interrupted by a restart of bae serve
+        assert dev.ssh("ps:scale", "keep", "web=3").returncode == 0
+        old = {c.id for c in containers(srv, app="keep", process="web")}
+        assert dev.ssh("ps:restart", "keep", "web", "--no-wait").returncode == 0
+
+        def new_up():  # the new units that answer on $PORT
+            return {c.id for c in containers(srv, app="keep", process="web")
+                    if c.labels["bae.generation"] == "1" and answers(c)}
+
+        first = wait_for(new_up, what="the first new unit up")
+        assert srv.stop() == 0
+        srv.start()
+        wait_for(lambda: len([c for c in containers(srv, app="keep", process="web")
+                              if c.labels["bae.generation"] == "1"]) == 3 and len(up(dev, "keep")) == 3
+                 and not old & {c.id for c in containers(srv, app="keep", process="web")},
+                 timeout=90, what="the rollout to finish after the restart")
+        assert first <= {c.id for c in containers(srv, app="keep", process="web")}, "a new unit was replaced again"
+    finally:
+        srv.stop()
+        srv.cleanup()
+
+
+def test_a_config_change_lands_on_every_deployment_or_on_none(server, dev, tmp_path):
+    dev.ssh("apps:create", "pair")
+    dev.ssh("deployments:create", "pair", "second")
+    src = pyweb(tmp_path)
+    assert dev.push(src, "pair").returncode == 0
+    assert dev.push(src, "pair/second").returncode == 0
+    result = dev.ssh("config:set", "pair", "FAIL_ON=second")  # the second deployment's units refuse to start
+    assert result.returncode != 0
+    assert "pair/second:" in result.stderr and "The config change was undone" in result.stderr, result.stderr
+    assert dev.ssh("config:get", "pair", "FAIL_ON").returncode != 0
+    releases = dev.ssh("releases", "pair").stdout.splitlines()
+    assert "undo set FAIL_ON" in releases[0] and "current" in releases[0], releases
+    assert "set FAIL_ON" in releases[1], releases
+    assert all(get(u["address"], "/env/FAIL_ON").json()["value"] is None for u in up(dev, "pair").values())
+    assert up(dev, "pair") and up(dev, "pair/second")
+    assert "failed" in dev.ssh("releases", "pair/second").stdout.splitlines()[0]

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from helpers import Server, head, make_repo
+from helpers import Server, head, make_repo, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -18,14 +18,12 @@ pytestmark = pytest.mark.integration
 def test_host_key_persists_and_is_printed(tmp_path):
     srv = Server(tmp_path).start()
     try:
-        time.sleep(0.5)
-        first = re.search(r"host key (SHA256:\S+)", srv.log()).group(1)
+        first = wait_for(lambda: re.search(r"host key (SHA256:\S+)", srv.log()), what="the host key line").group(1)
     finally:
         assert srv.stop() == 0
     srv.start()
     try:
-        time.sleep(0.5)
-        assert re.findall(r"host key (SHA256:\S+)", srv.log())[-1] == first
+        assert wait_for(lambda: re.findall(r"host key (SHA256:\S+)", srv.log())[1:], what="the host key line")[-1] == first
         assert (srv.data / "ssh_host_ed25519_key").stat().st_mode & 0o777 == 0o600
         admin = srv.user("root", admin=True)
         scan = admin.ssh("whoami")
@@ -60,7 +58,9 @@ def test_sigterm_lets_an_inflight_push_finish(tmp_path):
     result = {}
     pusher = threading.Thread(target=lambda: result.setdefault("push", admin.push(repo, "inflight")))
     pusher.start()
-    time.sleep(0.4)  # the push is uploading now
+    git_dir = srv.data / "repos" / "inflight" / "default.git"
+    wait_for(lambda: list((git_dir / "objects").glob("incoming-*")) or not pusher.is_alive(), interval=0.02,
+             what="the push to be uploading")
     started = time.monotonic()
     code = srv.stop()
     pusher.join()
@@ -68,7 +68,6 @@ def test_sigterm_lets_an_inflight_push_finish(tmp_path):
     assert code == 0
     assert time.monotonic() - started < 60
     push = result["push"]
-    git_dir = srv.data / "repos" / "inflight" / "default.git"
     assert not list((git_dir / "objects").glob("incoming-*")), "the quarantine was left behind"
     if push.returncode == 0:
         assert (git_dir / "refs" / "heads" / "master").read_text().strip() == head(repo)

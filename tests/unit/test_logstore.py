@@ -1,6 +1,6 @@
 """The per-deployment app log: platform events are best effort."""
 
-from bae.logstore import LogStore
+from bae.logstore import Entry, LogStore
 
 
 def test_event_is_written_and_read_back(tmp_path):
@@ -18,8 +18,6 @@ def test_event_that_cannot_be_written_does_not_raise(tmp_path, caplog):
 
 
 def test_last_time_of_a_container_among_others(tmp_path):
-    from bae.logstore import Entry
-
     logs = LogStore(tmp_path / "apps", 100, tmp_path / "router")
     assert logs.last_time("shop", "default", "c1") is None
     logs.append("shop", "default", [Entry("2026-11-25T10:00:01.000000+00:00", "app", "web.1", "a", "c1"),

@@ -1,5 +1,8 @@
+from datetime import datetime, timezone
+
 import pytest
 
+from bae.console import ago, duration
 from bae.errors import Invalid
 from bae.model import hostname, parse_target, slug, validate_name
 
@@ -34,10 +37,6 @@ def test_slug_and_hostname_of_default_and_other_deployments():
 
 
 def test_ages_as_ps_and_releases_show_them():
-    from datetime import datetime, timezone
-
-    from bae.console import ago, duration
-
     assert [duration(s) for s in (-3, 0, 59, 60, 3599, 3600, 86399, 86400 * 3)] == \
         ["0s", "0s", "59s", "1m", "59m", "1h", "23h", "3d"]
     now = datetime(2026, 11, 25, 10, 0, tzinfo=timezone.utc)

@@ -87,6 +87,8 @@ class Handler(BaseHTTPRequestHandler):
         sys.stdout.flush()
 
 
+if os.environ.get("FAIL_ON") == os.environ.get("BAE_DEPLOYMENT"):  # a config var that breaks one deployment
+    sys.exit(f"FAIL_ON={os.environ['FAIL_ON']}: refusing to start")
 ThreadingHTTPServer.daemon_threads = True
 print(f"listening on {os.environ['PORT']}", flush=True)
 ThreadingHTTPServer(("0.0.0.0", int(os.environ["PORT"])), Handler).serve_forever()

@@ -87,7 +87,7 @@ class Handler(BaseHTTPRequestHandler):
         sys.stdout.flush()
 
 
-if os.environ.get("FAIL_ON") == os.environ.get("BAE_DEPLOYMENT"):  # a config var that breaks one deployment
+if "FAIL_ON" in os.environ and os.environ["FAIL_ON"] == os.environ.get("BAE_DEPLOYMENT"):  # breaks one deployment
     sys.exit(f"FAIL_ON={os.environ['FAIL_ON']}: refusing to start")
 ThreadingHTTPServer.daemon_threads = True
 print(f"listening on {os.environ['PORT']}", flush=True)

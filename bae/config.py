@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -46,6 +47,23 @@ class SSH:
     port: int = setting(2222, "TCP port of the SSH server")
     max_connections: int = setting(200, "SSH connections served at once; more are refused")
     public_host: str = setting("", "host name shown in git remote URLs; empty: this machine's host name")
+
+
+_SIZE = re.compile(r"(\d+)\s*([kmg]?)", re.I)
+_SCALE = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+@dataclass
+class Git:
+    max_push_size: str = setting("1g", "largest pack one git push may send (500m, 1g); larger pushes are refused as soon as they pass it; 0: no limit")
+
+    @property
+    def max_push_bytes(self) -> int:
+        match = _SIZE.fullmatch(self.max_push_size.strip())
+        if not match:
+            raise ConfigError(f"setting 'git.max_push_size' is not a size: {self.max_push_size!r}",
+                              "Write it like 500m or 2g (0: no limit).")
+        return int(match.group(1)) * _SCALE[match.group(2).lower()]
 
 
 @dataclass
@@ -131,6 +149,7 @@ class Settings:
     data_dir: str = setting("/var/lib/bae", "repos, state, caches, router config")
     base_domain: str = setting("bae.localhost", "apps are served at APP.BASE_DOMAIN (bae.localhost resolves to loopback)")
     ssh: SSH = setting(SSH(), "the SSH server")
+    git: Git = setting(Git(), "receiving pushes")
     router: Router = setting(Router(), "the HTTP router (nginx)")
     tls: TLS = setting(TLS(), "HTTPS certificates: uploaded, or from an ACME CA (certs:auto)")
     build: Build = setting(Build(), "building releases")
@@ -209,6 +228,7 @@ def load(path: str | os.PathLike | None = None) -> Settings:
             f"setting 'scheduler.default_plan' names plan {settings.scheduler.default_plan!r}, which is not in [plans]",
             f"Known plans: {', '.join(sorted(settings.plans))}.",
         )
+    settings.git.max_push_bytes  # noqa: B018 (a bad size stops start-up, naming the key)
     settings.source = str(path)
     return settings
 

@@ -63,7 +63,8 @@ def serve(platform: Platform, console: Console, run_command: Callable[..., int])
     scheduler = Scheduler(platform.store, settings, platform.runtime, platform.logs, platform.wake_socket,
                           on_routes=router.sync, before_stop=router.drain)
     scheduler.start()
-    context = SessionContext(platform.store, platform.repos, Pipeline(platform), run_command, prog)
+    context = SessionContext(platform.store, platform.repos, Pipeline(platform), run_command, prog,
+                             max_push_size=settings.git.max_push_bytes)
     ssh = SSHServer(settings.ssh.host, settings.ssh.port, platform.data / "ssh_host_ed25519_key",
                     context, settings.ssh.max_connections)
 

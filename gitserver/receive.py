@@ -1,8 +1,9 @@
 """git-receive-pack with the deploy hook between "pack received" and "refs updated".
 
 dulwich's ``ReceivePackHandler`` speaks the protocol; this subclass replaces
-how a push is applied: the pack goes into a quarantine store, the deploy
-branch's new commit is handed to the deploy hook while its output streams to
+how a push is applied: the pack streams into a quarantine directory through
+git's index-pack (``gitserver.packs``: bounded memory, a size limit, the
+connectivity check before any hook runs), the deploy branch's new commit is handed to the deploy hook while its output streams to
 the pusher over side-band, and only when the hook returns do the pack files
 move in and the ref move (compare-and-swap). Anything else leaves the repo as
 it was. Called by the SSH session for ``git-receive-pack``.
@@ -25,11 +26,14 @@ from dulwich.server import DictBackend, ReceivePackHandler
 from bae.console import ERROR, STEP
 from bae.errors import BaeError
 from bae.model import Source, User, slug
-from gitserver.repos import DEPLOY_BRANCHES, ZERO, CommitSource, Repositories, migrate, quarantine
+from gitserver.packs import PackRefused, check_connected, index_pack
+from gitserver.repos import DEPLOY_BRANCHES, ZERO, CommitSource, Repositories, migrate, quarantine, quarantine_store
 
 __all__ = ["PushTarget", "DeployHook", "Progress", "receive_pack"]
 
 log = logging.getLogger("bae.gitserver")
+
+DEFAULT_MAX_PUSH_SIZE = 1024**3
 
 
 @dataclass(frozen=True)
@@ -118,8 +122,10 @@ def _branch(ref: bytes) -> str:
 
 
 class _Handler(ReceivePackHandler):
-    def __init__(self, repo: Repo, proto, target: PushTarget, hook: DeployHook, alive: Callable[[], bool]) -> None:
+    def __init__(self, repo: Repo, proto, target: PushTarget, hook: DeployHook, alive: Callable[[], bool],
+                 max_push_size: int) -> None:
         super().__init__(DictBackend({"/": repo}), ["/"], proto)
+        self.max_push_size = max_push_size
         self.target = target
         self.hook = hook
         self.alive = alive
@@ -139,20 +145,37 @@ class _Handler(ReceivePackHandler):
             progress.close()  # everything said is sent before the status report
 
     def _apply_with(self, progress: "Progress", refs):
-        with quarantine(self.repo) as store:
-            if any(new != ZERO for _, new, _ in refs):
-                try:
-                    store.add_thin_pack(self.proto.read, getattr(self.proto, "recv", None))
-                except Exception as exc:  # truncated, corrupt, or the client hung up
-                    reason = str(exc).replace("\n", " ") or type(exc).__name__
-                    log.warning("push %s by %s: pack refused: %s", self.target.slug, self.target.user.name, reason)
-                    yield (b"unpack", f"bad pack: {reason}"[:200].encode())
-                    for _, _, ref in refs:
-                        yield (ref, b"unpacker error")
-                    return
+        with quarantine(self.repo) as qdir:
+            try:
+                if any(new != ZERO for _, new, _ in refs):
+                    size = index_pack(self.proto.recv, self.repo.controldir(), qdir, self.max_push_size)
+                    log.info("push %s by %s: received a %d-byte pack", self.target.slug, self.target.user.name, size)
+            except PackRefused as exc:
+                self._refused(exc, progress)
+                yield (b"unpack", exc.status.encode())
+                for _, _, ref in refs:
+                    yield (ref, b"unpacker error")
+                return
             yield (b"unpack", b"ok")
-            for status in self._update_refs(refs, store, progress):
-                yield status
+            try:  # before any hook sees the commit: a ref to an incomplete history is refused
+                check_connected(self.repo.controldir(), qdir, [new for _, new, _ in refs if new != ZERO])
+            except PackRefused as exc:
+                self._refused(exc, progress)
+                for _, _, ref in refs:
+                    yield (ref, exc.status.encode())
+                return
+            store = quarantine_store(self.repo, qdir)
+            try:
+                yield from self._update_refs(refs, store, progress)
+            finally:
+                store.close()
+
+    def _refused(self, exc: PackRefused, progress: "Progress") -> None:
+        log.warning("push %s by %s: pack refused: %s%s", self.target.slug, self.target.user.name, exc.message,
+                    f" ({exc.detail})" if exc.detail else "")
+        progress(f"{ERROR}{exc.message}")
+        if exc.hint:
+            progress(f"{ERROR}{exc.hint}")
 
     def _refusal(self, new: bytes, ref: bytes, deploy_refs: list) -> str | None:
         if ref not in DEPLOY_BRANCHES:
@@ -209,10 +232,13 @@ class _Handler(ReceivePackHandler):
 
 
 def receive_pack(repos: Repositories, target: PushTarget, proto, hook: DeployHook,
-                 alive: Callable[[], bool]) -> None:
-    """Serve one ``git-receive-pack`` conversation on ``proto`` for ``target``."""
+                 alive: Callable[[], bool], max_push_size: int = DEFAULT_MAX_PUSH_SIZE) -> None:
+    """Serve one ``git-receive-pack`` conversation on ``proto`` for ``target``.
+
+    A pack larger than ``max_push_size`` bytes (0: no limit) is refused as soon as it is exceeded.
+    """
     repo = repos.open(target.app, target.deployment)
     try:
-        _Handler(repo, proto, target, hook, alive).handle()
+        _Handler(repo, proto, target, hook, alive, max_push_size).handle()
     finally:
         repo.close()

@@ -70,20 +70,27 @@ class Repositories:
             shutil.rmtree(graveyard, ignore_errors=True)
 
 
+QUARANTINE_PREFIX = "incoming-"
+
+
 @contextlib.contextmanager
-def quarantine(repo: Repo) -> Iterator[DiskObjectStore]:
-    """A throw-away object store that sees the repo's objects; removed on exit."""
+def quarantine(repo: Repo) -> Iterator[str]:
+    """A throw-away object directory (``objects/incoming-*``, as git names it); removed on exit.
+
+    Open it with ``quarantine_store`` once the pack is in.
+    """
     objects = os.path.join(repo.controldir(), "objects")
-    qdir = tempfile.mkdtemp(prefix="incoming-", dir=objects)
+    qdir = tempfile.mkdtemp(prefix=QUARANTINE_PREFIX, dir=objects)
     try:
         os.mkdir(os.path.join(qdir, "pack"))
-        store = DiskObjectStore(qdir, alternates=[objects])
-        try:
-            yield store
-        finally:
-            store.close()
+        yield qdir
     finally:
         shutil.rmtree(qdir, ignore_errors=True)
+
+
+def quarantine_store(repo: Repo, qdir: str) -> DiskObjectStore:
+    """The quarantine's objects plus the repository's (an alternate)."""
+    return DiskObjectStore(qdir, alternates=[os.path.join(repo.controldir(), "objects")])
 
 
 def migrate(store: DiskObjectStore, repo: Repo) -> None:

@@ -21,7 +21,7 @@ from bae.console import Console
 from bae.errors import BaeError, Invalid
 from bae.model import Caller, User, parse_target
 from bae.store import Store
-from gitserver.receive import DeployHook, PushTarget, receive_pack
+from gitserver.receive import DEFAULT_MAX_PUSH_SIZE, DeployHook, PushTarget, receive_pack
 from gitserver.repos import Repositories
 
 __all__ = ["Request", "SessionContext", "Session", "parse_repo_path"]
@@ -73,6 +73,7 @@ class SessionContext:
     # run_command(caller, argv, stdin, stdout, stderr, request) -> exit code
     run_command: Callable[..., int]
     prog: str = "ssh bae@HOST"
+    max_push_size: int = DEFAULT_MAX_PUSH_SIZE  # bytes; 0: no limit
 
 
 def redact(command: str) -> str:
@@ -179,7 +180,8 @@ class Session:
         alive = self.request.alive
         try:
             if service == "git-receive-pack":
-                receive_pack(self.ctx.repos, PushTarget(app, dep, self.user), proto, self.ctx.deploy_hook, alive)
+                receive_pack(self.ctx.repos, PushTarget(app, dep, self.user), proto, self.ctx.deploy_hook, alive,
+                             self.ctx.max_push_size)
             else:
                 repo = self.ctx.repos.open(app, dep)
                 try:

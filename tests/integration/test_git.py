@@ -236,3 +236,40 @@ def test_ten_concurrent_pushes_to_ten_apps(server, dev, tmp_path):
     for name in names:
         assert dev.git("ls-remote", dev.url(name)).stdout.split()[0] == head(repos[name])
     print(f"10 concurrent pushes took {elapsed:.2f}s")
+
+
+def objects_pack(repo: Path, *objects: str, thin: str = "") -> bytes:
+    """A pack of exactly these objects (no --revs: nothing they refer to comes along)."""
+    args = ["git", "pack-objects", "--stdout", "-q"] + (["--revs", "--thin"] if thin else [])
+    data = thin if thin else "".join(f"{o}\n" for o in objects)
+    return subprocess.run(args, input=data.encode(), cwd=repo, capture_output=True, check=True).stdout
+
+
+def test_packs_missing_objects_are_refused_as_git_does(server, dev, tmp_path):
+    server.plain_app(dev, "holes")
+    repo = make_repo(tmp_path / "src", {"big.txt": "".join(f"line {i}\n" for i in range(20000))})
+    first = head(repo)
+    make_repo(repo, {"big.txt": "".join(f"line {i}\n" for i in range(20001))}, "second")
+    second = head(repo)
+    git_dir = server.data / "repos" / "holes" / "default.git"
+    before = snapshot(git_dir)
+    zero = "0" * 40
+    cases = {
+        # a commit whose tree (and files) are absent
+        "tree absent": (f"{zero} {first} refs/heads/master", objects_pack(repo, first)),
+        # a ref to an object the pack does not hold (an empty pack)
+        "ref outside the pack": (f"{zero} {second} refs/heads/master", objects_pack(repo)),
+        # a thin pack whose delta base the platform never received
+        "thin pack, base absent": (f"{zero} {second} refs/heads/master", objects_pack(repo, thin=f"^{first}\n{second}\n")),
+    }
+    for name, (line, pack) in cases.items():
+        result = raw_push(dev, "holes", line.encode(), pack)
+        assert b"missing necessary objects" in result.stdout, (name, result.stdout)
+        assert b"Internal error" not in result.stdout, name
+        assert b"Received" not in result.stdout, f"{name}: the pipeline ran"
+        assert snapshot(git_dir) == before, f"{name}: the repository changed"
+    assert dev.ssh("builds", "holes").stdout.count("\n") <= 1, "a build was recorded"
+    log = server.log()
+    assert "KeyError" not in log and "deploy hook crashed" not in log
+    assert "missing necessary objects" not in log or "Traceback" not in log
+    assert dev.push(repo, "holes").returncode == 0  # the whole history is accepted

@@ -11,6 +11,7 @@ import binascii
 import hashlib
 
 import paramiko
+from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 
 from bae.errors import Invalid
 from bae.model import PublicKey
@@ -57,10 +58,15 @@ def parse_public_key(text: str) -> PublicKey:
         blob = base64.b64decode(parts[1], validate=True)
     except (binascii.Error, ValueError):
         raise Invalid("the key data is not valid base64; the key is damaged or cut short", _HOW) from None
+    damaged = Invalid(f"the {kind} key data is damaged or cut short (ssh-keygen -l would refuse it too)",
+                      "Copy the whole line of the .pub file again; check it with: ssh-keygen -l -f KEY.pub")
     try:
+        # Every field of the blob, in full, with nothing after it: the length of an
+        # ed25519 key, an ecdsa point on its named curve, a usable RSA modulus.
+        load_ssh_public_key(b"%s %s" % (kind.encode(), base64.b64encode(blob)))
         key = paramiko.PKey.from_type_string(kind, blob)
-    except Exception:  # paramiko raises several types for malformed blobs
-        raise Invalid(f"the {kind} key data is damaged or cut short", _HOW) from None
+    except Exception:  # both libraries raise several types for malformed blobs
+        raise damaged from None
     if key.get_name() != kind and not (kind == "ssh-rsa" and key.get_name().startswith("rsa-")):
         raise Invalid(f"the key says it is {kind} but its data is a {key.get_name()} key", _HOW)
     bits = key.get_bits()

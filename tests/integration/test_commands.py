@@ -82,6 +82,24 @@ def test_users_and_keys(server, admin):
     fails(server.bae("users:remove", "dave"), "no user named 'dave'")
 
 
+@pytest.mark.parametrize("key_type", ["ed25519", "ecdsa", "rsa"])
+def test_truncated_keys_are_refused_like_ssh_keygen_does(server, admin, key_type, tmp_path):
+    import subprocess
+
+    name = f"cut{key_type}"
+    server.bae("users:add", name)
+    user = server.client(name, key_type)
+    line = user.public_key.strip()
+    kind, data = line.split()[:2]
+    for text in (line[:60], f"{kind} {data[:-4]}", f"{kind} {data[:len(data) // 2 // 4 * 4]}"):
+        copy = tmp_path / "cut.pub"
+        copy.write_text(text + "\n")
+        assert subprocess.run(["ssh-keygen", "-l", "-f", str(copy)], capture_output=True).returncode != 0
+        fails(admin.ssh("keys:add", name, input=text + "\n"), "damaged or cut short")
+    assert name not in ok(admin.ssh("keys:list", name)).replace(f"=== {name}", "")
+    ok(admin.ssh("keys:add", name, input=line + "\n"))
+
+
 def test_state_is_private_to_root(server, admin):
     assert stat.S_IMODE((server.data / "bae.db").stat().st_mode) == 0o600
     for sub in ("repos", "cache", "logs", "run"):

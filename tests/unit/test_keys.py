@@ -64,3 +64,18 @@ def test_type_mismatch_refused(tmp_path):
     _, data, _ = (tmp_path / "key.pub").read_text().split()
     with pytest.raises(Invalid):
         parse_public_key(f"ssh-rsa {data}")
+
+
+@pytest.mark.parametrize("args", [["-t", "ed25519"], ["-t", "ecdsa", "-b", "384"], ["-t", "rsa", "-b", "3072"]])
+def test_every_cut_or_padded_blob_refused(tmp_path, args):
+    import base64
+
+    keygen(tmp_path, *args)
+    kind, data = (tmp_path / "key.pub").read_text().split()[:2]
+    blob = base64.b64decode(data)
+    damaged = [blob[:-1], blob[: len(blob) // 2], blob + b"\0\0\0\0"]
+    if kind.startswith("ecdsa"):
+        damaged.append(blob[:-1] + bytes([blob[-1] ^ 1]))  # a point that is not on the curve
+    for bad in damaged:
+        with pytest.raises(Invalid, match="damaged or cut short"):
+            parse_public_key(f"{kind} {base64.b64encode(bad).decode()}")

@@ -14,7 +14,7 @@ import json
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import sqlite_utils
 from sqlite_utils import Migrations
@@ -583,13 +583,27 @@ class Store:
 
     # -- custom domains --------------------------------------------------------
 
-    def add_domain(self, dep: Deployment, hostname: str) -> None:
+    def add_domain(self, dep: Deployment, hostname: str,
+                   under: Callable[[str, App], None] | None = None) -> None:
+        """Route ``hostname`` to ``dep``. In the same transaction, ``under(wildcard, app)``
+        is called for each wildcard another app holds that covers ``hostname`` (it may raise)."""
         with self.write() as db:
             row = self._one("select deployment_id from domains where hostname = ?", [hostname])
             if row:
                 where = "this deployment" if row["deployment_id"] == dep.id else "another deployment"
                 raise Conflict(f"{hostname} already routes to {where}",
                                "A hostname belongs to one deployment; remove it there first (domains:remove).")
+            if under is not None:
+                labels = hostname.removeprefix("*.").split(".")
+                covering = ["*." + ".".join(labels[i:]) for i in range(1, len(labels))]
+                rows = db.query(
+                    "select domains.hostname, apps.name from domains join deployments on deployments.id = "
+                    "domains.deployment_id join apps on apps.id = deployments.app_id where domains.hostname in "
+                    f"({', '.join('?' * len(covering))})", covering)
+                for found in list(rows):
+                    app = self.app(found["name"])
+                    if app.name != dep.app:
+                        under(found["hostname"], app)
             db["domains"].insert({"hostname": hostname, "deployment_id": dep.id, "created_at": now()})
 
     def remove_domain(self, dep: Deployment, hostname: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from bae.access import deployment_for
+from bae.errors import AccessDenied
 from control.commands import Invocation, command
 from router.table import check_hostname
 
@@ -27,7 +28,15 @@ def domains_add(inv: Invocation, target: str, hostname: str) -> None:
     """Route a custom hostname (or *.example.com) to a deployment."""
     dep = deployment_for(inv.caller, inv.store, target)
     host = check_hostname(hostname, inv.platform.settings.base_domain)
-    inv.store.add_domain(dep, host)
+
+    def under(wildcard: str, app) -> None:
+        # Names under a wildcard belong to the wildcard's owner: a more specific name
+        # would take its traffic.
+        if not inv.caller.admin and (inv.caller.user is None or app.owner != inv.caller.user.name):
+            raise AccessDenied(f"{host} is under {wildcard}, which routes to an app you do not own",
+                               f"Only the owner of {wildcard} (or an admin) may add names under it.")
+
+    inv.store.add_domain(dep, host, under)
     inv.platform.notify()
     inv.console.step(f"{host} now routes to {dep.slug}")
     inv.console.detail(f"Point its DNS at this platform (an A record, or a CNAME to {inv.platform.hostname(dep.app, dep.name)}).")

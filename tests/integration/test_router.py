@@ -94,6 +94,29 @@ def test_custom_domains(server, dev, apps):
     assert gone.returncode != 0 and "has no domain" in gone.stderr
 
 
+def test_names_under_a_wildcard_belong_to_its_owner(server, dev, apps, admin):
+    assert dev.ssh("domains:add", "alpha/api", "*.owned.example").returncode == 0
+    wait_for(lambda: settled(server, "www.owned.example", 200), what="the wildcard domain")
+    thief = server.user("thief")
+    assert thief.ssh("apps:create", "thief-app").returncode == 0
+    for name in ("www.owned.example", "a.b.owned.example", "*.x.owned.example", "WWW.owned.example."):
+        taken = thief.ssh("domains:add", "thief-app", name)
+        assert taken.returncode != 0, name
+        assert "under *.owned.example" in taken.stderr and "Only the owner" in taken.stderr, taken.stderr
+        assert "Traceback" not in taken.stderr
+    assert "owned.example" not in thief.ssh("domains", "thief-app").stdout
+    assert get(server, "www.owned.example").json()["BAE_DEPLOYMENT"] == "api"
+    # the apex is not under the wildcard; the wildcard's owner and admins may add names under it
+    assert thief.ssh("domains:add", "thief-app", "owned.example").returncode == 0
+    assert dev.ssh("domains:add", "beta", "shop.owned.example").returncode == 0
+    assert admin.ssh("domains:add", "thief-app", "ops.owned.example").returncode == 0
+    wait_for(lambda: all(get(server, "shop.owned.example").json()["BAE_APP"] == "beta" for _ in range(3)),
+             what="the owner's name under the wildcard")
+    for host in ("shop.owned.example", "*.owned.example"):
+        dev.ssh("domains:remove", "beta" if host.startswith("shop") else "alpha/api", host)
+    admin.ssh("apps:destroy", "thief-app", "--confirm", "thief-app")
+
+
 def test_error_pages_carry_the_request_id(server, dev, apps):
     unknown = get(server, "nobody.bae.localhost")
     assert unknown.status_code == 404 and "No such app" in unknown.text

@@ -46,6 +46,7 @@ class SSH:
     host: str = setting("0.0.0.0", "address the SSH server (git push, commands) listens on")
     port: int = setting(2222, "TCP port of the SSH server")
     max_connections: int = setting(200, "SSH connections served at once; more are refused")
+    idle_timeout: float = setting(60.0, "seconds a connection may stay open running no command or git request (e.g. ssh -N) before it is closed")
     public_host: str = setting("", "host name shown in git remote URLs; empty: this machine's host name")
 
 

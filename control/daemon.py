@@ -66,7 +66,7 @@ def serve(platform: Platform, console: Console, run_command: Callable[..., int])
     context = SessionContext(platform.store, platform.repos, Pipeline(platform), run_command, prog,
                              max_push_size=settings.git.max_push_bytes)
     ssh = SSHServer(settings.ssh.host, settings.ssh.port, platform.data / "ssh_host_ed25519_key",
-                    context, settings.ssh.max_connections)
+                    context, settings.ssh.max_connections, settings.ssh.idle_timeout)
 
     def on_signal(signum, frame) -> None:
         log.info("received %s, shutting down", signal.Signals(signum).name)

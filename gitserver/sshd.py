@@ -113,11 +113,12 @@ class SSHServer:
     """Listens on (host, port) and serves git and commands over SSH."""
 
     def __init__(self, host: str, port: int, host_key_path: Path, context: SessionContext,
-                 max_connections: int = 200) -> None:
+                 max_connections: int = 200, idle_timeout: float = 60.0) -> None:
         self.host_key = load_host_key(host_key_path)
         self.fingerprint = host_fingerprint(self.host_key)
         self.context = context
         self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
         self._slots = threading.BoundedSemaphore(max_connections)
         self._sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -163,9 +164,19 @@ class SSHServer:
             except (paramiko.SSHException, EOFError, OSError) as exc:
                 log.info("ssh %s: handshake failed: %s", peer, exc or type(exc).__name__)
                 return
+            mine: list[threading.Thread] = []
+            idle_since = time.monotonic()
             while transport.is_active():
-                chan = transport.accept(timeout=1)
+                chan = transport.accept(timeout=min(1.0, self.idle_timeout))
                 if chan is None:
+                    # A connection that runs nothing holds a slot of max_connections:
+                    # after idle_timeout without a channel at work it is closed.
+                    mine = [t for t in mine if t.is_alive()]
+                    if mine:
+                        idle_since = time.monotonic()
+                    elif time.monotonic() - idle_since > self.idle_timeout:
+                        log.info("ssh %s: closed after %.0f s without a command or git request", peer, self.idle_timeout)
+                        break
                     continue
                 if self._stopping.is_set():
                     chan.close()
@@ -174,6 +185,7 @@ class SSHServer:
                                           name=f"session-{peer}", daemon=True)
                 with self._lock:
                     self._sessions.add(thread)
+                mine.append(thread)
                 thread.start()
         except Exception:
             log.exception("ssh %s: connection failed", peer)

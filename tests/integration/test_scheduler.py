@@ -129,6 +129,14 @@ def test_deploy_runs_web_1_with_the_unit_contract(server, dev, deployed):
     out = check.output.decode()
     assert "'/usr/x': Permission denied" in out and "'/etc/x': Permission denied" in out and "writable" in out
     assert "No such file" in out and out.strip().endswith("/usr/bin/tini -g -- /usr/local/bin/bae-launch python3 app.py")
+    # every place a unit can write is the one the README lists
+    found = c.exec_run(["sh", "-c", "find / \\( -path /proc -o -path /sys \\) -prune -o -writable \\( -type d -o -type f \\)"
+                        " -print 2>/dev/null; readlink /var/tmp"], user="bae").output.decode().split()
+    roots = {p for p in found[:-1] if not any(p.startswith(q + "/") for q in found[:-1])}
+    assert roots == {"/home/bae", "/tmp", "/dev/shm", "/dev/mqueue"} and found[-1] == "/tmp", roots
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    writable = readme[readme.index("only these places are writable"):][:400]
+    assert all(f"`{place}`" in writable for place in roots | {"/var/tmp"}), writable
 
 
 def test_scale_1_5_0_2_and_worker_without_port(server, dev, deployed):

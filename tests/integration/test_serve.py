@@ -50,6 +50,36 @@ def test_slow_clients_do_not_block_others(tmp_path):
         srv.cleanup()
 
 
+def test_connections_that_run_nothing_are_closed(tmp_path):
+    import subprocess
+
+    srv = Server(tmp_path, {"ssh": {"max_connections": 3, "idle_timeout": 2.0}}).start()
+    try:
+        user = srv.user("idler")
+        # real OpenSSH clients that authenticate and then open no channel (-N), as many as the limit
+        idle = [subprocess.Popen(user.ssh_cmd + ["-N", "bae@127.0.0.1"], stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(3)]
+        try:
+            for proc in idle:
+                proc.wait(timeout=60)  # closed by the server
+        finally:
+            for proc in idle:
+                proc.kill()
+        assert user.ssh("whoami").stdout.strip() == "idler"
+        assert srv.log().count("without a command or git request") >= 3
+        # a command at work is not idle: one waiting on its input outlives an idle connection
+        other = srv.client("idler")
+        busy = subprocess.Popen(user.ssh_cmd + ["bae@127.0.0.1", "keys:add", "idler"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.run(user.ssh_cmd + ["-N", "bae@127.0.0.1"], timeout=60, stdin=subprocess.DEVNULL)
+        out, err = busy.communicate(other.public_key, timeout=60)
+        assert busy.returncode == 0, err
+        assert other.ssh("whoami").stdout.strip() == "idler"
+    finally:
+        assert srv.stop() == 0
+        srv.cleanup()
+
+
 def test_sigterm_lets_an_inflight_push_finish(tmp_path):
     srv = Server(tmp_path).start()
     admin = srv.user("root", admin=True)

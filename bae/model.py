@@ -123,6 +123,7 @@ class Deployment:
     created_at: str
     buildpacks: tuple[str, ...] = ()
     release_version: int | None = None  # the release the scheduler should run
+    buildpacks_admin: bool = False  # the list was set by an admin (its URLs may reach private hosts)
 
     @property
     def slug(self) -> str:

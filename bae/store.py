@@ -142,6 +142,12 @@ def m007_scheduler_decisions(db: sqlite_utils.Database) -> None:
     db["releases"].add_column("hint", str)
 
 
+@migrations()
+def m008_buildpacks_set_by_admin(db: sqlite_utils.Database) -> None:
+    # 1: the list was set by an admin, whose git URLs may name hosts on private networks
+    db["deployments"].add_column("buildpacks_admin", int, not_null_default=0)
+
+
 class Store:
     """Typed access to the platform's SQLite database."""
 
@@ -371,9 +377,10 @@ class Store:
             db.execute(f"delete from {table} where deployment_id = ?", [dep_id])
         db.execute("delete from deployments where id = ?", [dep_id])
 
-    def set_buildpacks(self, dep: Deployment, buildpacks: list[str]) -> None:
+    def set_buildpacks(self, dep: Deployment, buildpacks: list[str], admin: bool = False) -> None:
         with self.write() as db:
-            db.execute("update deployments set buildpacks = ? where id = ?", [json.dumps(buildpacks), dep.id])
+            db.execute("update deployments set buildpacks = ?, buildpacks_admin = ? where id = ?",
+                       [json.dumps(buildpacks), int(admin), dep.id])
 
     # -- builds --------------------------------------------------------------
 
@@ -751,7 +758,8 @@ def _key(row: dict) -> PublicKey:
 
 def _deployment(row: dict) -> Deployment:
     return Deployment(row["id"], row["app"], row["name"], row["created_at"],
-                      tuple(json.loads(row["buildpacks"] or "[]")), row.get("release_version"))
+                      tuple(json.loads(row["buildpacks"] or "[]")), row.get("release_version"),
+                      bool(row.get("buildpacks_admin")))
 
 
 def _build(row: dict) -> Build:

@@ -58,6 +58,7 @@ class BuildRequest:
     stack: str
     settings: config.Build
     previous: Build | None = None  # the last successful build of this deployment
+    trusted_buildpacks: bool = False  # set by an admin: git URLs may name private or loopback hosts
 
     def container_args(self) -> dict:
         """Name and labels of this build's throw-away container (found by label after a crash)."""
@@ -275,7 +276,7 @@ def run_build(req: BuildRequest, out) -> BuildResult:
     workdir = Path(tempfile.mkdtemp(prefix="bae-build-"))
     container = None
     try:
-        packs = [fetch(spec, workdir) for spec in req.buildpacks] if req.buildpacks else list(BUILTINS)
+        packs = [fetch(spec, workdir, req.trusted_buildpacks) for spec in req.buildpacks] if req.buildpacks else list(BUILTINS)
         if req.buildpacks:
             out.step("Using buildpacks: " + ", ".join(req.buildpacks))
         slugignore = req.source.read(".slugignore")

@@ -112,7 +112,8 @@ class Pipeline:
                                "The operator builds it with: bae stack:build (make up does it).")
         request = BuildRequest(
             app=dep.app, deployment=dep.name, number=build.number, source=source,
-            buildpacks=dep.buildpacks, config=platform.build_config(dep), cache_dir=platform.cache_dir(dep),
+            buildpacks=dep.buildpacks, trusted_buildpacks=dep.buildpacks_admin,
+            config=platform.build_config(dep), cache_dir=platform.cache_dir(dep),
             repository=platform.image_repository(dep), instance=platform.instance,
             stack=stack, settings=settings,
             previous=platform.store.last_successful_build(dep),

@@ -36,7 +36,7 @@ def buildpacks_set(inv: Invocation, target: str, specs: tuple[str, ...]) -> None
     if len(specs) > 10:
         raise Invalid("at most 10 buildpacks per deployment")
     checked = [validate_spec(spec, inv.caller.admin) for spec in specs]
-    inv.store.set_buildpacks(dep, checked)
+    inv.store.set_buildpacks(dep, checked, inv.caller.admin)
     inv.console.step(f"{dep.slug} will build with: {', '.join(checked)}")
     inv.console.detail("The next push uses them.")
 

@@ -221,6 +221,54 @@ def test_git_url_buildpack_with_ref(server, dev, tmp_path):
     assert failed.returncode != 0 and "could not fetch buildpack" in failed.stderr
 
 
+def test_buildpack_urls_cannot_reach_the_platforms_own_network(server, dev, tmp_path):
+    import socket
+    import sqlite3
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    port = listener.getsockname()[1]
+    seen = []
+
+    def accept():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            seen.append(1)
+            conn.close()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        dev.ssh("apps:create", "probe")
+        for url in (f"https://127.0.0.1:{port}/x.git", f"git://localhost:{port}/x.git", f"https://0x7f000001:{port}/x",
+                    "https://169.254.169.254/latest.git", "https://10.1.2.3/x.git", "https://192.168.0.1/x.git"):
+            refused = dev.ssh("buildpacks:set", "probe", url)
+            assert refused.returncode != 0 and "is not on the public internet" in refused.stderr, (url, refused.stderr)
+        # a URL stored earlier, or a name that now resolves to loopback: refused at the clone as well
+        db = sqlite3.connect(server.data / "bae.db")
+        with db:
+            db.execute("update deployments set buildpacks = ?, buildpacks_admin = 0 where app_id = "
+                       "(select id from apps where name = 'probe')", [f'["https://localhost:{port}/x.git"]'])
+        db.close()
+        src = make_repo(tmp_path / "src", {"hello.txt": "probe"})
+        push = dev.push(src, "probe")
+        assert push.returncode != 0 and "is not on the public internet" in push.stderr, push.stderr
+        assert not seen, "the platform connected to its own loopback for a user's buildpack URL"
+        # an admin may name a host on a private network; a failed clone never says why
+        assert server.bae("buildpacks:set", "probe", f"https://127.0.0.1:{port}/x.git").returncode == 0
+        push = dev.push(src, "probe")
+        assert push.returncode != 0 and "(the git clone failed)" in push.stderr, push.stderr
+        assert seen, "the admin's URL was not tried"
+        lines = [line for line in push.stderr.splitlines() if "could not fetch" in line or "!" in line]
+        for word in ("SSL", "TLS", "onnect", "refused", "reset", str(port) + " ", "gnutls", "closed"):
+            assert not any(word in line.replace(f"127.0.0.1:{port}/x.git", "") for line in lines), (word, lines)
+    finally:
+        listener.close()
+
+
 def test_failed_builds_refuse_the_push_and_keep_the_log(server, dev, tmp_path):
     dev.ssh("apps:create", "failing")
     server.bae("buildpacks:set", "failing", str(APPS / "custom-buildpack"), check=True)

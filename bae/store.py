@@ -411,6 +411,9 @@ class Store:
                     [build.deployment_id, build.number - keep])
         return self.build_by_id(build.id)
 
+    def running_builds(self) -> list[Build]:
+        return [_build(r) for r in self.db.query("select * from builds where status = 'running' order by id")]
+
     def build_by_id(self, build_id: int) -> Build:
         row = self._one("select * from builds where id = ?", [build_id])
         if not row:

@@ -37,11 +37,13 @@ from buildpacks.procfile import parse_procfile
 from buildpacks.reuse import fingerprint, inputs_digest, plan_reuse
 from buildpacks.slugignore import slugignore_filter
 
-__all__ = ["BuildRequest", "BuildResult", "run_build", "remove_stale_build_containers", "remove_images"]
+__all__ = ["BuildRequest", "BuildResult", "run_build", "remove_stale_build_containers", "remove_stale_workdirs",
+           "remove_images"]
 
 log = logging.getLogger("bae.build")
 
 BUILDER = Path(__file__).resolve().parent / "builder.py"
+WORKDIR_PREFIX = "bae-build-"  # + the instance id: installations sharing /tmp never touch each other's
 
 
 @dataclass
@@ -147,6 +149,14 @@ def remove_stale_build_containers(instance: str) -> int:
         stale = client().containers.list(all=True, filters={"label": [f"bae.platform={instance}", "bae.role=build"]})
         for container in stale:
             container.remove(force=True)
+    return len(stale)
+
+
+def remove_stale_workdirs(instance: str) -> int:
+    """Remove the temporary build directories a killed platform left (called at start-up)."""
+    stale = list(Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}{instance}-*"))
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
     return len(stale)
 
 
@@ -273,7 +283,7 @@ def _try_reuse(req: BuildRequest, out, fp: str, keep) -> BuildResult | None:
 def run_build(req: BuildRequest, out) -> BuildResult:
     """Build ``req`` into an image; raise DeployFailed (after cleaning up) if it fails."""
     docker = client()
-    workdir = Path(tempfile.mkdtemp(prefix="bae-build-"))
+    workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{req.instance}-"))
     container = None
     try:
         packs = [fetch(spec, workdir, req.trusted_buildpacks) for spec in req.buildpacks] if req.buildpacks else list(BUILTINS)

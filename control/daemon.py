@@ -14,7 +14,7 @@ from typing import Callable
 
 from bae.console import Console
 from bae.errors import BaeError
-from buildpacks.runner import remove_stale_build_containers
+from buildpacks.runner import remove_stale_build_containers, remove_stale_workdirs
 from control.pipeline import Pipeline
 from control.platform import Platform
 from gitserver.session import SessionContext
@@ -46,6 +46,15 @@ def ssh_prog(platform: Platform) -> str:
     return f"ssh {'' if port == 22 else f'-p {port} '}bae@{platform.public_host}"
 
 
+def _clean_after_crash(platform: Platform, pipeline: Pipeline) -> None:
+    """What a killed ``bae serve`` left mid-push: builds, quarantines, temp dirs."""
+    builds = pipeline.recover()
+    debris = platform.repos.sweep() + remove_stale_workdirs(platform.instance)
+    if builds or debris:
+        log.info("cleaned up after an earlier run: %d interrupted build(s) kept with their output, "
+                 "%d quarantine or temporary director(ies) removed", builds, debris)
+
+
 def serve(platform: Platform, console: Console, run_command: Callable[..., int]) -> int:
     """Run until SIGTERM/SIGINT. ``run_command(caller, argv, stdin, stdout, stderr, request)`` runs one
     command line of an SSH client (the command table's dispatch)."""
@@ -57,13 +66,15 @@ def serve(platform: Platform, console: Console, run_command: Callable[..., int])
     if settings.router.https_port:
         https = Https(platform.store, settings.router, settings.tls, base_domain=settings.base_domain,
                       tls_dir=platform.data / "tls")
+    pipeline = Pipeline(platform)
+    _clean_after_crash(platform, pipeline)  # before the scheduler fails what was left running
     router = Router(platform.store, settings.router, base_domain=settings.base_domain, prefix=platform.data / "router",
                     access_logs=platform.logs.router_root, max_log_mb=settings.logs.router_max_mb, https=https)
     router.start()
     scheduler = Scheduler(platform.store, settings, platform.runtime, platform.logs, platform.wake_socket,
                           on_routes=router.sync, before_stop=router.drain)
     scheduler.start()
-    context = SessionContext(platform.store, platform.repos, Pipeline(platform), run_command, prog,
+    context = SessionContext(platform.store, platform.repos, pipeline, run_command, prog,
                              max_push_size=settings.git.max_push_bytes)
     ssh = SSHServer(settings.ssh.host, settings.ssh.port, platform.data / "ssh_host_ed25519_key",
                     context, settings.ssh.max_connections, settings.ssh.idle_timeout)

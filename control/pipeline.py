@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Callable
 
 from bae.console import ERROR, Steps
@@ -26,17 +27,35 @@ log = logging.getLogger("bae.pipeline")
 
 
 class BuildLog(Steps):
-    """Lines for the pusher (live) and for the build's stored log."""
+    """Lines for the pusher (live) and for the build's stored log.
 
-    def __init__(self, progress) -> None:
+    With a ``path``, each line is also appended to that file as it comes, so the
+    output of a build that ``bae serve`` did not live to finish survives it
+    (``Pipeline.recover`` stores it with the build).
+    """
+
+    def __init__(self, progress, path: Path | None = None) -> None:
         self.progress = progress
         self.lines: list[str] = []
         self._lock = threading.Lock()
+        self._file = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(path, "a", encoding="utf-8", errors="replace")
 
     def out(self, text: str = "") -> None:
         with self._lock:
             self.lines.append(text)
+            if self._file is not None:
+                self._file.write(text + "\n")
+                self._file.flush()  # in the kernel's hands: survives a kill -9 of this process
         self.progress(text)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
 
     line = out  # a buildpack's output line, as it came
 
@@ -68,7 +87,8 @@ class Pipeline:
         store = self.platform.store
         dep = store.deployment(target.app, target.deployment)
         build = store.start_build(dep, new, old, target.user.name)
-        out = BuildLog(progress)
+        live = self.live_log(build.id)
+        out = BuildLog(progress, live)
         started = time.monotonic()
         log.info("build %s #%d of %s by %s started", dep.slug, build.number, new[:7], target.user.name)
         out.step(f"Received {new[:7]} for {dep.slug} (build {build.number})")
@@ -85,6 +105,7 @@ class Pipeline:
             out.error("Push rejected; the previous release keeps serving.")
             store.finish_build(build, "failed", out.text, error=exc.message,
                                keep=self.platform.settings.build.keep_builds)
+            live.unlink(missing_ok=True)
             log.info("build %s #%d failed after %.1f s: %s", dep.slug, build.number,
                      time.monotonic() - started, exc.message)
             raise DeployFailed(exc.message) from None
@@ -92,10 +113,37 @@ class Pipeline:
             out.error("Internal error in the platform; the push was rejected and nothing changed.")
             store.finish_build(build, "failed", out.text, error="internal error",
                                keep=self.platform.settings.build.keep_builds)
+            live.unlink(missing_ok=True)
             raise
+        finally:
+            out.close()
         store.finish_build(build, "succeeded", out.text, image=built.image, process_types=built.process_types,
                            reuse=built.reuse, keep=self.platform.settings.build.keep_builds)
+        live.unlink(missing_ok=True)
         log.info("build %s #%d succeeded in %.1f s", dep.slug, build.number, time.monotonic() - started)
+
+    def live_log(self, build_id: int) -> Path:
+        """Where a running build's output is appended as it comes."""
+        return self.platform.data / "run" / "builds" / f"{build_id}.log"
+
+    def recover(self) -> int:
+        """Mark builds a crashed ``bae serve`` left running as interrupted, keeping their output.
+
+        Called at start-up, before any push can start a build. Returns how many there were.
+        """
+        store = self.platform.store
+        interrupted = store.running_builds()
+        for build in interrupted:
+            live = self.live_log(build.id)
+            text = live.read_text(errors="replace") if live.exists() else ""
+            text += f"{ERROR}Interrupted: bae serve stopped during this build; the push was not applied.\n"
+            store.finish_build(build, "failed", text, error="interrupted: bae serve stopped during the build")
+            live.unlink(missing_ok=True)
+            log.info("build #%d (id %d) was interrupted by a stop of bae serve; its output is kept",
+                     build.number, build.id)
+        for stray in (self.platform.data / "run" / "builds").glob("*.log"):
+            stray.unlink(missing_ok=True)  # builds that finished, or were deleted since
+        return len(interrupted)
 
     @staticmethod
     def _check_connected(out: BuildLog) -> None:

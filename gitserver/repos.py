@@ -34,6 +34,7 @@ __all__ = ["Repositories", "CommitSource", "DEPLOY_BRANCHES", "ZERO"]
 
 DEPLOY_BRANCHES = (b"refs/heads/master", b"refs/heads/main")
 ZERO = b"0" * 40
+QUARANTINE_PREFIX = "incoming-"
 
 
 class Repositories:
@@ -69,8 +70,16 @@ class Repositories:
             os.rename(target, graveyard / "x")  # atomic: never a half-deleted repo at the path
             shutil.rmtree(graveyard, ignore_errors=True)
 
+    def sweep(self) -> int:
+        """Remove what a killed process left: push quarantines and half-made or half-removed repos.
 
-QUARANTINE_PREFIX = "incoming-"
+        Called by ``bae serve`` at start-up, before it accepts pushes. Returns how many were removed.
+        """
+        debris = list(self.root.glob(f"*/*.git/objects/{QUARANTINE_PREFIX}*"))
+        debris += list(self.root.glob(".removing-*")) + list(self.root.glob("*/.*-*"))
+        for path in debris:
+            shutil.rmtree(path, ignore_errors=True)
+        return len(debris)
 
 
 @contextlib.contextmanager

@@ -104,3 +104,83 @@ def test_sigterm_lets_an_inflight_push_finish(tmp_path):
     else:  # refused (the connection was closed): nothing was applied
         assert not (git_dir / "refs" / "heads" / "master").exists()
     assert "stopped" in srv.log()
+
+
+def _stop_orphaned_nginx(srv) -> None:
+    """The router's nginx outlives a kill -9 of bae serve; stop it for a clean restart."""
+    import signal as sig
+
+    for pidfile in srv.data.rglob("nginx.pid"):
+        try:
+            pid = int(pidfile.read_text().strip())
+            os.kill(pid, sig.SIGTERM)
+        except (ValueError, ProcessLookupError, FileNotFoundError):
+            continue
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if open(f"/proc/{pid}/stat").read().split(") ")[1].startswith("Z"):
+                    break
+            except FileNotFoundError:
+                break
+            time.sleep(0.05)
+
+
+def test_kill_9_during_a_build_leaves_no_debris_and_keeps_its_output(tmp_path):
+    import glob
+    import signal as sig
+    import subprocess
+    import tempfile
+
+    import docker
+
+    from helpers import APPS
+
+    srv = Server(tmp_path).start()
+    try:
+        admin = srv.user("root", admin=True)
+        admin.ssh("apps:create", "crashy")
+        srv.bae("buildpacks:set", "crashy", str(APPS / "custom-buildpack"), check=True)
+        repo = make_repo(tmp_path / "src", {"hello.txt": "hi", "slow.txt": "sleep in compile"})
+        instance = (srv.data / "instance-id").read_text().strip()
+        git_dir = srv.data / "repos" / "crashy" / "default.git"
+        workdirs = os.path.join(tempfile.gettempdir(), f"bae-build-{instance}-*")
+        push = subprocess.Popen(["git", "push", admin.url("crashy"), "master"], cwd=repo, env=admin.git_env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        engine = docker.from_env(version="auto")
+
+        def compiling() -> bool:
+            for c in engine.containers.list(filters={"label": [f"bae.platform={instance}", "bae.role=build"]}):
+                if any("sleep" in " ".join(p) for p in c.top().get("Processes") or []):
+                    return True
+            return False
+
+        deadline = time.monotonic() + 300
+        while not compiling():
+            assert time.monotonic() < deadline and push.poll() is None, push.communicate()
+            time.sleep(0.2)
+        assert list((git_dir / "objects").glob("incoming-*")) and glob.glob(workdirs)
+        os.kill(srv.proc.pid, sig.SIGKILL)  # a crash in the middle of the build
+        srv.proc.wait()
+        push.communicate(timeout=60)
+        assert push.returncode != 0
+        _stop_orphaned_nginx(srv)
+        srv.start()
+        assert admin.ssh("whoami").returncode == 0  # served: start-up is over
+        assert not list((git_dir / "objects").glob("incoming-*")), "the push's quarantine was left behind"
+        assert not glob.glob(workdirs), "the build's temporary directory was left behind"
+        builds = admin.ssh("builds", "crashy").stdout
+        assert re.search(r"^1\s+failed", builds, re.M), builds
+        output = admin.ssh("builds:output", "crashy", "1").stdout
+        assert "Compiling with the hello buildpack" in output and "sleeping" in output, output
+        assert "Interrupted: bae serve stopped during this build" in output
+        assert not compiling()
+        os.remove(repo / "slow.txt")
+        make_repo(repo, {}, "fast again")
+        again = admin.push(repo, "crashy")
+        assert again.returncode == 0, again.stderr
+        assert not list((git_dir / "objects").glob("incoming-*")) and not glob.glob(workdirs)
+    finally:
+        srv.stop()
+        srv.cleanup()
+    assert "Traceback" not in srv.log()

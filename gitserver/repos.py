@@ -13,10 +13,10 @@ apps/deployments commands.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import shutil
 import stat
+import subprocess
 import tarfile
 import tempfile
 import time
@@ -98,8 +98,12 @@ def quarantine(repo: Repo) -> Iterator[str]:
 
 
 def quarantine_store(repo: Repo, qdir: str) -> DiskObjectStore:
-    """The quarantine's objects plus the repository's (an alternate)."""
-    return DiskObjectStore(qdir, alternates=[os.path.join(repo.controldir(), "objects")])
+    """The quarantine's objects plus the repository's (an alternate), for dulwich and for git."""
+    from gitserver.packs import git_env
+
+    store = DiskObjectStore(qdir, alternates=[os.path.join(repo.controldir(), "objects")])
+    store.git_env = git_env(repo.controldir(), qdir)
+    return store
 
 
 def migrate(store: DiskObjectStore, repo: Repo) -> None:
@@ -173,40 +177,99 @@ class CommitSource:
                     yield path, entry.mode, entry.sha
 
     def tar(self, prefix: str, uid: int, keep: Callable[[str], bool] = lambda p: True) -> Iterator[bytes]:
-        """The commit's files as an uncompressed tar stream under ``prefix``, owned by ``uid``."""
-        buf = io.BytesIO()
+        """The commit's files as an uncompressed tar stream under ``prefix``, owned by ``uid``.
+
+        File contents stream from ``git cat-file --batch`` in chunks of at most
+        1 MB, so memory stays flat whatever the size of the push or of one file.
+        """
         mtime = int(self.commit.commit_time or time.time())
         dirs: set[str] = set()
-        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        pending: list[bytes] = []
 
-            def add_dir(path: str) -> None:
-                if path in dirs or path in ("", "."):
-                    return
-                add_dir(str(PurePosixPath(path).parent))
-                info = tarfile.TarInfo(f"{prefix}/{path}")
-                info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, mtime
-                info.uid = info.gid = uid
-                tar.addfile(info)
-                dirs.add(path)
+        def header(path: str, **fields) -> bytes:
+            info = tarfile.TarInfo(f"{prefix}/{path}")
+            info.mtime, info.uid, info.gid = mtime, uid, uid
+            for name, value in fields.items():
+                setattr(info, name, value)
+            return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
+        def add_dir(path: str) -> None:
+            if path in dirs or path in ("", "."):
+                return
+            add_dir(str(PurePosixPath(path).parent))
+            pending.append(header(path, type=tarfile.DIRTYPE, mode=0o755))
+            dirs.add(path)
+
+        with _Blobs(self.store) as blobs:
             for path, mode, sha in self.walk():
                 if mode == 0o160000 or not keep(path):  # submodules are not fetched
                     continue
                 add_dir(str(PurePosixPath(path).parent))
-                blob = self.store[sha]
-                info = tarfile.TarInfo(f"{prefix}/{path}")
-                info.mtime = mtime
-                info.uid = info.gid = uid
-                data = blob.as_raw_string()
                 if stat.S_ISLNK(mode):
-                    info.type, info.linkname, info.mode = tarfile.SYMTYPE, data.decode("utf-8", "surrogateescape"), 0o777
-                    tar.addfile(info)
-                else:
-                    info.mode = 0o755 if mode & 0o100 else 0o644
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
-                if buf.tell() > 1 << 20:
-                    yield buf.getvalue()
-                    buf.seek(0)
-                    buf.truncate()
-        yield buf.getvalue()
+                    target = b"".join(blobs.read(sha)).decode("utf-8", "surrogateescape")
+                    pending.append(header(path, type=tarfile.SYMTYPE, linkname=target, mode=0o777))
+                    continue
+                size = blobs.size(sha)
+                yield b"".join(pending) + header(path, size=size, mode=0o755 if mode & 0o100 else 0o644)
+                pending.clear()
+                yield from blobs.read(sha)
+                if size % tarfile.BLOCKSIZE:
+                    yield tarfile.NUL * (tarfile.BLOCKSIZE - size % tarfile.BLOCKSIZE)
+        yield b"".join(pending) + tarfile.NUL * (2 * tarfile.BLOCKSIZE)
+
+
+class _Blobs:
+    """Blob contents from one ``git cat-file --batch`` process, in chunks.
+
+    Used with a store that knows its git environment (a push's quarantine);
+    otherwise the blobs are read by dulwich, whole.
+    """
+
+    CHUNK = 1 << 20
+
+    def __init__(self, store) -> None:
+        self.store = store
+        self.proc = None
+        self._next: tuple[bytes, int, bytes | None] | None = None  # sha, size, (dulwich) data
+        env = getattr(store, "git_env", None)
+        if env is not None:
+            self.proc = subprocess.Popen(["git", "cat-file", "--batch"], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, env=env, cwd=env["GIT_OBJECT_DIRECTORY"])
+
+    def __enter__(self) -> "_Blobs":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def size(self, sha: bytes) -> int:
+        if self.proc is None:
+            data = self.store[sha].as_raw_string()
+            self._next = (sha, len(data), data)
+            return len(data)
+        self.proc.stdin.write(sha + b"\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline().split()
+        if len(line) != 3 or line[1] != b"blob":
+            raise KeyError(sha)
+        self._next = (sha, int(line[2]), None)
+        return int(line[2])
+
+    def read(self, sha: bytes) -> Iterator[bytes]:
+        """The blob's bytes in chunks (after ``size(sha)``, or on its own)."""
+        if self._next is None or self._next[0] != sha:
+            self.size(sha)
+        _, left, data = self._next
+        self._next = None
+        if data is not None:
+            yield data
+            return
+        while left:
+            chunk = self.proc.stdout.read(min(left, self.CHUNK))
+            if not chunk:
+                raise KeyError(sha)
+            left -= len(chunk)
+            yield chunk
+        self.proc.stdout.read(1)  # the newline after each object

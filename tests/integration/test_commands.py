@@ -96,7 +96,7 @@ def test_truncated_keys_are_refused_like_ssh_keygen_does(server, admin, key_type
         copy.write_text(text + "\n")
         assert subprocess.run(["ssh-keygen", "-l", "-f", str(copy)], capture_output=True).returncode != 0
         fails(admin.ssh("keys:add", name, input=text + "\n"), "damaged or cut short")
-    assert name not in ok(admin.ssh("keys:list", name)).replace(f"=== {name}", "")
+    assert "SHA256:" not in ok(admin.ssh("keys:list", name))
     ok(admin.ssh("keys:add", name, input=line + "\n"))
 
 

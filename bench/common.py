@@ -10,7 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from helpers import Server, free_port, make_repo, run, tmpdir, wait_port  # noqa: E402,F401
+from helpers import APPS, Server, free_port, make_repo, run, tmpdir, wait_port  # noqa: E402,F401
 
 
 def timed(fn) -> float:

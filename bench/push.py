@@ -12,6 +12,12 @@ reference is the stock OpenSSH sshd on another loopback port with
 `receive.unpackLimit=1` (git keeps the pack, as bae does). Prints medians of
 RUNS runs and the ratio bae/reference. Target: ratio ≤ 1.3 for both.
 
+Memory: a real `bae serve` (its own data directory and ports) receives, builds
+(with the no-op test buildpack) and deploys a 200 MB push of random files; the
+benchmark samples the process's RSS and reads its peak (VmHWM). Target: peak ≤
+150 MB above the RSS at idle. The git processes it runs (index-pack, cat-file)
+are sampled and shown apart.
+
 Run: .venv/bin/python -m bench.push [RUNS]
 """
 
@@ -21,10 +27,11 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from bae.config import Settings
-from bench.common import free_port, make_repo, median, report, run, timed, tmpdir, wait_port
+from bench.common import APPS, Server, free_port, make_repo, median, report, run, timed, tmpdir, wait_port
 from control.deploy import deploy_lock
 from control.platform import Platform
 from gitserver.keys import parse_public_key
@@ -99,6 +106,73 @@ class GitServer:
         self.ssh.stop(grace=5)
 
 
+def _kb(pid: int, field: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except FileNotFoundError:
+            pass
+    return found
+
+
+def memory(tmp: Path, megabytes: int = 200) -> None:
+    """Peak RSS of a real `bae serve` while it receives, builds and deploys a large push."""
+    import threading
+
+    repo = tmp / "mem-src"
+    for c in range(megabytes // 10):
+        make_repo(repo, {f"c{c}/f{i}.bin": os.urandom(1_000_000) for i in range(10)}, f"commit {c}")
+    run(["git", "config", "pack.window", "0"], cwd=repo, check=True)
+    run(["git", "gc", "-q"], cwd=repo, check=True)
+    (tmp / "serve").mkdir()
+    server = Server(tmp / "serve").start()
+    try:
+        client = server.user("bench")
+        client.ssh("apps:create", "bulky")
+        server.bae("buildpacks:set", "bulky", str(APPS / "null-buildpack"), check=True)
+        client.ssh("whoami")
+        pid = server.proc.pid
+        idle = _kb(pid, "VmRSS")
+        peak, children = [idle], [0]
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.wait(0.05):
+                peak[0] = max(peak[0], _kb(pid, "VmRSS"))
+                children[0] = max(children[0], sum(_kb(c, "VmRSS") for c in _children(pid)
+                                                   if b"nginx" not in Path(f"/proc/{c}/cmdline").read_bytes()))
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        started = time.perf_counter()
+        try:
+            push = client.push(repo, "bulky")
+        finally:
+            done.set()
+            sampler.join()
+        took = time.perf_counter() - started
+        if push.returncode != 0:
+            raise SystemExit(f"the {megabytes} MB push failed:\n{push.stderr[-2000:]}")
+        top = max(peak[0], _kb(pid, "VmHWM"))
+        print(f"\n== memory of bae serve during a {megabytes} MB push (receive, build, deploy: {took:.1f} s)")
+        print(f"idle {idle / 1024:.0f} MB, peak {top / 1024:.0f} MB: +{(top - idle) / 1024:.0f} MB  "
+              f"(target ≤ +150 MB); its git processes peaked at {children[0] / 1024:.0f} MB together")
+    finally:
+        server.stop()
+        server.cleanup()
+
+
 def main(runs: int = 5) -> None:
     tmp = tmpdir("bae-bench-push-")
     try:
@@ -131,6 +205,7 @@ def main(runs: int = 5) -> None:
         report(f"git push, median of {runs} runs (bae's git server vs OpenSSH sshd + git-receive-pack)", rows)
         ref.stop()
         bae.stop()
+        memory(tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

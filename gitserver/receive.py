@@ -3,9 +3,10 @@
 dulwich's ``ReceivePackHandler`` speaks the protocol; this subclass replaces
 how a push is applied: the pack streams into a quarantine directory through
 git's index-pack (``gitserver.packs``: bounded memory, a size limit, the
-connectivity check before any hook runs), the deploy branch's new commit is handed to the deploy hook while its output streams to
-the pusher over side-band, and only when the hook returns do the pack files
-move in and the ref move (compare-and-swap). Anything else leaves the repo as
+connectivity check before any hook runs), the deploy branch's new commit is
+handed to the deploy hook while its output streams to the pusher over
+side-band, and only when the hook returns do the pack files move in and the
+ref move (compare-and-swap). Anything else leaves the repo as
 it was. Called by the SSH session for ``git-receive-pack``.
 """
 

@@ -153,13 +153,18 @@ class CertLoop:
             self.files.write(name, bundle)
             cert = self.store.add_certificate(from_pem(bundle, name=name, deployment_id=order.deployment_id,
                                                        source="acme"), replace=order.replaces)
-        except BaeError as exc:
+        except Exception as exc:  # BaeError: said why; anything else is a bug, but still backs off
+            if isinstance(exc, BaeError):
+                reason = exc.message
+            else:
+                log.exception("certs: %s: unexpected error while ordering", order.slug)
+                reason = f"unexpected error ({type(exc).__name__}); the operator's log has the details"
             failures = state.failures + 1
             until = renewal.next_attempt(_now(), failures, self.tls.retry_min, self.tls.retry_max,
                                          getattr(exc, "retry_after", None))
             self.store.update_tls_state(order.deployment_id, failures=failures, not_before=until.isoformat(),
-                                        last_error=exc.message)
-            log.warning("certs: %s: %s (failure %d in a row; next attempt %s)", order.slug, exc.message, failures,
+                                        last_error=reason)
+            log.warning("certs: %s: %s (failure %d in a row; next attempt %s)", order.slug, reason, failures,
                         until.isoformat(timespec="seconds"))
             return False
         self.refresh()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bae.logstore import router_log_name
 from bae.model import Certificate, TlsState
-from router.certs import choose, covers
+from router.certs import choose
 from router.pages import page
 
 __all__ = ["Site", "TlsView", "view", "http_lines", "challenge_location", "redirect_server", "https_servers",
@@ -63,9 +63,6 @@ class TlsView:
     def redirected(self, route_key: str) -> tuple[str, ...]:
         return next((hosts for key, hosts in self.redirects if key == route_key), ())
 
-    def serial_for(self, host: str) -> str | None:
-        """The serial of the certificate served for ``host`` (None: none)."""
-        return next((s.serial for s in self.sites if host in s.hostnames), None)
 
 
 def view(routes, dep_ids: dict[str, int], certs: list[Certificate], states: dict[int, TlsState], now: datetime, *,
@@ -183,8 +180,3 @@ def https_servers(tls: TlsView, routes, logs: Path, error_pages: list[str]) -> l
         out.append("  }")
     return out
 
-
-def covered(hostnames, certs: list[Certificate], now: datetime) -> list[str]:
-    """The hostnames some valid certificate in ``certs`` covers."""
-    return [h for h in hostnames if any(covers(c.hostnames, h) and datetime.fromisoformat(c.not_before) <= now
-                                        < datetime.fromisoformat(c.not_after) for c in certs)]

@@ -39,6 +39,7 @@ __all__ = ["Scheduler"]
 log = logging.getLogger("bae.scheduler")
 
 Routes = dict[tuple[str, str], tuple[Endpoint, ...]]
+REMOVED_GRACE = 10.0  # seconds a unit this process removed may still be listed before it is judged again
 
 
 @dataclass
@@ -101,6 +102,7 @@ class Scheduler:
         self._started_ids: dict[str, str] = {}  # placeholder id -> unit id, once created
         self._created: dict[str, float] = {}  # unit id -> when first seen created but not started
         self._stopping: set[str] = set()
+        self._removed: dict[str, float] = {}  # unit id -> when this process removed it (it may be listed a moment)
         self._handlers: dict[type, Callable] = {Start: self._start, Stop: self._stop_unit, Remove: self._remove,
                                                 Crashed: self._crashed, Failed: self._failed, Done: self._done}
 
@@ -244,6 +246,9 @@ class Scheduler:
                     del self._started_ids[placeholder]
             seen += list(self._starting.values())
             self._stopping &= listed
+            mono = time.monotonic()
+            for gone in [i for i, t in self._removed.items() if i not in listed or mono - t > REMOVED_GRACE]:
+                del self._removed[gone]
             for gone in [i for i in self._created if i not in listed]:
                 del self._created[gone]
         self._reset_backoff(seen, now, desired)
@@ -265,8 +270,8 @@ class Scheduler:
         if not info.running and up:
             self.decisions.forget_up(info.id)
             up = False
-        with self._lock:
-            stopping = info.id in self._stopping
+        with self._lock:  # a unit this process removes is not a crash, even if the runtime still lists it
+            stopping = info.id in self._stopping or info.id in self._removed
         return Seen(info.id, info.app, info.deployment, info.process, info.release, info.index, info.plan,
                     info.generation, info.running, age, up, info.exit_code, info.oom, stopping,
                     info.web, self.decisions.crash_counted(info.id))
@@ -318,6 +323,8 @@ class Scheduler:
     def _remove_now(self, unit_id: str) -> None:
         self.collector.finish(unit_id)  # its last lines (a crash's) are kept in the app's log
         self.runtime.remove(unit_id)
+        with self._lock:
+            self._removed[unit_id] = time.monotonic()
 
     def _start(self, action: Start, this: _Pass) -> None:
         dep, release, command = this.desired.specs[action.want.key]

@@ -133,10 +133,19 @@ class Scheduler:
     default_plan: str = setting("s1", "plan of a process type until ps:resize changes it")
     max_units: int = setting(20, "most units one process type may be scaled to")
     rollout_batch: int = setting(5, "web units started at once during a deploy, resize or restart")
+    runtime: str = setting("docker", "where units run: \"docker\" (this machine's Docker Engine) or \"swarm\" (the nodes of the Docker Swarm this engine manages)")
     backoff_max: int = setting(300, "longest wait, in seconds, before restarting a crash-looping unit")
     backoff_reset: float = setting(30.0, "seconds a unit must stay up before its process type's crash count resets")
     keep_releases: int = setting(5, "releases whose images are kept for rollback; older images are removed")
     release_timeout: int = setting(600, "seconds a Procfile release: command may run before the release fails")
+
+
+@dataclass
+class Swarm:
+    advertise_addr: str = setting("", "the manager's address on the nodes' network (the registry listens there); empty: the swarm's advertise address")
+    registry_port: int = setting(5000, "TCP port of the platform's image registry on advertise_addr")
+    registry_dir: str = setting("", "where the registry keeps its CA, certificate and images; empty: data_dir/registry")
+    heartbeat: float = setting(5.0, "Swarm dispatcher heartbeat in seconds: a node missing about three is declared down and its units re-placed")
 
 
 @dataclass
@@ -157,6 +166,7 @@ class Settings:
     scheduler: Scheduler = setting(Scheduler(), "running units")
     plans: dict[str, Plan] = setting(_default_plans(), "unit sizes ps:resize chooses from")
     logs: Logs = setting(Logs(), "app logs")
+    swarm: Swarm = setting(Swarm(), "the cluster (when scheduler.runtime is \"swarm\")")
 
     source: str = field(default="(defaults)", metadata={"internal": True})
 
@@ -230,6 +240,9 @@ def load(path: str | os.PathLike | None = None) -> Settings:
             f"Known plans: {', '.join(sorted(settings.plans))}.",
         )
     settings.git.max_push_bytes  # noqa: B018 (a bad size stops start-up, naming the key)
+    if settings.scheduler.runtime not in ("docker", "swarm"):
+        raise ConfigError(f"setting 'scheduler.runtime' is {settings.scheduler.runtime!r}",
+                          "Use \"docker\" (this machine) or \"swarm\" (a Docker Swarm cluster).")
     settings.source = str(path)
     return settings
 

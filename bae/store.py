@@ -148,6 +148,12 @@ def m008_buildpacks_set_by_admin(db: sqlite_utils.Database) -> None:
     db["deployments"].add_column("buildpacks_admin", int, not_null_default=0)
 
 
+@migrations()
+def m009_swarm_placement(db: sqlite_utils.Database) -> None:
+    # Swarm placement constraints of a process type (ps:place), JSON list; [] places anywhere
+    db["formation"].add_column("placement", str)
+
+
 class Store:
     """Typed access to the platform's SQLite database."""
 
@@ -529,6 +535,20 @@ class Store:
             if restart:
                 row["generation"] = row["generation"] + 1
             db["formation"].upsert(row, pk=("deployment_id", "process"))
+
+    def placement(self, app: str, deployment: str, process: str) -> list[str]:
+        """The Swarm placement constraints of a process type (ps:place), [] when it may run anywhere."""
+        row = self._one("select formation.placement from formation join deployments on deployments.id = "
+                        "formation.deployment_id join apps on apps.id = deployments.app_id where apps.name = ? "
+                        "and deployments.name = ? and formation.process = ?", [app, deployment, process])
+        return json.loads(row["placement"]) if row and row["placement"] else []
+
+    def set_placement(self, dep: Deployment, process: str, constraints: list[str], default_plan: str = "s1") -> None:
+        """Constrain where a process type's units run; its units are replaced (a restart generation)."""
+        self.set_formation(dep, process, restart=True, default_plan=default_plan)
+        with self.write() as db:
+            db.execute("update formation set placement = ? where deployment_id = ? and process = ?",
+                       [json.dumps(constraints), dep.id, process])
 
     def backoffs(self) -> dict[tuple[int, str], dict]:
         """Crash backoff by (deployment id, process type): failures, not_before (ISO time), reason, shape."""

@@ -68,6 +68,9 @@ def serve(platform: Platform, console: Console, run_command: Callable[..., int])
                       tls_dir=platform.data / "tls")
     pipeline = Pipeline(platform)
     _clean_after_crash(platform, pipeline)  # before the scheduler fails what was left running
+    platform.runtime.serve(settings)  # the swarm runtime's registry and heartbeat; nothing for the docker runtime
+    platform.runtime.report = lambda app, dep, text: (log.info("%s/%s: %s", app, dep, text),
+                                                      platform.logs.event(app, dep, "scheduler", text))
     router = Router(platform.store, settings.router, base_domain=settings.base_domain, prefix=platform.data / "router",
                     access_logs=platform.logs.router_root, max_log_mb=settings.logs.router_max_mb, https=https)
     router.start()
@@ -108,5 +111,6 @@ def serve(platform: Platform, console: Console, run_command: Callable[..., int])
     ssh.stop(grace=60)
     scheduler.stop()
     router.stop()
+    platform.runtime.shutdown()
     log.info("stopped (units keep running; the next bae serve adopts them)")
     return 0

@@ -85,8 +85,11 @@ class Platform:
         if self._runtime is None:
             # imported on first use: commands that never look at units do not load the Docker SDK
             from scheduler.runtime_docker import DockerRuntime
+            from scheduler.runtime_swarm import SwarmRuntime
 
-            self._runtime = DockerRuntime(self.instance)
+            # each backend says whether the settings select it (config.load refused any other name)
+            backend = next(r for r in (SwarmRuntime, DockerRuntime) if r.applies(self.settings))
+            self._runtime = backend.create(self.instance, self.settings, self.store)
         return self._runtime
 
     def notify(self) -> bool:

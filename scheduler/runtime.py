@@ -95,6 +95,7 @@ class UnitInfo(UnitIdentity):
     finished_at: float | None = None
     exit_code: int | None = None
     oom: bool = False
+    node: str = ""  # the machine it runs on, when the runtime has several (swarm)
 
 
 @dataclass

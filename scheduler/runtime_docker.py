@@ -132,6 +132,22 @@ class _Attached:
 class DockerRuntime:
     """Starts, stops, lists and probes unit containers of one bae installation."""
 
+    name = "docker"
+
+    @staticmethod
+    def applies(settings) -> bool:
+        return settings.scheduler.runtime == "docker"
+
+    @classmethod
+    def create(cls, instance: str, settings, store) -> "DockerRuntime":
+        return cls(instance)
+
+    def serve(self, settings) -> None:
+        """Nothing to start besides the engine itself."""
+
+    def shutdown(self) -> None:
+        pass
+
     def __init__(self, instance: str) -> None:
         self.instance = instance
         try:
@@ -304,6 +320,10 @@ class DockerRuntime:
             except BaeError as exc:  # dockerd restarted: reconnect
                 log.info("docker events stream ended (%s); reconnecting", exc.message)
                 stop.wait(1)
+
+    def timeline(self, **labels: str) -> list[str]:
+        """Units moved between machines: none on one machine (see SwarmRuntime.timeline)."""
+        return []
 
     def logs(self, unit_id: str, tail: int = 20) -> str:
         try:

@@ -35,6 +35,8 @@ class UnitStatus:
 
 def _state(info: UnitInfo, runtime: Runtime, now: float, backoff: dict | None, memory: dict) -> UnitStatus:
     address = f"127.0.0.1:{info.host_port}" if info.host_port else ""
+    if info.node:  # a runtime of several machines: where the unit runs
+        address = f"{info.address or ''} on {info.node}".strip()
     base = dict(unit=info.unit, process=info.process, index=info.index, release=info.release, plan=info.plan,
                 address=address, generation=info.generation)
     if info.running:

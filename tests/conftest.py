@@ -22,3 +22,15 @@ def server(tmp_path_factory, request):
 @pytest.fixture(scope="module")
 def admin(server):
     return server.user("root", admin=True)
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """One Docker Swarm per test run: the host's engine as manager, two dockerd-in-container workers."""
+    from cluster import Cluster
+
+    swarm = Cluster(workers=2)
+    try:
+        yield swarm
+    finally:
+        swarm.close()

@@ -80,6 +80,11 @@ def ps(inv: Invocation, target: str) -> None:
     strays = [s for s in statuses if not release or s.process not in release.process_types]
     for s in strays:
         inv.console.out(f"{s.unit:<10} {s.state} {duration(s.since)} v{s.release} {s.plan} (stopping)")
+    moves = inv.platform.runtime.timeline(app=dep.app, deployment=dep.name)  # failovers (swarm runtime)
+    if moves:
+        inv.console.out("=== failovers")
+        for line in moves[-20:]:
+            inv.console.out(line)
 
 
 @command("ps:scale")

@@ -1,0 +1,139 @@
+"""nodes, nodes:drain, nodes:activate, nodes:label, nodes:join-token, ps:place (the swarm runtime)."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import click
+
+from bae.access import deployment_for, require_admin
+from bae.errors import Invalid
+from control.commands import Invocation, command
+from scheduler.plans import memory_bytes
+
+_LABEL = re.compile(r"([A-Za-z0-9][A-Za-z0-9_.-]{0,62})(?:=(.{0,200}))?")
+_CONSTRAINT = re.compile(r"node\.(?:labels\.[A-Za-z0-9_.-]+|hostname|role|id|platform\.os|platform\.arch)\s*(==|!=)\s*[A-Za-z0-9_.-]+")
+
+
+def _swarm(inv: Invocation):
+    runtime = inv.platform.runtime
+    if getattr(runtime, "name", "") != "swarm":
+        raise Invalid("this platform runs its units on one machine (scheduler.runtime is \"docker\")",
+                      "Set scheduler.runtime = \"swarm\" on a Swarm manager to use nodes.")
+    return runtime
+
+
+def _gib(n: int) -> str:
+    return f"{n / 1024 ** 3:.1f} GB"
+
+
+@command("nodes")
+def nodes(inv: Invocation) -> None:
+    """List the cluster's nodes: state, availability, labels, units, free memory and CPU."""
+    require_admin(inv.caller, "list nodes")
+    runtime = _swarm(inv)
+    units = runtime.list_units()
+    plans = inv.platform.settings.plans
+    rows = []
+    for node in sorted(runtime.nodes(fresh=True).values(), key=lambda n: (n.role != "manager", n.hostname)):
+        mine = [u for u in units if u.node == node.hostname and u.running]
+        used_mem = sum(memory_bytes(plans[u.plan].memory) for u in mine if u.plan in plans)
+        used_cpu = sum(plans[u.plan].cpu for u in mine if u.plan in plans)
+        rows.append([node.hostname, node.state, node.availability, node.role + ("*" if node.leader else ""),
+                     node.address, ",".join(f"{k}={v}" for k, v in sorted(node.labels.items())) or "-", len(mine),
+                     _gib(max(0, node.memory - used_mem)), f"{max(0.0, node.cpus - used_cpu):.1f}"])
+    inv.console.table(["node", "state", "availability", "role", "address", "labels", "units", "free memory",
+                       "free cpu"], rows, empty="No nodes.")
+
+
+def _availability(inv: Invocation, name: str, availability: str, verb: str) -> None:
+    require_admin(inv.caller, f"{verb} nodes")
+    node = _swarm(inv).update_node(name, availability=availability)
+    inv.platform.notify()
+    inv.console.step(f"{node.hostname} is {node.availability}")
+
+
+@command("nodes:drain")
+@click.argument("node")
+def nodes_drain(inv: Invocation, node: str) -> None:
+    """Move every unit away from NODE and place none there until nodes:activate."""
+    require_admin(inv.caller, "drain nodes")
+    runtime = _swarm(inv)
+    paused = runtime.update_node(node, availability="pause")
+    if inv.platform.notify():
+        # paused: nothing new lands there, and the scheduler replaces its units elsewhere, new ones up
+        # before old ones stop (a Swarm drain would stop them first)
+        inv.console.step(f"Moving the units away from {paused.hostname}")
+        limit = inv.platform.settings.scheduler.boot_timeout + inv.platform.settings.scheduler.stop_grace + 60
+        deadline = time.monotonic() + limit
+        while any(u.node == paused.hostname and u.running for u in runtime.list_units()):
+            if time.monotonic() > deadline:
+                inv.console.error(f"units still run on {paused.hostname} after {limit} s; draining it anyway")
+                break
+            time.sleep(0.5)
+    drained = runtime.update_node(paused.id, availability="drain")
+    inv.console.step(f"{drained.hostname} is {drained.availability}")
+
+
+@command("nodes:activate")
+@click.argument("node")
+def nodes_activate(inv: Invocation, node: str) -> None:
+    """Let units be placed on NODE again (after nodes:drain)."""
+    _availability(inv, node, "active", "activate")
+    inv.console.detail("New and re-placed units may run there; running units stay where they are.")
+
+
+@command("nodes:label")
+@click.argument("node")
+@click.argument("labels", nargs=-1, required=True, metavar="KEY=VALUE|KEY-...")
+def nodes_label(inv: Invocation, node: str, labels: tuple[str, ...]) -> None:
+    """Set (KEY=VALUE) or remove (KEY-) labels of NODE, for ps:place constraints."""
+    require_admin(inv.caller, "label nodes")
+    changes: dict[str, str | None] = {}
+    for arg in labels:
+        if arg.endswith("-") and _LABEL.fullmatch(arg[:-1]):
+            changes[arg[:-1]] = None
+            continue
+        match = _LABEL.fullmatch(arg)
+        if not match or match.group(2) is None:
+            raise Invalid(f"'{arg[:60]}' is not KEY=VALUE or KEY-", "For example: nodes:label n2 zone=a")
+        changes[match.group(1)] = match.group(2)
+    updated = _swarm(inv).update_node(node, labels=changes)
+    inv.console.step(f"{updated.hostname}: " + (", ".join(f"{k}={v}" for k, v in sorted(updated.labels.items())) or "no labels"))
+
+
+@command("nodes:join-token")
+def nodes_join_token(inv: Invocation) -> None:
+    """Print the commands that make a new machine a node: trust the registry, join the swarm."""
+    require_admin(inv.caller, "add nodes")
+    runtime = _swarm(inv)
+    inv.console.out("# on the new machine (Docker Engine running), as root:")
+    inv.console.out(runtime.registry.trust_command())
+    inv.console.out(runtime.join_command())
+
+
+@command("ps:place")
+@click.argument("target", metavar="APP[/DEP]")
+@click.argument("process")
+@click.argument("constraint", required=False)
+@click.option("--clear", is_flag=True, help="Place the units anywhere again.")
+def ps_place(inv: Invocation, target: str, process: str, constraint: str | None, clear: bool) -> None:
+    """Run a process type's units only on nodes matching CONSTRAINT (node.labels.zone==a); units are replaced."""
+    dep = deployment_for(inv.caller, inv.store, target)
+    _swarm(inv)
+    if clear == bool(constraint):
+        raise Invalid("give a constraint or --clear", f"For example: ps:place {target} {process} node.labels.zone==a")
+    if constraint and not _CONSTRAINT.fullmatch(constraint.strip()):
+        raise Invalid(f"'{constraint[:80]}' is not a placement constraint",
+                      "Use node.labels.KEY==VALUE (or !=), node.hostname==NAME or node.role==worker, "
+                      "e.g. node.labels.zone==a.")
+    formation = inv.store.formation(dep)
+    if process not in formation:
+        raise Invalid(f"{dep.slug} has no process type '{process}'",
+                      f"Its process types: {', '.join(sorted(formation)) or '(none: push first)'}.")
+    inv.store.set_placement(dep, process, [] if clear else [re.sub(r"\s+", "", constraint)],
+                            inv.platform.settings.scheduler.default_plan)
+    inv.platform.notify()
+    inv.console.step(f"{process} units of {dep.slug} run " + ("anywhere" if clear else f"where {constraint}")
+                     + "; replacing them")

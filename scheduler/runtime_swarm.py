@@ -1,0 +1,727 @@
+"""Docker Swarm as the scheduler's runtime: units run on the nodes of a cluster.
+
+Selected by ``[scheduler] runtime = "swarm"`` (``SwarmRuntime.applies``); the host's
+Docker Engine must be a Swarm manager. Each unit is a replicated Swarm service with
+one task, labelled like a unit container (``bae.platform``, ``bae.role=unit``,
+``bae.app`` ... ``bae.generation``): the reconcile loop decides which units exist
+(its rollouts, backoff and zero-downtime rules hold as on one machine) and Swarm
+keeps each one running somewhere: when a node dies its tasks are re-created on
+another node after the dispatcher heartbeat notices (``swarm.heartbeat``).
+
+Why one service per unit and not one per process type: a Swarm service has one
+image and one spec for all its tasks, and its own rolling update stops old tasks
+without waiting until the router stopped sending them requests (the 502s CapRover's
+users fight). Per-unit services keep the loop's router-first rollouts, batch limits,
+crash attribution and backoff, and Swarm still re-places every unit.
+
+The unit contract as a service: user ``bae``, the image's tini as PID 1, the BAE_*
+variables, the plan's memory/CPU limits and reservations and pids limit, all
+capabilities dropped, the platform's CA bundle as a Swarm config at CA_PATH,
+``restart_policy`` any (so units keep running even while ``bae serve`` is down),
+start-first updates, and the web port published in host mode on the node the task
+runs on (``ADDRESS:PORT`` of that node is where the router sends requests).
+Units run on worker nodes only: a host-mode port on the manager would listen on
+all of the platform host's interfaces. Images reach the nodes through the
+platform's registry (``scheduler.registry``), referenced by digest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import secrets
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Callable, Iterator
+
+import docker
+import docker.errors
+from docker.types import (ConfigReference, ContainerSpec, EndpointSpec, Placement, Resources, RestartPolicy,
+                          ServiceMode, TaskTemplate, UpdateConfig)
+
+from bae.errors import BaeError, Unavailable
+from bae.unit import CA_PATH, PORT, USER
+from scheduler.plans import memory_bytes
+from scheduler.runtime import OneOff, UnitIdentity, UnitInfo, UnitSpec, Workload
+from scheduler.runtime_docker import ENGINE_ERRORS, translate
+
+__all__ = ["SwarmRuntime", "NodeInfo", "Lost"]
+
+log = logging.getLogger("bae.runtime")
+
+WORKER_SETTLE = 1.0
+ALIVE = {"new", "pending", "assigned", "accepted", "preparing", "ready", "starting", "running"}
+EXITED = {"complete", "failed", "rejected", "shutdown"}
+
+
+@dataclass
+class NodeInfo:
+    """One machine of the cluster, as `nodes` shows it."""
+    id: str
+    hostname: str
+    role: str
+    state: str  # ready, down, unknown
+    availability: str  # active, pause, drain
+    address: str
+    labels: dict
+    memory: int  # bytes
+    cpus: float
+    leader: bool = False
+
+
+@dataclass
+class Lost:
+    """A unit whose task ended with its node: the failover timeline's raw material."""
+    app: str
+    deployment: str
+    unit: str
+    node: str
+    lost_at: float  # epoch: when the manager gave the task up
+    running_on: str | None
+    running_at: float | None
+
+    def text(self) -> str:
+        where = f", running on {self.running_on} at {_clock(self.running_at)}" if self.running_on else ", not running yet"
+        return f"{self.unit} lost with node {self.node} at {_clock(self.lost_at)}{where}"
+
+
+@dataclass
+class _Seen:
+    task: str
+    node: str
+    node_id: str
+    running: bool
+    lost: tuple[str, float] | None  # (node, when) while its replacement is not running yet
+
+
+class _Attached:
+    """A one-off unit's task: its output (task logs) until it ends, and its exit code (``Attached``)."""
+
+    def __init__(self, runtime: "SwarmRuntime", service: str) -> None:
+        self.runtime, self.service = runtime, service
+        self.task: dict | None = None
+
+    def send(self, data: bytes) -> None:
+        pass  # Swarm tasks take no input (see SwarmRuntime.attach)
+
+    def close_input(self) -> None:
+        pass
+
+    def resize(self, width: int, height: int) -> None:
+        pass
+
+    def _state(self) -> dict | None:
+        tasks = self.runtime._tasks([{"ID": self.service}]).get(self.service) or []
+        self.task = tasks[-1] if tasks else None
+        return self.task
+
+    def _ended(self) -> bool:
+        task = self._state()
+        return bool(task) and task["Status"]["State"] in ("complete", "failed", "rejected", "shutdown", "orphaned")
+
+    def output(self) -> Iterator[tuple[int, bytes]]:
+        """Task logs as they come (both streams as stdout: Swarm's task logs mix them), until the task ended."""
+        import queue
+
+        while not (self._state() and self.task["Status"]["State"] in ("running", *EXITED)):
+            time.sleep(0.2)  # pulling the image on its node
+        chunks: queue.Queue = queue.Queue()
+
+        def pump() -> None:
+            try:
+                for chunk in self.runtime._task_logs(f"{self.service}/{self.task['ID']}", follow=1):
+                    chunks.put(chunk)
+            except Exception:  # the task or its node went away
+                pass
+            chunks.put(None)
+
+        threading.Thread(target=pump, daemon=True).start()
+        quiet_since = None
+        while True:
+            try:
+                chunk = chunks.get(timeout=0.2)
+            except queue.Empty:
+                if self._ended():  # the log stream of an ended task may stay open: stop once it is quiet
+                    quiet_since = quiet_since or time.monotonic()
+                    if time.monotonic() - quiet_since > 0.5:
+                        return
+                continue
+            if chunk is None:
+                return
+            quiet_since = None
+            yield 1, chunk
+
+    def kill(self) -> None:
+        self.runtime.remove(self.service)
+
+    def wait(self) -> int:
+        deadline = time.monotonic() + 30
+        while not self._ended():
+            if time.monotonic() > deadline:
+                raise BaeError("the one-off unit did not report its end")
+            time.sleep(0.2)
+        status = self.task["Status"]
+        if status["State"] == "rejected":
+            raise BaeError(f"the one-off unit could not start: {status.get('Err', '?')}")
+        return int((status.get("ContainerStatus") or {}).get("ExitCode", 0 if status["State"] == "complete" else 1))
+
+
+class SwarmRuntime:
+    """Units as one-task Swarm services on the cluster the host's engine manages."""
+
+    name = "swarm"
+
+    @staticmethod
+    def applies(settings) -> bool:
+        return settings.scheduler.runtime == "swarm"
+
+    @classmethod
+    def create(cls, instance: str, settings, store) -> "SwarmRuntime":
+        """The runtime of this installation: its registry (not started: `bae serve` starts it) and
+        the process types' placement constraints from the store."""
+        from scheduler.registry import Registry
+
+        runtime = cls(instance, placement=store.placement)
+        swarm = settings.swarm
+        directory = swarm.registry_dir or str(settings.data / "registry")
+        runtime.registry = Registry(directory, swarm.advertise_addr or runtime.address, swarm.registry_port)
+        return runtime
+
+    def serve(self, settings) -> None:
+        """What `bae serve` starts for this runtime: the registry, and the heartbeat it is told."""
+        self.set_heartbeat(settings.swarm.heartbeat)
+        self.registry.start()
+
+    def shutdown(self) -> None:
+        self.registry.stop()
+
+    def __init__(self, instance: str, registry=None,
+                 placement: Callable[[str, str, str], list[str]] | None = None) -> None:
+        self.instance = instance
+        self.registry = registry
+        self.placement = placement or (lambda app, deployment, process: [])
+        try:
+            self.client = docker.from_env(version="auto", timeout=120)
+            self.api = self.client.api
+            state = self.api.info()["Swarm"]
+        except ENGINE_ERRORS as exc:
+            raise Unavailable(f"the Docker Engine does not answer ({exc.__class__.__name__})",
+                              "Start it (make up starts dockerd).") from None
+        if state.get("LocalNodeState") != "active" or not state.get("ControlAvailable"):
+            raise Unavailable("this Docker Engine is not a Swarm manager (scheduler.runtime is \"swarm\")",
+                              "Run `docker swarm init --advertise-addr ADDRESS` on this host, or set "
+                              "scheduler.runtime = \"docker\".")
+        self.address = state.get("NodeAddr", "")
+        self._lock = threading.Lock()
+        self._images: dict[str, str] = {}  # local image id -> registry reference by digest
+        self._nodes: tuple[float, dict[str, NodeInfo]] = (0.0, {})
+        self._ca_config: tuple[str, str] | None = None
+        self.report: Callable[[str, str, str], None] | None = None  # (app, deployment, text): the failover timeline
+        self._creating: set[str] = set()  # service names start() is creating
+        self._last: dict[str, _Seen] = {}  # service id -> its task when last listed
+
+    # -- the cluster --------------------------------------------------------------
+
+    def set_heartbeat(self, seconds: float) -> None:
+        """The dispatcher heartbeat: a node missing about three of them is declared down."""
+        try:
+            spec = self.api.inspect_swarm()
+            dispatcher = spec["Spec"].get("Dispatcher") or {}
+            wanted = int(seconds * 1e9)
+            if dispatcher.get("HeartbeatPeriod") != wanted:
+                self.api.update_swarm(version=spec["Version"]["Index"],
+                                      swarm_spec=self.api.create_swarm_spec(dispatcher_heartbeat_period=wanted))
+                log.info("swarm dispatcher heartbeat set to %.1f s", seconds)
+        except ENGINE_ERRORS as exc:
+            raise BaeError(f"setting the swarm heartbeat failed: {exc}") from None
+
+    def nodes(self, fresh: bool = False) -> dict[str, NodeInfo]:
+        """Nodes by id (cached for a second: every pass lists them)."""
+        with self._lock:
+            at, cached = self._nodes
+        if not fresh and time.monotonic() - at < 1.0:
+            return cached
+        try:
+            rows = self.api.nodes()
+        except ENGINE_ERRORS as exc:
+            raise Unavailable(f"listing the swarm's nodes failed: {exc}") from None
+        nodes = {}
+        for row in rows:
+            spec, desc, status = row.get("Spec", {}), row.get("Description", {}), row.get("Status", {})
+            res = desc.get("Resources", {})
+            nodes[row["ID"]] = NodeInfo(
+                id=row["ID"], hostname=desc.get("Hostname", "?"), role=spec.get("Role", "?"),
+                state=status.get("State", "?"), availability=spec.get("Availability", "?"),
+                address=(row.get("ManagerStatus") or {}).get("Addr", "").rsplit(":", 1)[0]
+                if spec.get("Role") == "manager" and status.get("Addr") in ("", "0.0.0.0") else status.get("Addr", ""),
+                labels=spec.get("Labels") or {}, memory=res.get("MemoryBytes", 0), cpus=res.get("NanoCPUs", 0) / 1e9,
+                leader=bool((row.get("ManagerStatus") or {}).get("Leader")))
+        with self._lock:
+            self._nodes = (time.monotonic(), nodes)
+        return nodes
+
+    def node(self, name: str) -> NodeInfo:
+        """A node by hostname or id (prefix), or a BaeError listing the known ones."""
+        nodes = self.nodes(fresh=True)
+        found = [n for n in nodes.values() if n.hostname == name and n.state != "down"] or \
+                [n for n in nodes.values() if n.hostname == name] or \
+                [n for n in nodes.values() if n.id.startswith(name)]
+        if not found:
+            raise BaeError(f"no node {name!r} in the swarm",
+                           "Known nodes: " + ", ".join(sorted(n.hostname for n in nodes.values())) + " (see `nodes`).")
+        return found[0]
+
+    def update_node(self, name: str, availability: str | None = None, labels: dict[str, str | None] | None = None) -> NodeInfo:
+        """Change a node's availability (active, drain, pause) or labels (None removes one)."""
+        node = self.node(name)
+        try:
+            row = self.api.inspect_node(node.id)
+            spec = dict(row["Spec"])
+            if availability:
+                spec["Availability"] = availability
+            if labels:
+                merged = dict(spec.get("Labels") or {})
+                for key, value in labels.items():
+                    if value is None:
+                        merged.pop(key, None)
+                    else:
+                        merged[key] = value
+                spec["Labels"] = merged
+            self.api.update_node(node.id, row["Version"]["Index"], spec)
+        except ENGINE_ERRORS as exc:
+            raise BaeError(f"updating node {name} failed: {getattr(exc, 'explanation', None) or exc}") from None
+        return self.node(node.id)
+
+    def join_command(self) -> str:
+        try:
+            tokens = self.api.inspect_swarm()["JoinTokens"]
+        except ENGINE_ERRORS as exc:
+            raise BaeError(f"reading the swarm's join token failed: {exc}") from None
+        return f"docker swarm join --token {tokens['Worker']} {self.address}:2377"
+
+    # -- images -------------------------------------------------------------------
+
+    def image_ref(self, image: str) -> str:
+        """``image`` (a local tag or id) pushed to the platform's registry: REGISTRY/REPO@sha256:..."""
+        if self.registry is None:
+            return image  # the operator's nodes pull it themselves (a registry they all reach)
+        try:
+            local = self.api.inspect_image(image)
+        except docker.errors.ImageNotFound:
+            raise BaeError(f"the image {image} is gone",
+                           "Push again to rebuild it, or roll back to a release whose image exists.") from None
+        except ENGINE_ERRORS as exc:
+            raise BaeError(f"looking up the image {image} failed: {exc}") from None
+        with self._lock:
+            ref = self._images.get(local["Id"])
+        if ref:
+            return ref
+        repo = image.rsplit(":", 1)[0] if "/" in image and ":" in image.rsplit("/", 1)[-1] else image
+        if repo.startswith("sha256"):
+            repo = "bae/" + self.instance + "/image"
+        target = f"{self.registry.name}/{repo}"
+        tag = "i" + local["Id"].split(":")[-1][:12]
+        digest = None
+        started = time.monotonic()
+        try:
+            self.api.tag(local["Id"], target, tag)
+            for chunk in self.api.push(target, tag, stream=True, decode=True):
+                if "error" in chunk:
+                    raise BaeError(f"pushing {image} to the platform's registry failed: {chunk['error']}",
+                                   "Check that the registry runs (see `bae serve`'s log).")
+                digest = (chunk.get("aux") or {}).get("Digest") or digest
+        except ENGINE_ERRORS as exc:
+            raise BaeError(f"pushing {image} to the platform's registry failed: {exc}") from None
+        finally:
+            try:
+                self.api.remove_image(f"{target}:{tag}", noprune=True)
+            except ENGINE_ERRORS:
+                pass
+        if not digest:
+            raise BaeError(f"the registry gave no digest for {image}")
+        ref = f"{target}@{digest}"
+        log.info("image %s pushed as %s in %.1f s", image, ref, time.monotonic() - started)
+        with self._lock:
+            self._images[local["Id"]] = ref
+        return ref
+
+    def _ca(self, path: str) -> list[ConfigReference]:
+        """The platform's CA bundle as a Swarm config (nodes get it from the manager)."""
+        if not path:
+            return []
+        try:
+            data = open(path, "rb").read()
+        except OSError as exc:
+            raise BaeError(f"reading the CA bundle {path} failed: {exc.strerror}",
+                           "Set build.ca_bundle to a readable file, or to \"\" for the stack's own.") from None
+        name = f"bae-{self.instance}-ca-{hashlib.sha256(data).hexdigest()[:12]}"
+        with self._lock:
+            config_id = self._ca_config if self._ca_config and self._ca_config[0] == name else None
+        if config_id is None:
+            try:
+                found = self.api.configs(filters={"name": name})
+                found = [c for c in found if c["Spec"]["Name"] == name]
+                cid = found[0]["ID"] if found else self.api.create_config(
+                    name, data, labels={"bae.platform": self.instance})["ID"]
+            except docker.errors.APIError as exc:
+                if "already exists" not in str(exc):
+                    raise BaeError(f"storing the CA bundle in the swarm failed: {exc.explanation or exc}") from None
+                cid = [c for c in self.api.configs(filters={"name": name}) if c["Spec"]["Name"] == name][0]["ID"]
+            with self._lock:
+                self._ca_config = (name, cid)
+            config_id = (name, cid)
+        return [ConfigReference(config_id[1], config_id[0], filename=CA_PATH, uid="0", gid="0", mode=0o444)]
+
+    # -- units --------------------------------------------------------------------
+
+    def _filters(self, **labels: str) -> dict:
+        return {"label": [f"bae.platform={self.instance}", "bae.role=unit"] + [f"bae.{k}={v}" for k, v in labels.items()]}
+
+    def _services(self, **labels: str) -> list[dict]:
+        try:
+            return self.api.services(filters=self._filters(**labels))
+        except ENGINE_ERRORS as exc:
+            raise Unavailable(f"listing units failed: {exc}") from None
+
+    def _tasks(self, services: list[dict]) -> dict[str, list[dict]]:
+        if not services:
+            return {}
+        try:
+            rows = self.api.tasks(filters={"service": [s["ID"] for s in services]})
+        except ENGINE_ERRORS as exc:
+            raise Unavailable(f"listing unit tasks failed: {exc}") from None
+        by_service: dict[str, list[dict]] = {}
+        for row in rows:
+            by_service.setdefault(row["ServiceID"], []).append(row)
+        for tasks in by_service.values():
+            tasks.sort(key=lambda t: t.get("CreatedAt", ""))
+        return by_service
+
+    def list_units(self, **labels: str) -> list[UnitInfo]:
+        """Every unit of this installation, one per service: its current task (see _current)."""
+        services = self._services(**labels)
+        tasks = self._tasks(services)
+        nodes = self.nodes()
+        units = []
+        with self._lock:
+            creating = set(self._creating)
+        for service in services:
+            if service["Spec"]["Name"] in creating:
+                continue  # start() has not returned yet: the loop still counts it as its placeholder
+            labels_ = service["Spec"].get("Labels") or {}
+            try:
+                identity = UnitIdentity.from_labels(labels_)
+            except (KeyError, ValueError):
+                continue
+            task, crashed = self._current(tasks.get(service["ID"], []), nodes)
+            self._observe(service, identity, task, nodes)
+            units.append(self._info(service, identity, task, crashed, nodes))
+        return units
+
+    @staticmethod
+    def _lost(task: dict, nodes: dict[str, NodeInfo]) -> bool:
+        """Did this task end with its node (rather than by itself)?"""
+        node = nodes.get(task.get("NodeID", ""))
+        state = task.get("Status", {}).get("State", "")
+        return (node is None or node.state != "ready" or state in ("orphaned", "running", "starting")
+                or (node.availability == "drain" and state == "shutdown"))
+
+    def _current(self, tasks: list[dict], nodes: dict[str, NodeInfo]) -> tuple[dict | None, bool]:
+        """The task that stands for the unit now, and whether the unit crashed.
+
+        A task that exited by itself (non-zero or zero, on a node that is up) is a crash the
+        loop must see, even if Swarm already started the next one; a task lost with its node
+        (down, or drained) is not: the newest task, the one Swarm re-placed, stands for the unit.
+        """
+        if not tasks:
+            return None, False
+        newest = tasks[-1]
+        if _exited(newest, nodes):
+            return newest, True
+        if len(tasks) > 1 and _exited(tasks[-2], nodes) and \
+                (_epoch(tasks[-2]["Status"].get("Timestamp")) or 0) <= (_epoch(newest.get("CreatedAt")) or 0) + 0.5:
+            # Swarm already restarted it: still a crash the loop must see. (A task of a node that died and
+            # came back reports its end only after its replacement was made: that is no crash.)
+            return tasks[-2], True
+        return tasks[-1], False
+
+    def _info(self, service: dict, identity: dict, task: dict | None, crashed: bool,
+              nodes: dict[str, NodeInfo]) -> UnitInfo:
+        status = (task or {}).get("Status", {})
+        state = status.get("State", "new")
+        node = nodes.get((task or {}).get("NodeID", ""))
+        # the id names the task too: a unit re-placed on another node is a new unit to the loop (not up
+        # until it accepts connections there), while stop/remove act on the service
+        info = UnitInfo(id=f"{service['ID']}/{(task or {}).get('ID', '')}", name=service["Spec"]["Name"], **identity,
+                        running=not crashed and state in ALIVE and (node is None or node.state == "ready"),
+                        status=state)
+        info.node = node.hostname if node else ""
+        if node and node.availability == "pause" and info.running:
+            # nodes:drain pauses a node first: its units count as outdated, so the loop starts their
+            # replacements elsewhere and stops them only once those are up (no failed requests)
+            info.generation = -1
+        container = status.get("ContainerStatus") or {}
+        if not info.running:
+            info.exit_code = container.get("ExitCode")
+            info.finished_at = _epoch(status.get("Timestamp"))
+        if state == "running":
+            info.started_at = _epoch(status.get("Timestamp"))
+            if node:
+                info.ip = node.address
+            for port in (status.get("PortStatus") or {}).get("Ports") or []:
+                if port.get("TargetPort") == PORT and port.get("PublishedPort"):
+                    info.host_port = port["PublishedPort"]
+            if info.ip and info.host_port:
+                info.address = f"{info.ip}:{info.host_port}"
+        return info
+
+    def start(self, spec: UnitSpec) -> str:
+        """Create a one-task service for the unit; returns the unit's id (service/task)."""
+        work = spec.workload
+        env = {**work.env, "BAE_APP": spec.app, "BAE_DEPLOYMENT": spec.deployment, "BAE_UNIT": spec.unit,
+               "DYNO": spec.unit, "BAE_RELEASE": f"v{spec.release}"}
+        if spec.web:
+            env["PORT"] = str(PORT)
+        labels = {"bae.platform": self.instance, "bae.role": "unit", **spec.labels()}
+        name = f"bae-{self.instance}-{spec.app}-{spec.deployment}-{spec.process}-{spec.index}-v{spec.release}-{secrets.token_hex(3)}"
+        with self._lock:
+            self._creating.add(name)
+        try:
+            service = self._create(name, work, env, labels, spec.unit, spec.stop_grace, ports=spec.web,
+                                   constraints=self.placement(spec.app, spec.deployment, spec.process),
+                                   restart=RestartPolicy(condition="any", delay=0, max_attempts=0))
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # the orchestrator makes the task at once; the unit's id names it
+                tasks = self._tasks([{"ID": service}]).get(service)
+                if tasks:
+                    return f"{service}/{tasks[-1]['ID']}"
+                time.sleep(0.05)
+            return f"{service}/"
+        finally:
+            with self._lock:
+                self._creating.discard(name)
+
+    def _create(self, name: str, work: Workload, env: dict, labels: dict, unit: str, grace: int, *, ports: bool,
+                constraints: list[str], restart: RestartPolicy, tty: bool = False) -> str:
+        """A one-task service under the unit contract: the plan's limits (and a quarter of them reserved,
+        so that Swarm does not pack a node beyond its memory), user bae, no capabilities, the CA bundle."""
+        image = self.image_ref(work.image)
+        memory = memory_bytes(work.memory)
+        resources = Resources(cpu_limit=int(work.cpu * 1e9), mem_limit=memory,
+                              cpu_reservation=int(work.cpu * 1e9 / 4), mem_reservation=memory // 4)
+        resources["Limits"]["Pids"] = work.pids
+        container = ContainerSpec(image, args=[work.command], env=env, user=USER, labels=labels, tty=tty,
+                                  hostname=unit.replace(".", "-"), stop_grace_period=int(grace * 1e9),
+                                  configs=self._ca(work.ca_bundle), cap_drop=["ALL"])
+        template = TaskTemplate(container, resources=resources, restart_policy=restart,
+                                placement=Placement(constraints=["node.role==worker", *constraints]),
+                                log_driver={"Name": "json-file", "Options": {"max-size": "10m", "max-file": "3"}})
+        endpoint = EndpointSpec(mode="dnsrr", ports=[{"Protocol": "tcp", "TargetPort": PORT, "PublishMode": "host"}]
+                                if ports else None)
+        try:
+            return self.api.create_service(
+                template, name=name, labels=labels, mode=ServiceMode("replicated", replicas=1),
+                update_config=UpdateConfig(parallelism=1, order="start-first", failure_action="rollback"),
+                endpoint_spec=endpoint)["ID"]
+        except ENGINE_ERRORS as exc:
+            raise BaeError(f"starting {unit} failed: {getattr(exc, 'explanation', None) or exc}") from None
+
+    def stop(self, unit_id: str, grace: int) -> None:
+        """Removing the service stops its task: SIGTERM, the grace period, SIGKILL (on its node)."""
+        self.remove(unit_id)
+
+    def remove(self, unit_id: str) -> None:
+        try:
+            self.api.remove_service(_service(unit_id))
+        except docker.errors.NotFound:
+            pass
+        except ENGINE_ERRORS as exc:
+            log.warning("removing %s failed: %s", unit_id[:12], exc)
+
+    @classmethod
+    def is_up(cls, info: UnitInfo, age: float) -> bool:
+        if info.status != "running":
+            return False
+        return cls.probe(info) if info.web else age >= WORKER_SETTLE
+
+    @staticmethod
+    def probe(info: UnitInfo, timeout: float = 0.25) -> bool:
+        """Does the unit accept TCP connections on its node's published port?"""
+        if not info.ip or not info.host_port:
+            return False
+        try:
+            with socket.create_connection((info.ip, info.host_port), timeout=timeout):
+                return True
+        except OSError:
+            return False
+
+    def watch(self, on_event: Callable[[str], None], stop: threading.Event) -> None:
+        """Service and node events (a node going down counts as a unit dying); tasks have none: the loop polls."""
+        while not stop.is_set():
+            try:
+                stream = self.api.events(decode=True, filters={"type": ["service", "node"]})
+                for event in stream:
+                    if stop.is_set():
+                        stream.close()
+                        return
+                    on_event("die" if event.get("Type") == "node" else event.get("Action", ""))
+            except Exception as exc:  # the engine restarted: reconnect
+                log.info("docker events stream ended (%s); reconnecting", exc.__class__.__name__)
+                stop.wait(1)
+
+    def _task_logs(self, unit_id: str, **params):
+        """GET /tasks/ID/logs (the SDK has service logs only; a unit is one task of its service)."""
+        task = unit_id.split("/", 1)[1] if "/" in unit_id else ""
+        if not task:
+            raise BaeError(f"the unit {unit_id[:12]} has no task yet")
+        query = {"stdout": 1, "stderr": 1, **params}
+        response = self.api._get(self.api._url("/tasks/{0}/logs", task), params=query, stream=True)
+        self.api._raise_for_status(response)
+        return self.api._multiplexed_response_stream_helper(response)
+
+    def logs(self, unit_id: str, tail: int = 20) -> str:
+        try:
+            return b"".join(self._task_logs(unit_id, tail=str(tail))).decode("utf-8", "replace")
+        except (BaeError, *ENGINE_ERRORS):
+            return ""
+
+    def follow_logs(self, unit_id: str, since: float | None = None) -> Iterator[list[tuple[str, str]]]:
+        params: dict = {"follow": 1, "timestamps": 1}
+        if since:
+            params["since"] = f"{since:.6f}"
+        try:
+            pending = b""
+            for chunk in self._task_logs(unit_id, **params):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                batch = []
+                for raw in lines:
+                    stamp, _, message = raw.decode("utf-8", "replace").rstrip("\r").partition(" ")
+                    try:
+                        batch.append((_stamp(stamp), message))
+                    except ValueError:
+                        continue
+                if batch:
+                    yield batch
+        except ENGINE_ERRORS as exc:
+            raise translate(exc, f"following the output of {unit_id[:12]}") from None
+
+    @contextlib.contextmanager
+    def attach(self, job: OneOff, unit: str, stdin: bool) -> Iterator["_Attached"]:
+        """A one-off unit as a one-task service that is not restarted, on any node. Swarm cannot attach
+        a terminal or stdin to a task: output streams back, input is refused with a TTY and dropped without."""
+        if job.tty:
+            raise BaeError("an interactive terminal is not available for one-off units on the cluster "
+                           "(Swarm tasks take no input)", "Run the command without ssh -t; it runs on a node "
+                           "and its output and exit code come back.")
+        env = {**job.workload.env, "BAE_APP": job.app, "BAE_DEPLOYMENT": job.deployment, "BAE_UNIT": unit,
+               "DYNO": unit, "BAE_RELEASE": f"v{job.release}"}
+        labels = {"bae.platform": self.instance, "bae.role": "oneoff", "bae.app": job.app,
+                  "bae.deployment": job.deployment, "bae.release": str(job.release)}
+        name = f"bae-{self.instance}-{job.app}-{job.deployment}-{unit.replace('.', '-')}-{secrets.token_hex(3)}"
+        service = self._create(name, job.workload, env, labels, unit, 10, ports=False, constraints=[],
+                               restart=RestartPolicy(condition="none"))
+        try:
+            yield _Attached(self, service)
+        finally:
+            self.remove(service)
+
+    def remove_all_oneoffs(self) -> int:
+        try:
+            rows = self.api.services(filters={"label": [f"bae.platform={self.instance}", "bae.role=oneoff"]})
+        except ENGINE_ERRORS:
+            return 0
+        for row in rows:
+            self.remove(row["ID"])
+        return len(rows)
+
+    def remove_all(self, **labels: str) -> int:
+        services = self._services(**labels)
+        for service in services:
+            self.remove(service["ID"])
+        return len(services)
+
+    # -- what happened to units ------------------------------------------------------
+
+    def timeline(self, **labels: str) -> list[str]:
+        """Failovers, for `ps`: ``web.3 lost with node n2 at 12:00:03, running on n1 at 12:00:19``."""
+        return [e.text() for e in self.history(**labels)]
+
+    def _observe(self, service: dict, identity: dict, task: dict | None, nodes: dict[str, NodeInfo]) -> None:
+        """Tell the app's log when a unit's task is lost with its node, and when it runs elsewhere."""
+        if task is None or self.report is None:
+            return
+        unit = f"{identity['process']}.{identity['index']}"
+        node = nodes.get(task.get("NodeID", ""))
+        here = node.hostname if node else "?"
+        running = task.get("Status", {}).get("State") == "running"
+        app, deployment = identity["app"], identity["deployment"]
+        with self._lock:
+            last = self._last.get(service["ID"])
+            lost = last.lost if last and last.task == task["ID"] else None
+            if last and last.task != task["ID"] and last.running:
+                # a running task replaced by Swarm without exiting (the loop sees crashes): its node is gone
+                # (the node list may lag a second behind the tasks, so it is not asked)
+                lost = (last.node, time.time())
+                self.report(app, deployment, f"{unit} lost with node {last.node} at {_clock(lost[1])}")
+            if lost and running:
+                self.report(app, deployment, f"{unit} lost with node {lost[0]} at {_clock(lost[1])}, running on "
+                            f"{here} at {_clock(time.time())} ({time.time() - lost[1]:.1f} s later)")
+                lost = None
+            self._last[service["ID"]] = _Seen(task["ID"], here, task.get("NodeID", ""), running, lost)
+
+    def history(self, **labels: str) -> list[Lost]:
+        """Units that lost their task with a node and where they run now (oldest first)."""
+        services = self._services(**labels)
+        tasks = self._tasks(services)
+        nodes = self.nodes(fresh=True)
+        events = []
+        for service in services:
+            try:
+                identity = UnitIdentity.from_labels(service["Spec"].get("Labels") or {})
+            except (KeyError, ValueError):
+                continue
+            rows = tasks.get(service["ID"], [])
+            for i, task in enumerate(rows[:-1]):
+                if not self._lost(task, nodes) or task.get("Status", {}).get("State") in ("failed", "complete"):
+                    continue
+                after = rows[i + 1]
+                node = nodes.get(task.get("NodeID", ""))
+                new_node = nodes.get(after.get("NodeID", ""))
+                running = after.get("Status", {}).get("State") == "running"
+                events.append(Lost(identity["app"], identity["deployment"], f"{identity['process']}.{identity['index']}",
+                                   node.hostname if node else task.get("NodeID", "?")[:10],
+                                   _epoch(after.get("CreatedAt")) or 0.0,
+                                   new_node.hostname if new_node and running else None,
+                                   _epoch(after["Status"].get("Timestamp")) if running else None))
+        return sorted(events, key=lambda e: e.lost_at)
+
+
+def _exited(task: dict, nodes: dict[str, NodeInfo]) -> bool:
+    """Did the task's process end by itself (or fail to start) on a node that is up?"""
+    if task.get("Status", {}).get("State") not in ("failed", "complete", "rejected"):
+        return False
+    node = nodes.get(task.get("NodeID", ""))
+    return node is None or node.state == "ready"
+
+
+def _epoch(stamp: str | None) -> float | None:
+    if not stamp or stamp.startswith("0001-"):  # Docker's zero time
+        return None
+    return datetime.fromisoformat(stamp).timestamp()
+
+
+def _clock(epoch: float | None) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(epoch)) if epoch else "?"
+
+
+def _service(unit_id: str) -> str:
+    return unit_id.split("/", 1)[0]
+
+
+def _stamp(raw: str) -> str:
+    return datetime.fromisoformat(raw).isoformat(timespec="microseconds")

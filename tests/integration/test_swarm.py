@@ -1,0 +1,173 @@
+"""The swarm runtime on a real multi-node cluster on this machine (tests/cluster.py).
+
+One cluster per test run (the ``cluster`` session fixture) and one `bae serve` for
+this module with ``scheduler.runtime = "swarm"``. The tests build on each other in
+order: deploy web=4 over two nodes, kill a node under load, drain and activate,
+pin with a label, add a third node from `nodes:join-token`, restart `bae serve`.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+
+import pytest
+
+from helpers import APPS, Load, Server, make_repo
+
+pytestmark = pytest.mark.integration
+
+REGISTRY_DIR = "/var/tmp/bae-test-registry"  # shared by test runs: the stack's layers are pushed once per machine
+REGISTRY_PORT = 45213  # fixed with the cluster's subnet, so the host's engine knows which layers it pushed before
+
+
+def wait_for(predicate, timeout=60.0, interval=0.3, what="condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}; last value: {value!r}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="module")
+def server(cluster, tmp_path_factory):
+    srv = Server(tmp_path_factory.mktemp("bae-swarm"), {
+        "scheduler": {"runtime": "swarm", "boot_timeout": 120, "stop_grace": 3, "interval": 1.0},
+        "swarm": {"registry_port": REGISTRY_PORT, "registry_dir": REGISTRY_DIR, "heartbeat": 2.0},
+    })
+    srv.cluster = cluster
+    srv.start(timeout=60)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+        srv.cleanup()
+        log = srv.log()
+        assert "Traceback" not in log, f"the server logged a traceback:\n{log[-5000:]}"
+
+
+@pytest.fixture(scope="module")
+def dev(server):
+    return server.user("ops", admin=True)
+
+
+def trust_registry(server, cluster) -> None:
+    """What an operator does once per node: install the registry's CA (nodes:join-token prints how)."""
+    out = server.bae("nodes:join-token", check=True).stdout
+    registry = re.search(r"certs\.d/(\S+?)\s", out).group(1)
+    ca = re.search(r"(-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----)", out, re.S).group(1)
+    cluster.trust(registry, ca.encode() + b"\n")
+
+
+def units(client, target) -> dict[str, dict]:
+    """`ps` parsed: unit -> {state, node, line}."""
+    out = client.ssh("ps", target).stdout
+    result = {}
+    for line in out.split("=== failovers")[0].splitlines():
+        match = re.match(r"(\S+\.\d+)\s+(\w+)\b.*?\bon (\S+)$", line)
+        if match:
+            result[match.group(1)] = {"state": match.group(2), "node": match.group(3), "line": line}
+    return result
+
+
+def web_up(client, target) -> dict[str, str]:
+    return {u: v["node"] for u, v in units(client, target).items() if u.startswith("web.") and v["state"] == "up"}
+
+
+@pytest.fixture(scope="module")
+def app(server, dev, tmp_path_factory):
+    trust_registry(server, server.cluster)
+    server.plain_app(dev, "fleet")
+    src = tmp_path_factory.mktemp("src") / "pyweb"
+    shutil.copytree(APPS / "pyweb", src)
+    (src / "requirements.txt").unlink()
+    push = dev.push(make_repo(src, {}, "pyweb"), "fleet", timeout=1200)
+    assert push.returncode == 0, push.stdout + push.stderr
+    return "fleet"
+
+
+def load(server, app):
+    return Load(f"http://127.0.0.1:{server.router_port}/", f"{app}.bae.localhost", threads=2, rate=40)
+
+
+def test_web_4_spreads_over_the_nodes(server, dev, app):
+    server.router_port = server.http_port
+    assert dev.ssh("ps:scale", app, "web=4").returncode == 0
+    placed = wait_for(lambda: (lambda u: u if len(u) == 4 else None)(web_up(dev, app)), 300, what="web=4 up")
+    assert set(placed.values()) == {"n1", "n2"}, placed
+    nodes = dev.ssh("nodes").stdout
+    assert re.search(r"n1\s+ready\s+active", nodes) and re.search(r"n2\s+ready\s+active", nodes), nodes
+
+
+def test_a_node_dies_under_load_and_its_units_run_elsewhere(server, dev, app):
+    before = web_up(dev, app)
+    lost = sorted(u for u, n in before.items() if n == "n1")
+    assert lost, before
+    with load(server, app) as traffic:
+        wait_for(lambda: traffic.ok > 20, 30, what="traffic")
+        server.cluster.kill("n1")
+        after = wait_for(lambda: (lambda u: u if len(u) == 4 and set(u.values()) == {"n2"} else None)(
+            web_up(dev, app)), 120, what="all web units on n2")
+        served = traffic.ok
+        wait_for(lambda: traffic.ok > served + 20, 30, what="traffic after the failover")
+    print(f"failover under load: {traffic.ok} ok, {traffic.resent} resent, {len(traffic.failures)} failed:",
+          traffic.failures[:5])
+    assert after.keys() == before.keys()
+    assert traffic.failures == [], traffic.failures[:10]
+    ps = dev.ssh("ps", app).stdout
+    for unit in lost:
+        assert re.search(rf"{re.escape(unit)} lost with node n1 at \S+, running on n2 at \S+", ps), ps
+    logs = dev.ssh("logs", app, "-n", "200").stdout
+    assert f"{lost[0]} lost with node n1" in logs, logs[-2000:]
+
+
+def test_drain_and_activate_move_units_without_failed_requests(server, dev, app):
+    server.cluster.revive("n1")
+    wait_for(lambda: re.search(r"n1\s+ready", dev.ssh("nodes").stdout), 120, what="n1 back")
+    with load(server, app) as traffic:
+        assert dev.ssh("nodes:drain", "n2").returncode == 0
+        wait_for(lambda: (lambda u: u if len(u) == 4 and set(u.values()) == {"n1"} else None)(
+            web_up(dev, app)), 180, what="all web units on n1")
+        assert dev.ssh("nodes:activate", "n2").returncode == 0
+        assert re.search(r"n2\s+ready\s+active", dev.ssh("nodes").stdout)
+    print(f"drain: {traffic.ok} ok, {traffic.resent} resent, {len(traffic.failures)} failed:", traffic.failures[:5])
+    assert traffic.failures == [], traffic.failures[:10]
+
+
+def test_label_and_placement_constraint(server, dev, app):
+    assert dev.ssh("nodes:label", "n2", "zone=a").returncode == 0
+    assert "zone=a" in dev.ssh("nodes").stdout
+    bad = dev.ssh("ps:place", app, "web", "zone is a")
+    assert bad.returncode != 0 and "node.labels.zone==a" in bad.stderr, bad.stderr
+    assert dev.ssh("ps:place", app, "web", "node.labels.zone==a").returncode == 0
+    wait_for(lambda: (lambda u: u if len(u) == 4 and set(u.values()) == {"n2"} else None)(web_up(dev, app)),
+             180, what="web units pinned on n2")
+    assert dev.ssh("ps:place", app, "web", "--clear").returncode == 0
+
+
+def test_a_third_node_joins_with_the_printed_command_and_takes_units(server, dev, app):
+    cluster = server.cluster
+    out = server.bae("nodes:join-token", check=True).stdout
+    assert "SWMTKN-" not in server.log()  # never logged
+    cluster.start_node("n3")
+    code, text = cluster.exec("n3", "sh", "-c", out)
+    assert code == 0, text
+    wait_for(lambda: cluster.node_state("n3") == "ready", 60, what="n3 ready")
+    assert dev.ssh("ps:scale", app, "web=6").returncode == 0
+    placed = wait_for(lambda: (lambda u: u if len(u) == 6 else None)(web_up(dev, app)), 300, what="web=6 up")
+    assert "n3" in placed.values(), placed
+
+
+def test_restarting_bae_serve_adopts_every_unit_without_duplicates(server, dev, app):
+    before = web_up(dev, app)
+    assert server.stop() == 0
+    server.start(timeout=60)
+    wait_for(lambda: web_up(dev, app) == before, 60, what="the same units after the restart")
+    assert dev.ssh("ps:scale", app, "web=6").returncode == 0  # a no-op that wakes the loop for another pass
+    assert web_up(dev, app) == before
+    services = server.cluster.engine.api.services(filters={"label": ["bae.app=" + app, "bae.role=unit"]})
+    assert len(services) == len(before), [s["Spec"]["Name"] for s in services]

@@ -103,6 +103,14 @@ def test_web_4_spreads_over_the_nodes(server, dev, app):
     assert re.search(r"n1\s+ready\s+active", nodes) and re.search(r"n2\s+ready\s+active", nodes), nodes
 
 
+def test_a_one_off_unit_runs_on_a_node_and_returns_its_exit_code(server, dev, app):
+    result = dev.ssh("run", app, "echo ran as $BAE_UNIT on $(hostname); exit 3")
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "ran as run." in result.stdout, result.stdout
+    services = server.cluster.engine.api.services(filters={"label": ["bae.app=" + app, "bae.role=oneoff"]})
+    assert services == []  # removed once it ended
+
+
 def test_a_node_dies_under_load_and_its_units_run_elsewhere(server, dev, app):
     before = web_up(dev, app)
     lost = sorted(u for u, n in before.items() if n == "n1")
@@ -141,7 +149,7 @@ def test_drain_and_activate_move_units_without_failed_requests(server, dev, app)
 def test_label_and_placement_constraint(server, dev, app):
     assert dev.ssh("nodes:label", "n2", "zone=a").returncode == 0
     assert "zone=a" in dev.ssh("nodes").stdout
-    bad = dev.ssh("ps:place", app, "web", "zone is a")
+    bad = dev.ssh("ps:place", app, "web", "zone=a")
     assert bad.returncode != 0 and "node.labels.zone==a" in bad.stderr, bad.stderr
     assert dev.ssh("ps:place", app, "web", "node.labels.zone==a").returncode == 0
     wait_for(lambda: (lambda u: u if len(u) == 4 and set(u.values()) == {"n2"} else None)(web_up(dev, app)),

@@ -125,6 +125,17 @@ class Server:
             return
         instance = path.read_text().strip()
         engine = docker.from_env(version="auto")
+        if engine.info()["Swarm"].get("ControlAvailable"):  # the swarm runtime's units and CA configs
+            for service in engine.api.services(filters={"label": f"bae.platform={instance}"}):
+                try:
+                    engine.api.remove_service(service["ID"])
+                except docker.errors.NotFound:
+                    pass
+            for config in engine.api.configs(filters={"label": f"bae.platform={instance}"}):
+                try:  # in use until the services' tasks are gone
+                    engine.api.remove_config(config["ID"])
+                except docker.errors.APIError:
+                    pass
         for row in engine.api.containers(all=True, filters={"label": f"bae.platform={instance}"}):
             try:
                 engine.api.remove_container(row["Id"], force=True)

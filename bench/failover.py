@@ -1,0 +1,171 @@
+"""bench/failover: the swarm runtime on a cluster on this machine (tests/cluster.py).
+
+(1) A worker node dies (its container is killed) while web=4 runs spread over two
+    nodes under load through the router: time until the manager declares it down,
+    and until every unit runs (accepts connections) on the surviving node; failed
+    requests meanwhile. Once with the default dispatcher heartbeat (5 s), once with
+    2 s. Targets: ≤ 20 s and ≤ 8 s; 0 failed idempotent requests.
+(2) Scale web 0→10 until every unit accepts connections, against one
+    `docker service create --replicas 10` of the same image by digest, host-mode
+    port, on the workers, timed the same way in the same run. Target: ratio ≤ 1.3.
+
+Run: .venv/bin/python -m bench.failover [RUNS]
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import sys
+import time
+
+from bench.common import ROOT, Server, make_repo, median, tmpdir
+
+from cluster import Cluster  # noqa: E402  (tests/ is on the path: bench.common)
+from helpers import Load  # noqa: E402
+
+REGISTRY_DIR = "/var/tmp/bae-test-registry"
+REGISTRY_PORT = 45213
+
+
+def accepts(address: str) -> bool:
+    host, port = address.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def wait(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise TimeoutError(what)
+
+
+def main(runs: int = 1) -> None:
+    from scheduler.runtime_swarm import SwarmRuntime
+
+    cluster = Cluster(workers=2)
+    tmp = tmpdir("bae-bench-failover-")
+    (tmp / "bae").mkdir()
+    server = Server(tmp / "bae", {"scheduler": {"runtime": "swarm", "boot_timeout": 300, "stop_grace": 3},
+                                  "swarm": {"registry_port": REGISTRY_PORT, "registry_dir": REGISTRY_DIR}})
+    engine = cluster.engine
+    try:
+        server.start(timeout=60)
+        instance = (server.data / "instance-id").read_text().strip()
+        runtime = SwarmRuntime(instance)
+        client = server.user("bench", admin=True)
+        out = server.bae("nodes:join-token").stdout
+        trust = out.split("\n", 1)[1].rsplit("\ndocker swarm join", 1)[0]
+        for node in cluster.nodes:
+            cluster.exec(node, "sh", "-c", trust)
+        server.plain_app(client, "fo")
+        src = tmp / "pyweb"
+        shutil.copytree(ROOT / "tests" / "apps" / "pyweb", src)
+        (src / "requirements.txt").unlink()
+        push = client.push(make_repo(src, {}, "pyweb"), "fo", timeout=1800)
+        assert push.returncode == 0, push.stderr
+
+        def web() -> list:
+            return [u for u in runtime.list_units(app="fo") if u.process == "web"]
+
+        def all_up(count: int, avoid: str = ""):
+            units = web()
+            return len(units) == count and all(u.running and u.node != avoid and u.address and accepts(u.address)
+                                               for u in units)
+
+        rows = []
+        for heartbeat in (5.0, 2.0):
+            runtime.set_heartbeat(heartbeat)
+            for _ in range(runs):
+                client.ssh("ps:scale", "fo", "web=0")
+                client.ssh("ps:scale", "fo", "web=4")
+                wait(lambda: all_up(4), 600, "web=4")
+                by_node: dict[str, int] = {}
+                for u in web():
+                    by_node[u.node] = by_node.get(u.node, 0) + 1
+                victim = min(by_node, key=lambda n: by_node[n]) if len(by_node) > 1 else next(iter(by_node))
+                with Load(f"http://127.0.0.1:{server.http_port}/", "fo.bae.localhost", threads=2, rate=50) as load:
+                    time.sleep(1)
+                    killed = time.perf_counter()
+                    cluster.kill(victim)
+                    wait(lambda: cluster.node_state(victim) == "down", 120, "node down")
+                    detected = time.perf_counter() - killed
+                    wait(lambda: all_up(4, avoid=victim), 300, "units elsewhere")
+                    replaced = time.perf_counter() - killed
+                    time.sleep(1)
+                rows.append((heartbeat, by_node[victim], detected, replaced, load.ok, load.resent, len(load.failures)))
+                print(f"heartbeat {heartbeat:.0f} s: {by_node[victim]} of 4 units on {victim}; down after "
+                      f"{detected:.1f} s, all 4 running elsewhere after {replaced:.1f} s; requests "
+                      f"{load.ok} ok, {load.resent} resent, {len(load.failures)} failed {load.failures[:3]}", flush=True)
+                cluster.revive(victim)
+                wait(lambda: cluster.node_state(victim) == "ready", 120, "node back")
+        runtime.set_heartbeat(5.0)
+
+        image = engine.api.inspect_service(web()[0].id.split("/")[0])["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
+        ours, theirs = [], []
+        for _ in range(max(runs, 1)):
+            client.ssh("ps:scale", "fo", "web=0")
+            wait(lambda: not web(), 120, "web=0")
+            started = time.perf_counter()
+            assert client.ssh("ps:scale", "fo", "web=10", "--no-wait").returncode == 0
+            wait(lambda: all_up(10), 600, "web=10")
+            ours.append(time.perf_counter() - started)
+            client.ssh("ps:scale", "fo", "web=0")
+            wait(lambda: not web(), 120, "web=0")
+
+            import docker.types as t
+
+            started = time.perf_counter()
+            service = engine.api.create_service(
+                t.TaskTemplate(t.ContainerSpec(image, args=["python3 app.py"], env={"PORT": "5000"}, user="bae"),
+                               placement=t.Placement(constraints=["node.role==worker"])),
+                name=f"bae-bench-{instance}", mode=t.ServiceMode("replicated", replicas=10), labels={"bae-bench": "1"},
+                endpoint_spec=t.EndpointSpec(mode="dnsrr", ports=[{"Protocol": "tcp", "TargetPort": 5000,
+                                                                    "PublishMode": "host"}]))["ID"]
+            nodes = {n["ID"]: n["Status"]["Addr"] for n in engine.api.nodes()}
+
+            def theirs_up() -> bool:
+                tasks = [x for x in engine.api.tasks(filters={"service": service, "desired-state": "running"})]
+                addrs = []
+                for x in tasks:
+                    ports = (x["Status"].get("PortStatus") or {}).get("Ports") or []
+                    if x["Status"]["State"] != "running" or not ports:
+                        return False
+                    addrs.append(f"{nodes[x['NodeID']]}:{ports[0]['PublishedPort']}")
+                return len(addrs) == 10 and all(accepts(a) for a in addrs)
+
+            wait(theirs_up, 600, "reference service")
+            theirs.append(time.perf_counter() - started)
+            engine.api.remove_service(service)
+            wait(lambda: not engine.api.tasks(filters={"service": service}), 120, "reference gone")
+
+        print("\n== failover on the cluster (2 worker nodes, web=4 under load through the router)")
+        print(f"{'heartbeat':<11}{'units lost':>11}{'node down':>11}{'all running':>13}{'failed req':>12}  target")
+        for hb, lost, detected, replaced, ok, resent, failed in rows:
+            target = "≤ 20 s" if hb == 5.0 else "≤ 8 s"
+            print(f"{hb:>8.0f} s{lost:>11}{detected:>10.1f}s{replaced:>12.1f}s{failed:>7} of {ok + failed:<5} {target}, 0 failed")
+        print(f"\n{'scale web 0→10 on the cluster':<44}{median(ours):>8.2f}s{median(theirs):>11.2f}s"
+              f"{median(ours) / median(theirs):>8.2f}  ≤ 1.3 (vs docker service create --replicas 10)")
+    finally:
+        server.stop()
+        server.cleanup()
+        for s in engine.api.services(filters={"label": "bae-bench=1"}):
+            engine.api.remove_service(s["ID"])
+        try:
+            for s in engine.api.services(filters={"label": f"bae.platform={instance}"}):
+                engine.api.remove_service(s["ID"])
+        except NameError:
+            pass
+        cluster.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 1)

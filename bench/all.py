@@ -1,8 +1,9 @@
 """`make bench`: every benchmark, one after the other."""
 
-from bench import build, push, scale
+from bench import build, failover, push, scale
 
 if __name__ == "__main__":
     push.main()
     build.main()
     scale.main()
+    failover.main()

@@ -1,0 +1,72 @@
+"""The swarm runtime's pure rules: which task stands for a unit, crash or lost with its node."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from bae.config import load
+from bae.errors import ConfigError
+from scheduler.registry import _ca_and_cert
+from scheduler.runtime_swarm import NodeInfo, SwarmRuntime, _exited
+
+
+def node(state="ready", availability="active") -> NodeInfo:
+    return NodeInfo("N", "n1", "worker", state, availability, "10.0.0.2", {}, 1 << 30, 1.0)
+
+
+def task(tid, state, created, stamp=None, node_id="N", desired="running"):
+    return {"ID": tid, "NodeID": node_id, "CreatedAt": created, "DesiredState": desired,
+            "Status": {"State": state, "Timestamp": stamp or created}}
+
+
+def current(tasks, nodes):
+    return SwarmRuntime._current(SwarmRuntime.__new__(SwarmRuntime), tasks, nodes)
+
+
+def test_a_running_task_stands_for_the_unit():
+    t = task("a", "running", "2026-01-01T00:00:00Z")
+    assert current([t], {"N": node()}) == (t, False)
+
+
+def test_a_task_that_exited_by_itself_is_a_crash_even_once_swarm_restarted_it():
+    old = task("a", "failed", "2026-01-01T00:00:00Z", "2026-01-01T00:00:05Z", desired="shutdown")
+    new = task("b", "starting", "2026-01-01T00:00:05.1Z")
+    assert current([old, new], {"N": node()}) == (old, True)
+    assert current([new := task("c", "complete", "2026-01-01T00:00:00Z")], {"N": node()}) == (new, True)
+
+
+def test_a_task_lost_with_its_node_is_no_crash_the_replacement_stands_for_the_unit():
+    old = task("a", "running", "2026-01-01T00:00:00Z", node_id="DEAD", desired="shutdown")
+    new = task("b", "pending", "2026-01-01T00:00:20Z")
+    nodes = {"N": node(), "DEAD": node(state="down")}
+    assert current([old, new], nodes) == (new, False)
+    # the dead node came back and reported its task's end after the replacement was made
+    back = task("a", "failed", "2026-01-01T00:00:00Z", "2026-01-01T00:01:00Z", node_id="DEAD", desired="shutdown")
+    assert current([back, new], {"N": node(), "DEAD": node()}) == (new, False)
+    assert not _exited(old, nodes)
+
+
+def test_runtime_setting_is_checked(tmp_path):
+    path = tmp_path / "bae.toml"
+    path.write_text('[scheduler]\nruntime = "k8s"\n')
+    with pytest.raises(ConfigError, match="scheduler.runtime"):
+        load(path)
+    path.write_text('[scheduler]\nruntime = "swarm"\n[swarm]\nheartbeat = 2\n')
+    assert load(path).swarm.heartbeat == 2.0
+
+
+def test_registry_certificate_names_its_address_and_is_signed_by_the_kept_ca(tmp_path):
+    from cryptography import x509
+
+    _ca_and_cert(tmp_path, "10.213.7.1")
+    ca = (tmp_path / "ca.crt").read_bytes()
+    cert = x509.load_pem_x509_certificate((tmp_path / "registry.crt").read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert ipaddress.ip_address("10.213.7.1") in names.get_values_for_type(x509.IPAddress)
+    cert.verify_directly_issued_by(x509.load_pem_x509_certificate(ca))
+    _ca_and_cert(tmp_path, "10.0.0.9")  # a new address: a new certificate, the same CA
+    assert (tmp_path / "ca.crt").read_bytes() == ca
+    cert = x509.load_pem_x509_certificate((tmp_path / "registry.crt").read_bytes())
+    assert "10.0.0.9" in cert.subject.rfc4514_string()

@@ -422,14 +422,6 @@ class SwarmRuntime:
             units.append(self._info(service, identity, task, crashed, nodes))
         return units
 
-    @staticmethod
-    def _lost(task: dict, nodes: dict[str, NodeInfo]) -> bool:
-        """Did this task end with its node (rather than by itself)?"""
-        node = nodes.get(task.get("NodeID", ""))
-        state = task.get("Status", {}).get("State", "")
-        return (node is None or node.state != "ready" or state in ("orphaned", "running", "starting")
-                or (node.availability == "drain" and state == "shutdown"))
-
     def _current(self, tasks: list[dict], nodes: dict[str, NodeInfo]) -> tuple[dict | None, bool]:
         """The task that stands for the unit now, and whether the unit crashed.
 
@@ -442,11 +434,8 @@ class SwarmRuntime:
         newest = tasks[-1]
         if _exited(newest, nodes):
             return newest, True
-        if len(tasks) > 1 and _exited(tasks[-2], nodes) and \
-                (_epoch(tasks[-2]["Status"].get("Timestamp")) or 0) <= (_epoch(newest.get("CreatedAt")) or 0) + 0.5:
-            # Swarm already restarted it: still a crash the loop must see. (A task of a node that died and
-            # came back reports its end only after its replacement was made: that is no crash.)
-            return tasks[-2], True
+        if len(tasks) > 1 and _crash_restarted(tasks[-2], newest, nodes):
+            return tasks[-2], True  # Swarm already restarted it: still a crash the loop must see
         return tasks[-1], False
 
     def _info(self, service: dict, identity: dict, task: dict | None, crashed: bool,
@@ -686,10 +675,9 @@ class SwarmRuntime:
             except (KeyError, ValueError):
                 continue
             rows = tasks.get(service["ID"], [])
-            for i, task in enumerate(rows[:-1]):
-                if not self._lost(task, nodes) or task.get("Status", {}).get("State") in ("failed", "complete"):
-                    continue
-                after = rows[i + 1]
+            for task, after in zip(rows, rows[1:]):
+                if _crash_restarted(task, after, nodes) or task["Status"].get("State") == "rejected":
+                    continue  # a crash Swarm restarted, or a start that failed: no failover
                 node = nodes.get(task.get("NodeID", ""))
                 new_node = nodes.get(after.get("NodeID", ""))
                 running = after.get("Status", {}).get("State") == "running"
@@ -717,6 +705,13 @@ def _epoch(stamp: str | None) -> float | None:
 
 def _clock(epoch: float | None) -> str:
     return time.strftime("%H:%M:%S", time.localtime(epoch)) if epoch else "?"
+
+
+def _crash_restarted(old: dict, new: dict, nodes: dict[str, NodeInfo]) -> bool:
+    """Was ``new`` made because ``old`` exited by itself? (A task of a node that died and came back
+    reports its end only after its replacement was made: that was no crash.)"""
+    return _exited(old, nodes) and \
+        (_epoch(old["Status"].get("Timestamp")) or 0) <= (_epoch(new.get("CreatedAt")) or 0) + 0.5
 
 
 def _service(unit_id: str) -> str:

@@ -50,7 +50,7 @@ def wait(predicate, timeout: float, what: str):
 def main(runs: int = 1) -> None:
     from scheduler.runtime_swarm import SwarmRuntime
 
-    cluster = Cluster(workers=2)
+    cluster = Cluster(workers=2, names="b")
     tmp = tmpdir("bae-bench-failover-")
     (tmp / "bae").mkdir()
     server = Server(tmp / "bae", {"scheduler": {"runtime": "swarm", "boot_timeout": 300, "stop_grace": 3},

@@ -573,10 +573,19 @@ class SwarmRuntime:
         return self.api._multiplexed_response_stream_helper(response)
 
     def logs(self, unit_id: str, tail: int = 20) -> str:
+        """The task's last lines, and Swarm's word when the task could not run (an image its node could
+        not pull, no node matching the constraints): what a failed deploy shows."""
         try:
-            return b"".join(self._task_logs(unit_id, tail=str(tail))).decode("utf-8", "replace")
+            text = b"".join(self._task_logs(unit_id, tail=str(tail))).decode("utf-8", "replace")
         except (BaeError, *ENGINE_ERRORS):
-            return ""
+            text = ""
+        try:
+            status = self.api.inspect_task(unit_id.split("/", 1)[1])["Status"] if "/" in unit_id else {}
+        except (IndexError, *ENGINE_ERRORS):
+            status = {}
+        if status.get("Err") and status.get("State") not in ("running", "complete"):
+            text += f"[swarm] task {status.get('State')}: {status['Err']}\n"
+        return text
 
     def follow_logs(self, unit_id: str, since: float | None = None) -> Iterator[list[tuple[str, str]]]:
         params: dict = {"follow": 1, "timestamps": 1}

@@ -107,13 +107,14 @@ def wait_for(predicate, timeout: float, what: str):
 class Cluster:
     """The host's engine as Swarm manager plus dockerd-in-container workers on one bridge network."""
 
-    def __init__(self, workers: int = 2) -> None:
+    def __init__(self, workers: int = 2, names: str = "n") -> None:
         self.engine = _engine()
         self.run_id = secrets.token_hex(3)
         self.prefix = f"bae-swarm-{self.run_id}"
         self.image = node_image(self.engine)
         self.initialised = False
         self.nodes: dict[str, str] = {}  # hostname -> container name
+        self.names = names  # hostnames are NAMES1, NAMES2, ... (unique in a swarm another Cluster also uses)
         self.network = self._network()
         try:
             self.network.reload()
@@ -169,7 +170,7 @@ class Cluster:
         return container
 
     def add_node(self, hostname: str | None = None, join: bool = True) -> str:
-        hostname = hostname or f"n{len(self.nodes) + 1}"
+        hostname = hostname or f"{self.names}{len(self.nodes) + 1}"
         self.start_node(hostname)
         if join:
             self.exec(hostname, "docker", "swarm", "join", "--token", self.join_token, f"{self.address}:2377")

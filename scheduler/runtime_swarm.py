@@ -390,8 +390,12 @@ class SwarmRuntime:
     def _tasks(self, services: list[dict]) -> dict[str, list[dict]]:
         if not services:
             return {}
+        ids = {s["ID"] for s in services}
         try:
-            rows = self.api.tasks(filters={"service": [s["ID"] for s in services]})
+            try:
+                rows = self.api.tasks(filters={"service": sorted(ids)})
+            except docker.errors.NotFound:  # one was removed since the services were listed: take all tasks
+                rows = [t for t in self.api.tasks() if t.get("ServiceID") in ids]
         except ENGINE_ERRORS as exc:
             raise Unavailable(f"listing unit tasks failed: {exc}") from None
         by_service: dict[str, list[dict]] = {}

@@ -14,7 +14,8 @@ uploaded with certs:add --platform, ECDSA P-256):
   (d) wrk over HTTPS through the router (keep-alive) against (b): throughput ratio
       (target ≥ 0.85) and the added p50 at one connection;
   (e) new connections per request (Connection: close) over HTTP and HTTPS: the
-      new-handshake rate with 64 clients;
+      new-handshake rate with 64 clients; and nginx's own 404 page over both
+      (no unit: the router's cost of TLS alone);
   (f) openssl s_time one connection at a time, full handshakes against resumed
       ones, and openssl s_client -sess_out/-sess_in showing "Reused".
 The load average before and after is printed: other work on the machine skews it.
@@ -135,7 +136,7 @@ def main(seconds: int = 8, connections: int = 64, rounds: int = 3, plan: str = "
         load_before = os.getloadavg()
 
         direct, routed, low_direct, low_routed = [], [], [], []
-        routed_tls, low_routed_tls, close_http, close_tls = [], [], [], []
+        routed_tls, low_routed_tls, close_http, close_tls, page_http, page_tls = [], [], [], [], [], []
         for _ in range(rounds):
             runs = [wrk_result(p) for p in [wrk_start(f"http://{ip}:5000/", connections // 2, seconds) for ip in ips]]
             direct.append({"rps": sum(r["rps"] for r in runs), "p50": statistics.mean(r["p50"] for r in runs),
@@ -153,6 +154,11 @@ def main(seconds: int = 8, connections: int = 64, rounds: int = 3, plan: str = "
                                                    close=True)))
             close_tls.append(wrk_result(wrk_start(tls_url, connections, seconds // 2, threads=2, host=host,
                                                   close=True)))
+            # nginx alone (its 404 page for an unknown name, no unit): the router's own cost of TLS
+            page_http.append(wrk_result(wrk_start(router_url, connections, seconds // 2, threads=2,
+                                                  host="nobody.bae.localhost")))
+            page_tls.append(wrk_result(wrk_start(tls_url, connections, seconds // 2, threads=2,
+                                                 host="nobody.bae.localhost")))
         load_after = os.getloadavg()
 
         def med(rows, key):
@@ -176,11 +182,15 @@ def main(seconds: int = 8, connections: int = 64, rounds: int = 3, plan: str = "
         for name, rows in (("HTTP through the router (keep-alive)", routed),
                            ("HTTPS through the router (keep-alive)", routed_tls),
                            ("HTTP, a new connection per request", close_http),
-                           ("HTTPS, a new handshake per request", close_tls)):
+                           ("HTTPS, a new handshake per request", close_tls),
+                           ("HTTP, router only (404 page, no unit)", page_http),
+                           ("HTTPS, router only (404 page, no unit)", page_tls)):
             errors = "; ".join(r["errors"] for r in rows if r["errors"]) or "none"
             print(f"{name:<38}{med(rows, 'rps'):>12.0f}{med(rows, 'p50'):>9.2f}{med(rows, 'p99'):>9.2f}  {errors}")
         print(f"HTTPS/HTTP keep-alive throughput ratio: {med(routed_tls, 'rps') / med(routed, 'rps'):.2f}"
               "   (target ≥ 0.85)")
+        print(f"HTTPS/HTTP ratio with the router alone as the bottleneck: "
+              f"{med(page_tls, 'rps') / med(page_http, 'rps'):.2f}")
         lt = med(low_routed_tls, "p50")
         print(f"low load (1 connection) p50 through the router: HTTP {lr:.3f} ms, HTTPS {lt:.3f} ms, "
               f"added by TLS {lt - lr:.3f} ms")

@@ -144,7 +144,7 @@ def main(runs: int = 1) -> None:
             wait(theirs_up, 600, "reference service")
             theirs.append(time.perf_counter() - started)
             engine.api.remove_service(service)
-            wait(lambda: not engine.api.tasks(filters={"service": service}), 120, "reference gone")
+            wait(lambda: not [x for x in engine.api.tasks() if x.get("ServiceID") == service], 120, "reference gone")
 
         print("\n== failover on the cluster (2 worker nodes, web=4 under load through the router)")
         print(f"{'heartbeat':<11}{'units lost':>11}{'node down':>11}{'all running':>13}{'failed req':>12}  target")

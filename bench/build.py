@@ -67,6 +67,13 @@ def push_until_built(client, name: str, repo: Path) -> float:
     return built
 
 
+def docker_build(ctx: Path, *flags: str) -> str:
+    """The reference: `docker build` of the Dockerfile in ``ctx``, untagged; returns the image id.
+    Intermediate containers are removed even when a step fails (--force-rm)."""
+    env = dict(os.environ, DOCKER_BUILDKIT="0")
+    return run(["docker", "build", "-q", "--force-rm", *flags, str(ctx)], env=env, check=True).stdout.strip()
+
+
 def change(repo: Path, app: str, i: int) -> None:
     path = repo / CODE_FILE[app]
     comment = "#" if app == "flask" else "//"
@@ -80,6 +87,7 @@ def main(runs: int = 3) -> None:
     stack = run([sys.executable, "-c", "from bae.config import load; from buildpacks.stack import stack_tag; "
                  "print(stack_tag(load().build))"], env=server.env, check=True).stdout.strip()
     rows = []
+    images: list[str] = []  # every image docker build made here, newest last: removed at the end
     try:
         client = server.user("bench", admin=True)
         for app in ("flask", "express"):
@@ -97,21 +105,19 @@ def main(runs: int = 3) -> None:
                 shutil.copytree(ROOT / "tests" / "apps" / app, ctx)
                 shutil.copy(CA, ctx / "ca.crt")
                 (ctx / "Dockerfile").write_text(DOCKERFILES[app].format(stack=stack))
-                tag = f"bae-bench/{app}:{i}"
-                env = dict(os.environ, DOCKER_BUILDKIT="0")
-                d_first.append(timed(lambda: run(["docker", "build", "-q", "--no-cache", "-t", tag, str(ctx)],
-                                                 env=env, check=True)))
+                d_first.append(timed(lambda: images.append(docker_build(ctx, "--no-cache"))))
                 path = ctx / CODE_FILE[app]
                 path.write_text(path.read_text() + "\n// change\n" if app == "express" else path.read_text() + "\n# change\n")
-                d_cached.append(timed(lambda: run(["docker", "build", "-q", "-t", tag, str(ctx)], env=env, check=True)))
-                run(["docker", "rmi", "-f", tag], env=env)
+                d_cached.append(timed(lambda: images.append(docker_build(ctx))))
             rows.append((f"{app}: (a) first build", median(first), median(d_first), "≤ 1.0× Dockerfile first"))
             rows.append((f"{app}: (b) code-only rebuild", median(rebuild), median(d_cached),
                          "≤ 3 s and ≤ 1.0× cached Dockerfile"))
         report(f"builds, median of {runs} runs (bae buildpacks vs docker build of a Dockerfile)", rows)
     finally:
         server.stop()
-        run(["docker", "image", "prune", "-f"])
+        server.cleanup()  # the bench instance's units, images, network and router
+        for image in reversed(images):  # newest first: each removal also removes its now unused parents
+            run(["docker", "rmi", image])
         shutil.rmtree(tmp, ignore_errors=True)
 
 

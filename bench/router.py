@@ -203,8 +203,7 @@ def main(seconds: int = 8, connections: int = 64, rounds: int = 3, plan: str = "
               f"on {os.cpu_count()} cores")
     finally:
         server.stop()
-        for c in engine.api.containers(all=True, filters={"label": [f"bae.platform={instance}"]}):
-            engine.api.remove_container(c["Id"], force=True)
+        server.cleanup()  # its units, images, network and router
         shutil.rmtree(tmp, ignore_errors=True)
 
 

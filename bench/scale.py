@@ -121,8 +121,7 @@ def main(runs: int = 3) -> None:
         print(f"{'kill a unit → replacement accepting':<44}{median(heal):>8.2f}s{'':>12}{'':>8}  ≤ 2 s")
     finally:
         server.stop()
-        for c in engine.api.containers(all=True, filters={"label": [f"bae.platform={instance}"]}):
-            engine.api.remove_container(c["Id"], force=True)
+        server.cleanup()  # its units, images, network and router
         for c in engine.api.containers(all=True, filters={"label": ["bae-bench=1"]}):
             engine.api.remove_container(c["Id"], force=True)
         shutil.rmtree(tmp, ignore_errors=True)

@@ -2,6 +2,8 @@
 
 It logs one line per connection, push and command to stderr, and on SIGTERM or
 SIGINT stops accepting, lets in-flight pushes finish (or refuses them), and exits.
+Units and the router's nginx keep running (a crash leaves them running too): the
+next `bae serve` adopts both, so restarting the control plane costs end users nothing.
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ from router import Router
 from router.https import Https
 from scheduler.loop import Scheduler
 
-__all__ = ["serve", "configure_logging", "ssh_prog"]
+__all__ = ["serve", "configure_logging", "ssh_prog", "make_router"]
 
 log = logging.getLogger("bae")
+
+ROUTES_TIMEOUT = 15.0  # seconds the router waits for the scheduler's first look at the units
 
 
 def configure_logging() -> None:
@@ -55,6 +59,17 @@ def _clean_after_crash(platform: Platform, pipeline: Pipeline) -> None:
                  "%d quarantine or temporary director(ies) removed", builds, debris)
 
 
+def make_router(platform: Platform) -> Router:
+    """The installation's router (its nginx may be running already: it outlives `bae serve`)."""
+    settings = platform.settings
+    https = None
+    if settings.router.https_port:
+        https = Https(platform.store, settings.router, settings.tls, base_domain=settings.base_domain,
+                      tls_dir=platform.data / "tls")
+    return Router(platform.store, settings.router, base_domain=settings.base_domain, prefix=platform.data / "router",
+                  access_logs=platform.logs.router_root, max_log_mb=settings.logs.router_max_mb, https=https)
+
+
 def serve(platform: Platform, console: Console, run_command: Callable[..., int]) -> int:
     """Run until SIGTERM/SIGINT. ``run_command(caller, argv, stdin, stdout, stderr, request)`` runs one
     command line of an SSH client (the command table's dispatch)."""
@@ -62,21 +77,17 @@ def serve(platform: Platform, console: Console, run_command: Callable[..., int])
     settings = platform.settings
     stop = threading.Event()
     prog = ssh_prog(platform)
-    https = None
-    if settings.router.https_port:
-        https = Https(platform.store, settings.router, settings.tls, base_domain=settings.base_domain,
-                      tls_dir=platform.data / "tls")
     pipeline = Pipeline(platform)
     _clean_after_crash(platform, pipeline)  # before the scheduler fails what was left running
     platform.runtime.serve(settings)  # the swarm runtime's registry and heartbeat; nothing for the docker runtime
     platform.runtime.report = lambda app, dep, text: (log.info("%s/%s: %s", app, dep, text),
                                                       platform.logs.event(app, dep, "scheduler", text))
-    router = Router(platform.store, settings.router, base_domain=settings.base_domain, prefix=platform.data / "router",
-                    access_logs=platform.logs.router_root, max_log_mb=settings.logs.router_max_mb, https=https)
+    router = make_router(platform)
     router.start()
     scheduler = Scheduler(platform.store, settings, platform.runtime, platform.logs, platform.wake_socket,
                           on_routes=router.sync, before_stop=router.drain)
     scheduler.start()
+    router.wait_synced(ROUTES_TIMEOUT)  # a new nginx starts with every up unit in its table
     context = SessionContext(platform.store, platform.repos, pipeline, run_command, prog,
                              max_push_size=settings.git.max_push_bytes)
     ssh = SSHServer(settings.ssh.host, settings.ssh.port, platform.data / "ssh_host_ed25519_key",
@@ -110,7 +121,7 @@ def serve(platform: Platform, console: Console, run_command: Callable[..., int])
         pass
     ssh.stop(grace=60)
     scheduler.stop()
-    router.stop()
+    router.close()
     platform.runtime.shutdown()
-    log.info("stopped (units keep running; the next bae serve adopts them)")
+    log.info("stopped (units and the router keep running; the next bae serve adopts them)")
     return 0

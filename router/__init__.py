@@ -6,6 +6,12 @@ narrow: where hostnames come from (``Hostnames``, the store), the router
 settings, and its directories. With an ``Https`` part (router/https.py; `bae
 serve` gives one when router.https_port is set) it serves HTTPS too and keeps
 certificates obtained and renewed.
+
+The route table nginx serves is only ever replaced by a complete one: after a
+restart of `bae serve` the adopted nginx keeps its configuration (the same
+units, which outlive the control plane too) and a newly started nginx waits for
+the scheduler's first observation of the units, so nobody gets a 503 for an app
+whose units are up while the table refills.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from pathlib import Path
 from typing import Protocol
 
 from bae import config
+from bae.errors import BaeError
 from bae.model import Deployment, Endpoint, Route
 from router.https import Https
 from router.nginx import Nginx
@@ -49,31 +56,58 @@ class Router:
         self._applied: tuple | None = None  # what nginx serves (routes, TLS view); every pass compares, few reload
         self.https = https
         self._sync_lock = threading.Lock()  # the scheduler's passes and certificate refreshes
+        self._synced = threading.Event()  # the scheduler reported the units once (or serve stopped waiting)
 
     def routes(self) -> list[Route]:
         return build_routes(self.hostnames.deployments(), self.hostnames.domains(), self.endpoints, self.base_domain)
 
     def start(self) -> None:
+        """Adopt this installation's running nginx, or make sure its ports are free for a new one.
+
+        A new nginx starts with the first complete route table (``sync``, or ``wait_synced``
+        giving up); an adopted one keeps serving its own until then."""
+        if not self.nginx.adopt():
+            self.nginx.check_port()
         if self.https:
             self.https.start(refresh=self.refresh)
-        routes = self.routes()
-        view = self.https.view(routes) if self.https else None
-        self.nginx.start(routes, view)
-        self._applied = (routes, view)
+
+    def wait_synced(self, timeout: float) -> bool:
+        """Wait for the scheduler's first report (if it does not come, serve what is known); then
+        certificates are obtained and renewed (ACME's challenges are answered by nginx)."""
+        synced = self._synced.wait(timeout)
+        if not synced:
+            log.warning("router: no report of the units after %.0f s; routing without them for now", timeout)
+            self._synced.set()
+            self.sync(self.endpoints, first=False)
         if self.https:
             self.https.run()
+        return synced
 
     def refresh(self) -> None:
         """Apply the store's certificates now (one was obtained, renewed or removed)."""
-        self.sync(self.endpoints)
+        self.sync(self.endpoints, first=False)
 
-    def sync(self, endpoints: dict[tuple[str, str], tuple[Endpoint, ...]]) -> None:
-        """The scheduler's callback: the current up web units of every deployment."""
+    def sync(self, endpoints: dict[tuple[str, str], tuple[Endpoint, ...]], first: bool = True) -> None:
+        """The scheduler's callback: the current up web units of every deployment (``first``: a
+        report of the scheduler; until the first, nginx keeps what it serves)."""
         with self._sync_lock:
             self.endpoints = endpoints
+            if first:
+                self._synced.set()
+            if not self._synced.is_set():
+                return
             routes = self.routes()
             view = self.https.view(routes) if self.https else None
-            if (routes, view) != self._applied and self.nginx.apply(routes, view):
+            if not self.nginx.alive():
+                if self._applied is not None:
+                    log.warning("router: nginx is gone; starting it again")
+                try:
+                    self.nginx.start(routes, view)
+                except BaeError as exc:  # tried again on the next pass
+                    log.error("router: %s", exc.message)
+                    return
+                self._applied = (routes, view)
+            elif (routes, view) != self._applied and self.nginx.apply(routes, view):
                 self._applied = (routes, view)
         if self.https:
             self.https.notice(routes)
@@ -99,7 +133,12 @@ class Router:
             log.info("router: rotated %d access log(s)", rotated)
         return rotated
 
-    def stop(self) -> None:
+    def close(self) -> None:
+        """`bae serve` stops: certificate work ends; nginx goes on serving (the next `bae serve` adopts it)."""
         if self.https:
             self.https.stop()
-        self.nginx.stop()
+
+    def stop(self) -> bool:
+        """Stop nginx (`router:stop`); `bae serve` itself leaves it running when it stops."""
+        self.close()
+        return self.nginx.stop()

@@ -1,10 +1,16 @@
 """The router's data plane: an nginx it owns, configured from the route table.
 
 ``render`` turns routes into a complete nginx.conf (pure). ``Nginx`` runs nginx
-in the foreground under `bae serve` with its own prefix and pid file under the
-data directory, and applies a new configuration only after ``nginx -t``
-accepted it, by a graceful reload (SIGHUP: old workers finish their requests).
-A bad render never replaces a good configuration.
+(in the foreground, in a session of its own) with its own prefix and pid file
+under the data directory, and applies a new configuration only after
+``nginx -t`` accepted it, by a graceful reload (SIGHUP: old workers finish
+their requests). A bad render never replaces a good configuration.
+
+nginx outlives `bae serve` on purpose, as units do: a crash, an upgrade or a
+restart of the control plane must not cost end users a request. So ``start``
+first looks for this installation's nginx (its pid file, checked against the
+process's title, which names this prefix) and adopts it; only when none runs
+does it start one. There is never a second one.
 """
 
 from __future__ import annotations
@@ -154,7 +160,7 @@ def _worker_user() -> str | None:
 
 
 class Nginx:
-    """nginx under `bae serve`: start, apply a checked configuration, stop."""
+    """This installation's nginx: adopt or start, apply a checked configuration, signal, stop."""
 
     def __init__(self, prefix: Path, logs: Path, settings: config.Router) -> None:
         """``settings``: the [router] section (nginx binary, host, http_port, limits)."""
@@ -169,7 +175,9 @@ class Nginx:
         self.settings = settings
         self.user = _worker_user()
         self.conf = self.prefix / "nginx.conf"
-        self.proc: subprocess.Popen | None = None
+        self.pid_file = self.prefix / "nginx.pid"
+        self.pid: int | None = None  # the master process, started or adopted
+        self._child: subprocess.Popen | None = None  # when this process started it (to reap it)
         self.current = ""
         self._lock = threading.Lock()
         for sub in ("logs", *(f"tmp/{kind}" for kind in _TEMP_KINDS)):
@@ -198,7 +206,73 @@ class Nginx:
             os.replace(candidate, self.conf)
         return problem
 
-    def start(self, routes: list[Route], tls: tls_conf.TlsView | None = None) -> None:
+    # -- which nginx is ours ------------------------------------------------------
+
+    def _ours(self, pid: int) -> bool:
+        """Is ``pid`` the master of an nginx run with this prefix? (A pid file may outlive its
+        process and the pid be reused; nginx's title names the prefix it was started with.)"""
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            return False
+        return title.startswith(b"nginx: master process ") and f" -p {self.prefix} ".encode() in title
+
+    def masters(self) -> list[int]:
+        """Every running nginx master of this installation: the pid file's first, then any other
+        with this prefix (a pid file removed by hand must not lead to a second nginx)."""
+        found = []
+        try:
+            pid = int(self.pid_file.read_text().split()[0])
+            if self._ours(pid):
+                found.append(pid)
+        except (OSError, ValueError, IndexError):
+            pass
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and int(entry.name) not in found and self._ours(int(entry.name)):
+                found.append(int(entry.name))
+        return found
+
+    def alive(self) -> bool:
+        if self.pid is None:
+            return False
+        if self._child is not None:
+            return self._child.poll() is None
+        return self._ours(self.pid)
+
+    def signal(self, signum: int) -> bool:
+        """Send the master a signal (reload, reopen logs, stop). False if it is gone."""
+        if not self.alive():
+            return False
+        try:
+            os.kill(self.pid, signum)
+            return True
+        except ProcessLookupError:
+            return False
+
+    # -- life cycle ----------------------------------------------------------------
+
+    def adopt(self) -> bool:
+        """Take over this installation's running nginx, if there is one; it keeps serving its
+        configuration until ``apply`` replaces it. Extra masters (never made by bae itself, but
+        possible by hand) are stopped gracefully: never two."""
+        pids = self.masters()
+        if not pids:
+            return False
+        self.pid, self._child = pids[0], None
+        for extra in pids[1:]:
+            log.warning("router: a second nginx (pid %d) of this installation runs; stopping it", extra)
+            _quit(extra)
+        problem = self._check(self.conf) if self.conf.exists() else "its configuration file is missing"
+        if problem:  # it still serves what it loaded; the next apply writes a checked configuration
+            log.warning("router: the running nginx's configuration does not pass nginx -t: %s", problem)
+            self.current = ""
+        else:
+            self.current = self.conf.read_text()
+        log.info("router: adopted the running nginx (pid %d) on %s", self.pid, self.listen)
+        return True
+
+    def check_port(self) -> None:
+        """Refuse to start when something else holds a port (before anything else starts)."""
         for port, listen, key in ((self.port, self.listen, "http_port"), (self.https_port, self.https_listen, "https_port")):
             if not port:
                 continue
@@ -210,27 +284,36 @@ class Nginx:
             except OSError as exc:
                 raise Unavailable(f"the router cannot listen on {listen}: {exc.strerror}",
                                   f"Stop what uses that port, or set router.{key}.") from None
+
+    def start(self, routes: list[Route], tls: tls_conf.TlsView | None = None) -> None:
+        """Start nginx with ``routes`` (after ``adopt`` found none running)."""
+        self.check_port()
         text = self.render(routes, tls)
         problem = self._write_checked(text)
         if problem:
             raise BaeError(f"nginx refused bae's configuration: {problem}")
         self.current = text
-        self.proc = subprocess.Popen([self.binary, "-p", str(self.prefix), "-c", str(self.conf), "-g", "daemon off;"],
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        errors = self.prefix / "logs" / "stderr.log"
+        with open(errors, "wb") as stderr:  # not a pipe: nginx outlives this process
+            self._child = subprocess.Popen(
+                [self.binary, "-p", str(self.prefix), "-c", str(self.conf), "-g", "daemon off;"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
+                start_new_session=True)  # signals to `bae serve`'s group (^C) do not reach it
+        self.pid = self._child.pid
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise Unavailable(f"nginx exited at start: {self.proc.stderr.read().decode(errors='replace').strip()}")
+            if self._child.poll() is not None:
+                raise Unavailable(f"nginx exited at start: {errors.read_text(errors='replace').strip()}")
             try:
                 with socket.create_connection(("127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host, self.port), 0.2):
                     break
             except OSError:
                 time.sleep(0.05)
-        log.info("router: nginx (pid %d) listening on %s", self.proc.pid, self.listen)
+        log.info("router: nginx (pid %d) listening on %s", self.pid, self.listen)
 
     def _workers(self) -> set[int]:
         try:
-            return {int(p) for p in Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()}
+            return {int(p) for p in Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()}
         except (OSError, ValueError):
             return set()
 
@@ -261,7 +344,8 @@ class Nginx:
                 log.error("router: nginx refused the new configuration, keeping the old one: %s", problem)
                 return False
             before = self._workers()
-            self.proc.send_signal(signal.SIGHUP)
+            if not self.signal(signal.SIGHUP):
+                return False
             # The new configuration serves every new connection once new workers run and every
             # old worker has stopped accepting (it is "shutting down", finishing in-flight requests).
             deadline = time.monotonic() + 3
@@ -286,16 +370,42 @@ class Nginx:
 
     def reopen_logs(self) -> bool:
         """Have nginx reopen its access logs (after they were moved aside); False if it is not running."""
-        if self.proc is None or self.proc.poll() is not None:
-            return False
-        self.proc.send_signal(signal.SIGUSR1)
-        return True
+        return self.signal(signal.SIGUSR1)
 
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)  # graceful: finish in-flight requests
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+    def stop(self) -> bool:
+        """Stop this installation's nginx gracefully (in-flight requests finish), whether this
+        process started it or adopted it. False if none was running."""
+        pids = [self.pid] if self.alive() else self.masters()
+        for pid in pids:
+            if self._child is not None and pid == self._child.pid:
+                self._child.send_signal(signal.SIGQUIT)
+                try:
+                    self._child.wait(15)
+                except subprocess.TimeoutExpired:
+                    self._child.kill()
+                    self._child.wait()
+            else:
+                _quit(pid)
+        self.pid, self._child = None, None
+        return bool(pids)
+
+
+def _quit(pid: int, timeout: float = 15.0) -> None:
+    """Graceful stop of an nginx master that is not our child: SIGQUIT, then SIGKILL."""
+    try:
+        os.kill(pid, signal.SIGQUIT)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return
+        if not title:  # exited; a zombie until its parent reaps it
+            return
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

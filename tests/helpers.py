@@ -118,8 +118,35 @@ class Server:
                 self.proc.wait()
         return self.proc.returncode if self.proc else 0
 
+    def router_pids(self) -> list[int]:
+        """The running nginx masters of this server's router (nginx outlives `bae serve`)."""
+        prefix = f" -p {self.data / 'router'} ".encode()
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    title = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+                except OSError:
+                    continue
+                if title.startswith(b"nginx: master process ") and prefix in title:
+                    found.append(int(entry.name))
+        return found
+
+    def stop_router(self, timeout: float = 20.0) -> None:
+        for pid in self.router_pids():
+            os.kill(pid, signal.SIGQUIT)
+        deadline = time.monotonic() + timeout
+        while self.router_pids():
+            if time.monotonic() > deadline:
+                for pid in self.router_pids():
+                    os.kill(pid, signal.SIGKILL)
+                break
+            time.sleep(0.05)
+
     def cleanup(self) -> None:
-        """Remove every container and image this server's platform created (after stop())."""
+        """Remove every container and image this server's platform created, and stop its
+        router (after stop(): nginx outlives `bae serve`)."""
+        self.stop_router()
         path = self.data / "instance-id"
         if not path.exists():
             return

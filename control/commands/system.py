@@ -1,4 +1,4 @@
-"""help, version, whoami, config:show and serve."""
+"""help, version, whoami, config:show, serve and router:stop."""
 
 from __future__ import annotations
 
@@ -90,3 +90,15 @@ def serve(inv: Invocation) -> int:
     return run_daemon(inv.platform, inv.console, run_command)
 
 
+@command("router:stop", local_only=True)
+def router_stop(inv: Invocation) -> None:
+    """Stop the router's nginx (host only): it outlives `bae serve`, which adopts it when it starts."""
+    from control.daemon import make_router  # as for serve: the router is loaded only here
+
+    if inv.platform.notify():
+        raise Invalid("bae serve is running and would start the router again",
+                      "Stop bae serve first, then run router:stop.")
+    if make_router(inv.platform).stop():
+        inv.console.step("The router stopped (requests in flight were answered)")
+    else:
+        inv.console.out("The router was not running.")

@@ -9,7 +9,8 @@ Rules, per deployment:
   wanted ones; others are *outdated* (an older release, a resize, a restart);
 - missing current units are started (lowest free index first; while units
   are being replaced, at most ``batch`` web units starting at once), unless the process type is backing off after
-  crashes; extra current units are stopped at once (scale down);
+  crashes; extra current units are stopped at once (scale down): a second unit
+  with an index first (the one not up), never a healthy unit of another index;
 - outdated units keep serving until every wanted current unit is up, then they
   stop together: a deploy that fails leaves the old units untouched;
 - a web unit that does not accept connections within the boot timeout, or any
@@ -185,6 +186,23 @@ def _failed(u: Seen, ctx: Context) -> bool:
     return u.web and not u.up and u.age > ctx.boot_timeout
 
 
+def _keep(units: list[Seen], quantity: int) -> tuple[list[Seen], list[tuple[Seen, str]]]:
+    """Which current units of a type stay (at most one per index, lowest indexes first) and which
+    stop. Two units with one index happen when a unit that exited comes back by itself (`docker
+    restart`) while its replacement starts: the one that is up stays (the older if both are), the
+    other is the duplicate. Fixing an index never stops a healthy unit of another index."""
+    best: dict[int, Seen] = {}
+    extras: list[tuple[Seen, str]] = []
+    for u in sorted(units, key=lambda u: (u.index, not u.up, -u.age)):
+        if u.index in best:
+            extras.append((u, f"a second {u.name}"))
+        else:
+            best[u.index] = u
+    kept = [best[i] for i in sorted(best)]
+    extras += [(u, "scaled down") for u in kept[quantity:]]
+    return kept[:quantity], extras
+
+
 def _plan_deployment(wants: list[Want], units: list[Seen], ctx: Context) -> list:
     actions: list = []
     live = [u for u in units if not u.stopping]
@@ -221,10 +239,9 @@ def _plan_deployment(wants: list[Want], units: list[Seen], ctx: Context) -> list
 
     all_up = True
     for w in wants:
-        mine = sorted((u for u in ok if u.process == w.process and current(u)), key=lambda u: u.index)
-        for extra in mine[w.quantity:]:
-            actions.append(Stop(extra, "scaled down"))
-        mine = mine[: w.quantity]
+        mine, extras = _keep([u for u in ok if u.process == w.process and current(u)], w.quantity)
+        for extra, reason in extras:
+            actions.append(Stop(extra, reason))
         if sum(1 for u in mine if u.up) < w.quantity:
             all_up = False
         missing = w.quantity - len(mine)

@@ -155,7 +155,7 @@ class DockerRuntime:
         except ENGINE_ERRORS as exc:
             raise Unavailable(f"the Docker Engine does not answer ({exc.__class__.__name__})",
                               "Start it (make up starts dockerd).") from None
-        self._inspected: dict[str, tuple] = {}
+        self._inspected: dict[str, tuple[str, tuple]] = {}  # container id -> (state, inspected fields)
         self._network: str | None = None
         self._lock = threading.Lock()
 
@@ -192,11 +192,11 @@ class DockerRuntime:
         return units
 
     def _add_state(self, info: UnitInfo) -> None:
-        """Start time, exit code and OOM flag (from inspect, cached per container and state)."""
-        key = (info.id, info.status)
+        """Start time, exit code and OOM flag (from inspect, cached per container while its state
+        stays the same: a container restarted by hand has a new start time)."""
         with self._lock:
-            cached = self._inspected.get(key)
-        if cached is None:
+            status, cached = self._inspected.get(info.id, (None, None))
+        if status != info.status:
             try:
                 with _engine("inspecting a unit"):
                     state = self.api.inspect_container(info.id)["State"]
@@ -207,7 +207,7 @@ class DockerRuntime:
             with self._lock:
                 if len(self._inspected) > 5000:
                     self._inspected.clear()
-                self._inspected[key] = cached
+                self._inspected[info.id] = (info.status, cached)
         info.started_at, info.finished_at, code, info.oom = cached
         if not info.running:
             info.exit_code = code
@@ -288,6 +288,15 @@ class DockerRuntime:
 
     def remove(self, unit_id: str) -> None:
         _quietly(f"removing {unit_id[:12]}", lambda: self.api.remove_container(unit_id, force=True))
+
+    def remove_exited(self, unit_id: str) -> None:
+        def call() -> None:
+            try:
+                self.api.remove_container(unit_id)  # not forced: the engine refuses a running container
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:
+                    raise
+        _quietly(f"removing {unit_id[:12]}", call)
 
     @classmethod
     def is_up(cls, info: UnitInfo, age: float) -> bool:

@@ -20,13 +20,17 @@ _PAIR = re.compile(r"([A-Za-z0-9][A-Za-z0-9_-]{0,29})=(.+)")
 def _pairs(args: tuple[str, ...], example: str) -> list[tuple[str, str]]:
     if not args:
         raise Invalid("say what to change", f"For example: {example}")
-    out = []
+    out: dict[str, str] = {}
     for arg in args:
         match = _PAIR.fullmatch(arg)
         if not match:
             raise Invalid(f"'{arg[:60]}' is not TYPE=VALUE", f"For example: {example}")
-        out.append((match.group(1).lower(), match.group(2)))
-    return out
+        name, value = match.group(1).lower(), match.group(2)
+        if name in out:  # which one was meant? refuse rather than guess
+            raise Invalid(f"{name} is given twice ({name}={out[name][:30]} and {name}={value[:30]})",
+                          f"Give each process type once. For example: {example}")
+        out[name] = value
+    return list(out.items())
 
 
 def _known_type(release, process: str, dep) -> None:

@@ -82,7 +82,10 @@ def unit_containers(srv: Server, app: str) -> dict[str, dict]:
     found = {}
     for row in engine.api.containers(all=True, filters={"label": [f"bae.platform={instance}", f"bae.app={app}",
                                                                   "bae.process=web"]}):
-        state = engine.api.inspect_container(row["Id"])["State"]
+        try:
+            state = engine.api.inspect_container(row["Id"])["State"]
+        except docker.errors.NotFound:  # removed while we looked
+            continue
         name = f"web.{row['Labels']['bae.index']}"
         found.setdefault(name, []).append({"id": row["Id"], "started": state["StartedAt"], "status": row["State"]})
     return found

@@ -164,3 +164,18 @@ def test_units_of_a_type_dying_together_count_as_one_failure_and_outdated_ones_a
     stuck_old = unit(3, release=1, up=False, age=61)  # a unit of the old release that never bound $PORT
     crashes = [a for a in plan([w], [unit(1), unit(2), stuck_old], ctx()) if isinstance(a, Crashed)]
     assert [(a.unit.name, a.counts) for a in crashes] == [("web.3", False)]
+
+
+def test_a_unit_that_comes_back_by_itself_stops_its_duplicate_not_a_healthy_unit():
+    """`docker restart` of web.1 (web=2): its replacement started meanwhile; web.2 is left alone."""
+    w = want(quantity=2)
+    back = unit(1, up=True, age=0.5, uid="web1-restarted")
+    replacement = unit(1, up=False, age=0.3, uid="web1-new")
+    web2 = unit(2, uid="web2")
+    assert plan([w], [back, replacement, web2], ctx()) == [Stop(replacement, "a second web.1")]
+    # both up: the older stays, still nothing happens to web.2
+    both = unit(1, up=True, age=0.2, uid="web1-new")
+    assert plan([w], [both, back, web2], ctx()) == [Stop(both, "a second web.1")]
+    # a duplicate while scaling down: the duplicate and the highest index go
+    assert plan([want(quantity=1)], [back, replacement, web2], ctx()) == [
+        Stop(replacement, "a second web.1"), Stop(web2, "scaled down")]

@@ -1,0 +1,75 @@
+"""Holes a hostile test found in running apps: duplicated log lines, ambiguous scaling,
+memory kills that were not explained, `ps:scale` waits that outlived their purpose."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from pathlib import Path
+
+import docker
+import pytest
+
+from helpers import APPS, make_repo
+
+pytestmark = pytest.mark.integration
+
+SETTINGS = {"scheduler": {"boot_timeout": 10, "stop_grace": 5}}
+
+
+def wait_for(predicate, timeout=30.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def dev(server):
+    return server.user("hard")
+
+
+@pytest.fixture(scope="module")
+def app(server, dev, tmp_path_factory) -> Path:
+    """`hard`: the pyweb sample, pushed as it is (no build step)."""
+    server.plain_app(dev, "hard")
+    src = tmp_path_factory.mktemp("src") / "hard"
+    shutil.copytree(APPS / "pyweb", src)
+    repo = make_repo(src, {}, "pyweb")
+    push = dev.push(repo, "hard")
+    assert push.returncode == 0, push.stderr
+    return repo
+
+
+def units_of(server, **labels) -> list[dict]:
+    engine = docker.from_env(version="auto")
+    instance = (server.data / "instance-id").read_text().strip()
+    filters = [f"bae.platform={instance}", "bae.role=unit"] + [f"bae.{k}={v}" for k, v in labels.items()]
+    return engine.api.containers(all=True, filters={"label": filters})
+
+
+def test_log_lines_of_stopped_units_are_stored_once(server, dev, app):
+    assert dev.ssh("ps:scale", "hard", "web=2").returncode == 0
+    for version in ("two", "three"):  # two deploys: the units of v1 and v2 are stopped
+        code = re.sub(r'VERSION = "\w+"', f'VERSION = "{version}"', (app / "app.py").read_text())
+        push = dev.push(make_repo(app, {"app.py": code}, version), "hard")
+        assert push.returncode == 0, push.stderr
+    wait_for(lambda: not units_of(server, app="hard", release="1") and not units_of(server, app="hard", release="2"),
+             what="the old units to be stopped and removed")
+    logs = dev.ssh("logs", "hard", "-n", "50").stdout
+    app_lines = [line for line in logs.splitlines() if " app[" in line]
+    assert len(app_lines) == len(set(app_lines)), f"lines stored twice:\n{logs}"
+    firsts = [line for line in app_lines if line.endswith("listening on 5000")]
+    assert len(firsts) == 6, logs  # web.1 and web.2 of v1, v2 and v3, once each
+
+
+def test_scaling_one_type_twice_in_one_command_is_refused(server, dev, app):
+    result = dev.ssh("ps:scale", "hard", "web=3", "web=2")
+    assert result.returncode != 0
+    assert "web is given twice" in result.stderr and "ps:scale hard web=2" in result.stderr
+    resize = dev.ssh("ps:resize", "hard", "web=m1", "web=s1")
+    assert resize.returncode != 0 and "web is given twice" in resize.stderr

@@ -1,9 +1,10 @@
 """`make bench`: every benchmark, one after the other."""
 
-from bench import build, failover, push, scale
+from bench import build, failover, push, restart, scale
 
 if __name__ == "__main__":
     push.main()
     build.main()
     scale.main()
     failover.main()
+    restart.main()

@@ -3,7 +3,8 @@
 A one-off unit is a unit of a release's image, config and plan, outside the
 formation (the reconcile loop leaves it alone). It runs the command through
 bae-launch (profile.d, bash -c), streams its output — interactively with a TTY
-when asked — and is removed when done; its exit code is the caller's. Works
+when asked — and is removed when done; its exit code is the caller's, and a
+memory kill is said in words. Works
 with any ``scheduler.runtime.Runtime``.
 """
 
@@ -14,6 +15,7 @@ import threading
 import time
 from typing import Callable
 
+from scheduler.plans import memory_label
 from scheduler.runtime import Attached, OneOff, Runtime
 
 __all__ = ["run_oneoff"]
@@ -48,7 +50,11 @@ def run_oneoff(runtime: Runtime, job: OneOff, *, stdin: Callable[[int], bytes] |
                     stderr(f"the command ran longer than {timeout:.0f} s and was stopped\n".encode())
                     return 124
                 return 130
-        return unit.wait()
+        code = unit.wait()
+        if code != 0 and unit.oom():  # not only "exit 137": say why
+            stderr(f"{unit_name} exceeded its {memory_label(job.workload.memory)} memory limit: "
+                   f"a process of it was killed (exit {code})\n".encode())
+        return code
 
 
 def _pump_stdin(read: Callable[[int], bytes], unit: Attached, close_on_eof: bool) -> None:

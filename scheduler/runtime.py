@@ -140,6 +140,9 @@ class Attached(Protocol):
     def wait(self) -> int:
         """The unit's exit code, once it has ended."""
 
+    def oom(self) -> bool:
+        """Once it has ended: was a process of the unit killed for exceeding its memory limit?"""
+
 
 class Runtime(Protocol):
     """Where units run. Every method may raise BaeError (Unavailable when the engine does not answer)."""
@@ -179,6 +182,7 @@ class Runtime(Protocol):
     def attach(self, job: OneOff, unit: str, stdin: bool) -> AbstractContextManager[Attached]:
         """Create, attach to and start a one-off unit named ``unit``; it is removed when the block ends."""
 
-    def watch(self, on_event: Callable[[str], None], stop: threading.Event) -> None:
-        """Call ``on_event(action)`` (die, start, oom, ...) for events of this installation's units until
-        ``stop`` is set (blocking; reconnects when the engine restarts)."""
+    def watch(self, on_event: Callable[[str, str], None], stop: threading.Event) -> None:
+        """Call ``on_event(action, unit_id)`` (die, start, oom, ...) for events of this installation's units
+        until ``stop`` is set (blocking; reconnects when the engine restarts). ``oom`` also comes for a
+        process killed inside a unit that runs on."""

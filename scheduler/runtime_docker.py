@@ -128,6 +128,13 @@ class _Attached:
         with _engine("the one-off unit"):
             return int(self.api.wait(self.cid, timeout=30).get("StatusCode", 1))
 
+    def oom(self) -> bool:
+        try:
+            with _engine("the one-off unit"):
+                return bool(self.api.inspect_container(self.cid)["State"].get("OOMKilled"))
+        except BaeError:
+            return False
+
 
 class DockerRuntime:
     """Starts, stops, lists and probes unit containers of one bae installation."""
@@ -314,8 +321,8 @@ class DockerRuntime:
         except OSError:
             return False
 
-    def watch(self, on_event: Callable[[str], None], stop: threading.Event) -> None:
-        """Call ``on_event(action)`` for container events of our units until ``stop`` is set."""
+    def watch(self, on_event: Callable[[str, str], None], stop: threading.Event) -> None:
+        """Call ``on_event(action, container id)`` for container events of our units until ``stop`` is set."""
         while not stop.is_set():
             try:
                 with _engine("following the engine's events"):
@@ -325,7 +332,7 @@ class DockerRuntime:
                         if stop.is_set():
                             stream.close()
                             return
-                        on_event(event.get("Action", ""))
+                        on_event(event.get("Action", ""), event.get("id") or (event.get("Actor") or {}).get("ID", ""))
             except BaeError as exc:  # dockerd restarted: reconnect
                 log.info("docker events stream ended (%s); reconnecting", exc.message)
                 stop.wait(1)

@@ -154,9 +154,18 @@ def dispatch(inv: Invocation, argv: list[str]) -> int:
         return exc.exit_code
     except click.Abort:
         return 1
+    except OSError:
+        if not inv.alive():  # the caller hung up while the command wrote to them: nothing left to tell
+            return 255
+        return _internal_error(inv, name, argv)
     except Exception:
-        ref = secrets.token_hex(4)
-        log.exception("command %r by %s failed (ref %s)", argv[:1], inv.caller.name, ref)
-        console.error(f"internal error while running '{name}' (reference {ref}).",
+        return _internal_error(inv, name, argv)
+
+
+def _internal_error(inv: Invocation, name: str, argv: list[str]) -> int:
+    """An error of ours: a reference for the user, the traceback for the operator's log only."""
+    ref = secrets.token_hex(4)
+    log.exception("command %r by %s failed (ref %s)", argv[:1], inv.caller.name, ref)
+    inv.console.error(f"internal error while running '{name}' (reference {ref}).",
                       "Nothing was half-done on purpose; the operator's log has the details.")
-        return 70
+    return 70

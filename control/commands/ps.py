@@ -41,7 +41,11 @@ def _known_type(release, process: str, dep) -> None:
 
 
 def _wait(inv: Invocation, dep, processes: set[str], wait: bool) -> None:
-    """Wake the scheduler; unless told not to, wait until the processes run as wanted."""
+    """Wake the scheduler; unless told not to, wait until the processes run as wanted.
+
+    The wait ends early when a process type is clearly crashing (it crashed twice since the
+    wait began: the scheduler goes on restarting it with backoff) and, quietly, when the
+    caller goes away."""
     if not inv.platform.notify():
         inv.console.detail("bae serve is not running: the change applies when it starts.")
         return
@@ -50,16 +54,57 @@ def _wait(inv: Invocation, dep, processes: set[str], wait: bool) -> None:
         return
     limit = inv.platform.settings.scheduler.boot_timeout + 30
     deadline = time.monotonic() + limit
+    crashes = _Crashes(inv, dep, processes)
     while time.monotonic() < deadline:
+        if not inv.alive():  # the caller hung up: nobody to tell; the scheduler goes on
+            raise click.exceptions.Exit(255)
         fresh = inv.store.deployment(dep.app, dep.name)
         formation = inv.store.formation(fresh)
         if converged(deployment_status(inv.store, inv.platform.settings.plans, fresh, inv.platform.runtime), fresh.release_version,
                      formation, processes):
             inv.console.step("done")
             return
+        crashing = crashes.check()
+        if crashing:
+            process, reason = crashing
+            output = [e for e in inv.platform.logs.read(dep.app, dep.name, lines=200, process=process)
+                      if e.source == "app"][-5:]
+            if output:
+                inv.console.detail(f"The last output of {process}:")
+                for entry in output:
+                    inv.console.detail(f"  {entry.unit}: {entry.text[:300]}")
+            inv.console.error(f"{process} is crashing: {reason}; bae keeps restarting it, waiting longer each time",
+                              f"Its output is in `{inv.prog} logs {dep.slug} --type {process}`; "
+                              f"stop it with `{inv.prog} ps:scale {dep.slug} {process}=0`.")
+            raise click.exceptions.Exit(1)
         time.sleep(0.25)
     inv.console.error(f"the units did not settle within {limit} s", f"See `{inv.prog} ps {dep.slug}` and the app's logs.")
     raise click.exceptions.Exit(1)
+
+
+class _Crashes:
+    """Counts the crashes of process types since a wait began (from the scheduler's stored backoff)."""
+
+    def __init__(self, inv: Invocation, dep, processes: set[str]) -> None:
+        self.inv, self.dep, self.processes = inv, dep, processes
+        self.seen = self._failures()
+        self.count = dict.fromkeys(processes, 0)
+
+    def _failures(self) -> dict[str, dict]:
+        backoffs = self.inv.store.backoffs()
+        return {p: backoffs.get((self.dep.id, p)) or {"failures": 0, "reason": ""} for p in self.processes}
+
+    def check(self) -> tuple[str, str] | None:
+        """(process type, its last crash) once a type crashed twice since the wait began."""
+        now = self._failures()
+        for process, row in now.items():
+            before = self.seen[process]["failures"]
+            if row["failures"] > before:
+                self.count[process] += row["failures"] - before
+            self.seen[process] = row  # after a reset (the type stayed up) counting starts again
+            if self.count[process] >= 2:
+                return process, row["reason"] or f"{process} exited"
+        return None
 
 
 @command("ps")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -73,3 +74,52 @@ def test_scaling_one_type_twice_in_one_command_is_refused(server, dev, app):
     assert "web is given twice" in result.stderr and "ps:scale hard web=2" in result.stderr
     resize = dev.ssh("ps:resize", "hard", "web=m1", "web=s1")
     assert resize.returncode != 0 and "web is given twice" in resize.stderr
+
+
+def test_scaling_a_crashing_type_returns_with_the_crash(server, dev, app):
+    result = dev.ssh("ps:scale", "hard", "crasher=1")  # the wait would last boot_timeout + 30 s
+    assert result.returncode == 1
+    assert "crasher is crashing: crasher.1 crashed (exit 3)" in result.stderr, result.stderr
+    assert "crasher.1: about to crash" in result.stdout  # its last words
+    assert "ps:scale hard crasher=0" in result.stderr
+    assert dev.ssh("ps:scale", "hard", "crasher=0").returncode == 0
+
+
+@pytest.fixture(scope="module")
+def slow(server, dev, tmp_path_factory) -> str:
+    """`hard/slow`: web binds $PORT only after 4 s; oomchild runs a child that is killed for memory."""
+    server.plain_app(dev, "hard/slow")
+    src = tmp_path_factory.mktemp("slow") / "slow"
+    shutil.copytree(APPS / "pyweb", src)
+    procfile = ("web: sleep 4; exec python3 app.py\n"
+                "oomchild: python3 hog.py; echo the hog is gone; exec sleep 600\n")
+    push = dev.push(make_repo(src, {"Procfile": procfile}, "slow"), "hard/slow")
+    assert push.returncode == 0, push.stderr
+    return "hard/slow"
+
+
+def test_a_client_that_hangs_up_during_a_scale_wait_ends_it_quietly(server, dev, slow):
+    proc = subprocess.Popen(dev.ssh_cmd + ["bae@127.0.0.1", "ps:scale", slow, "web=2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert "Scaling web to 2" in proc.stdout.readline().decode()  # now it waits for web.2 (4 s)
+    proc.kill()
+    proc.wait()
+    ended = wait_for(lambda: re.search(r"ran 'ps:scale hard/slow web=2': exit (\d+)", server.log()),
+                     what="the wait to end")
+    assert ended.group(1) == "255"
+    log = server.log()
+    assert "slow: web.2 up after" not in log[:ended.end()], "the wait went on after the client had gone"
+    assert "Traceback" not in log and "Socket is closed" not in log
+
+
+def test_memory_kills_are_explained_in_one_offs_and_in_running_units(server, dev, slow):
+    result = dev.ssh("run", "hard", "python3 hog.py")
+    assert result.returncode == 137
+    assert re.search(r"run\.\d+ exceeded its 256 MB memory limit: a process of it was killed \(exit 137\)",
+                     result.stderr), result.stderr
+    assert dev.ssh("ps:scale", slow, "oomchild=1", "--no-wait").returncode == 0
+    line = "oomchild.1: a process was killed for exceeding the unit's 256 MB memory limit; the unit runs on"
+    wait_for(lambda: line in dev.ssh("logs", slow, "-n", "100").stdout, timeout=60, what="the memory kill in logs")
+    logs = dev.ssh("logs", slow, "-n", "100").stdout
+    assert "app[oomchild.1]: the hog is gone" in logs and "oomchild.1 crashed" not in logs
+    assert dev.ssh("ps:scale", slow, "oomchild=0").returncode == 0

@@ -109,6 +109,8 @@ def test_kill_9_of_bae_serve_and_restart_cost_no_request(tmp_path):
             served_more(load)
         report(load)
         assert srv.router_pids() == [nginx], "there must be exactly one nginx, the adopted one"
+        after = srv.log().split("adopted the running nginx")[1]  # the second run's log
+        assert "steady: web.1 up (adopted)" in after and "web.1 up after" not in after.split("web=3")[0]
         assert "Address already in use" not in srv.log()
         # a graceful stop leaves the router serving too; router:stop stops it
         assert srv.stop() == 0

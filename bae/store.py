@@ -13,6 +13,7 @@ import contextlib
 import json
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -152,6 +153,12 @@ def m008_buildpacks_set_by_admin(db: sqlite_utils.Database) -> None:
 def m009_swarm_placement(db: sqlite_utils.Database) -> None:
     # Swarm placement constraints of a process type (ps:place), JSON list; [] places anywhere
     db["formation"].add_column("placement", str)
+
+
+@migrations()
+def m010_stopping_units(db: sqlite_utils.Database) -> None:
+    # units the scheduler is stopping (by the runtime's id), so that `ps` in any process says so
+    db["stopping_units"].create({"unit_id": str, "deployment_id": int, "since": float, "reason": str}, pk="unit_id")
 
 
 class Store:
@@ -580,6 +587,24 @@ class Store:
         with self.write() as db:
             for unit_id in unit_ids:
                 db.execute("delete from unit_state where unit_id = ?", [unit_id])
+
+    def stopping_units(self, dep_id: int | None = None) -> dict[str, dict]:
+        """Units being stopped, by unit id: since (epoch seconds) and the reason."""
+        where, args = ("where deployment_id = ?", [dep_id]) if dep_id is not None else ("", [])
+        return {r["unit_id"]: r for r in self.db.query(f"select * from stopping_units {where}", args)}
+
+    def set_stopping(self, unit_id: str, dep_id: int | None, reason: str) -> None:
+        with self.write() as db:
+            db["stopping_units"].upsert({"unit_id": unit_id, "deployment_id": dep_id, "since": time.time(),
+                                         "reason": reason}, pk="unit_id")
+
+    def forget_stopping(self, unit_ids: list[str] | None = None) -> None:
+        """Units that are gone (all of them: at start-up, the scheduler decides again)."""
+        with self.write() as db:
+            if unit_ids is None:
+                db.execute("delete from stopping_units")
+            for unit_id in unit_ids or []:
+                db.execute("delete from stopping_units where unit_id = ?", [unit_id])
 
     def fail_interrupted(self, reason: str) -> tuple[list[Release], int]:
         """At start-up: deploys and builds that were under way when the platform stopped have failed."""

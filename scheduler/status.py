@@ -1,5 +1,5 @@
 """What `ps` shows: each unit's state, read from the runtime (by label) and the
-store (formation, crash backoff). Works in any process, not only `bae serve`:
+store (formation, crash backoff, units being stopped). Works in any process, not only `bae serve`:
 a web unit is "up" when it accepts a connection on $PORT right now.
 """
 
@@ -24,7 +24,7 @@ class UnitStatus:
     unit: str
     process: str
     index: int
-    state: str  # up, starting, crashed
+    state: str  # up, starting, stopping, crashed
     since: float  # seconds in that state
     release: int
     plan: str
@@ -33,12 +33,16 @@ class UnitStatus:
     generation: int = 0
 
 
-def _state(info: UnitInfo, runtime: Runtime, now: float, backoff: dict | None, memory: dict) -> UnitStatus:
+def _state(info: UnitInfo, runtime: Runtime, now: float, backoff: dict | None, memory: dict,
+           stopping: dict | None = None) -> UnitStatus:
     address = f"127.0.0.1:{info.host_port}" if info.host_port else ""
     if info.node:  # a runtime of several machines: where the unit runs
         address = f"{info.address or ''} on {info.node}".strip()
     base = dict(unit=info.unit, process=info.process, index=info.index, release=info.release, plan=info.plan,
                 address=address, generation=info.generation)
+    if info.running and stopping:  # the scheduler is stopping it (SIGTERM, then its grace period)
+        return UnitStatus(state="stopping", since=max(0.0, now - stopping["since"]), detail=stopping["reason"] or "",
+                          **base)
     if info.running:
         age = now - (info.started_at or now)
         return UnitStatus(state="up" if runtime.is_up(info, age) else "starting", since=age, **base)
@@ -57,8 +61,9 @@ def deployment_status(store: Store, plans: dict[str, config.Plan], dep: Deployme
                       runtime: Runtime) -> list[UnitStatus]:
     now = time.time()
     backoffs = store.backoffs()
+    stopping = store.stopping_units(dep.id)
     memory = memory_labels(plans)
-    units = [_state(info, runtime, now, backoffs.get((dep.id, info.process)), memory)
+    units = [_state(info, runtime, now, backoffs.get((dep.id, info.process)), memory, stopping.get(info.id))
              for info in runtime.list_units(app=dep.app, deployment=dep.name)]
     return sorted(units, key=lambda u: (u.process, u.index, u.release))
 

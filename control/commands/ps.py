@@ -128,7 +128,8 @@ def ps(inv: Invocation, target: str) -> None:
             inv.console.out(f"{s.unit:<10} {state:<44} v{s.release:<4} {s.plan:<4} {s.address}".rstrip())
     strays = [s for s in statuses if not release or s.process not in release.process_types]
     for s in strays:
-        inv.console.out(f"{s.unit:<10} {s.state} {duration(s.since)} v{s.release} {s.plan} (stopping)")
+        inv.console.out(f"{s.unit:<10} {s.state} {duration(s.since)} v{s.release} {s.plan}"
+                        + ("" if s.state == "stopping" else " (stopping)"))
     moves = inv.platform.runtime.timeline(app=dep.app, deployment=dep.name)  # failovers (swarm runtime)
     if moves:
         inv.console.out("=== failovers")

@@ -87,12 +87,14 @@ def test_scaling_a_crashing_type_returns_with_the_crash(server, dev, app):
 
 @pytest.fixture(scope="module")
 def slow(server, dev, tmp_path_factory) -> str:
-    """`hard/slow`: web binds $PORT only after 4 s; oomchild runs a child that is killed for memory."""
+    """`hard/slow`: web binds $PORT only after 4 s; oomchild runs a child that is killed for memory;
+    lingerer takes 4 s to stop."""
     server.plain_app(dev, "hard/slow")
     src = tmp_path_factory.mktemp("slow") / "slow"
     shutil.copytree(APPS / "pyweb", src)
     procfile = ("web: sleep 4; exec python3 app.py\n"
-                "oomchild: python3 hog.py; echo the hog is gone; exec sleep 600\n")
+                "oomchild: python3 hog.py; echo the hog is gone; exec sleep 600\n"
+                "lingerer: trap 'sleep 4; exit 0' TERM; while :; do sleep 0.2; done\n")
     push = dev.push(make_repo(src, {"Procfile": procfile}, "slow"), "hard/slow")
     assert push.returncode == 0, push.stderr
     return "hard/slow"
@@ -123,3 +125,12 @@ def test_memory_kills_are_explained_in_one_offs_and_in_running_units(server, dev
     logs = dev.ssh("logs", slow, "-n", "100").stdout
     assert "app[oomchild.1]: the hog is gone" in logs and "oomchild.1 crashed" not in logs
     assert dev.ssh("ps:scale", slow, "oomchild=0").returncode == 0
+
+
+def test_ps_shows_a_stopping_unit_as_stopping(server, dev, slow):
+    assert dev.ssh("ps:scale", slow, "lingerer=1").returncode == 0
+    assert dev.ssh("ps:scale", slow, "lingerer=0", "--no-wait").returncode == 0
+    line = wait_for(lambda: [x for x in dev.ssh("ps", slow).stdout.splitlines() if x.startswith("lingerer.1")
+                             and "stopping" in x], what="lingerer.1 shown as stopping")[0]
+    assert re.match(r"lingerer\.1\s+stopping \d+s \(scaled down\)", line), line
+    wait_for(lambda: "lingerer.1" not in dev.ssh("ps", slow).stdout, what="lingerer.1 gone")

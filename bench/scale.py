@@ -89,7 +89,7 @@ def main(runs: int = 3) -> None:
 
             def run_one() -> None:
                 c = engine.containers.run(image, ["python3 app.py"], detach=True, environment={"PORT": "5000"},
-                                          labels={"bae-bench": "1"})
+                                          labels={"bae-bench": instance})
                 with lock:
                     made.append(c.id)
 
@@ -122,7 +122,7 @@ def main(runs: int = 3) -> None:
     finally:
         server.stop()
         server.cleanup()  # its units, images, network and router
-        for c in engine.api.containers(all=True, filters={"label": ["bae-bench=1"]}):
+        for c in engine.api.containers(all=True, filters={"label": [f"bae-bench={instance}"]}):
             engine.api.remove_container(c["Id"], force=True)
         shutil.rmtree(tmp, ignore_errors=True)
 

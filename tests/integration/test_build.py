@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -30,12 +31,15 @@ def built_image(push_output: str) -> str:
     return re.search(r"Built image (\S+) ", push_output).group(1)
 
 
+RUN = secrets.token_hex(4)  # labels this run's containers: other runs on the same engine keep theirs
+
+
 def run_unit(image: str, command: str, env: dict | None = None) -> tuple[str, int]:
     """Start the image the way a unit starts (entrypoint + Procfile command) and return (id, host port)."""
     client = docker.from_env(version="auto")
     port = free_port()
     container = client.containers.run(image, [command], detach=True, environment={"PORT": "5000", "DYNO": "web.1", **(env or {})},
-                                      ports={"5000/tcp": ("127.0.0.1", port)}, labels={"bae.test": "1"})
+                                      ports={"5000/tcp": ("127.0.0.1", port)}, labels={"bae.test": RUN})
     return container.id, port
 
 
@@ -59,7 +63,7 @@ def dev(server):
 def cleanup_containers():
     yield
     client = docker.from_env(version="auto")
-    for c in client.containers.list(all=True, filters={"label": "bae.test=1"}):
+    for c in client.containers.list(all=True, filters={"label": f"bae.test={RUN}"}):  # this run's only
         c.remove(force=True)
 
 

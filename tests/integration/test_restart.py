@@ -69,10 +69,15 @@ def served_more(load: Load, count: int = 60) -> None:
     wait_for(lambda: load.ok + len(load.failures) >= target, timeout=60, what=f"{count} more requests")
 
 
-def report(load: Load) -> None:
+def report(load: Load, killed_in_flight: bool = False) -> None:
+    """No request may fail. With ``killed_in_flight``, a unit was killed from outside (`docker restart`):
+    a response it had begun when it died breaks off (nginx cannot send it elsewhere once it has passed
+    the headers on); those are the operator's doing, reported but not counted."""
+    broken = [f for f in load.failures if killed_in_flight and f.startswith("IncompleteRead while reading")]
+    failed = [f for f in load.failures if f not in broken]
     print(f"{load.ok} requests succeeded, {load.resent} resent after a keep-alive close, "
-          f"{len(load.failures)} failed")
-    assert not load.failures, f"{len(load.failures)} requests failed: {load.failures[:5]}"
+          f"{len(broken)} broke off as their unit was killed, {len(failed)} failed")
+    assert not failed, f"{len(failed)} requests failed: {failed[:5]}"
 
 
 def unit_containers(srv: Server, app: str) -> dict[str, dict]:
@@ -185,7 +190,7 @@ def test_docker_restart_of_a_unit_stops_nothing_healthy(tmp_path):
                 wait_for(lambda: all(len(v) == 1 for v in unit_containers(srv, "bounce").values()),
                          what="one container per unit")
                 served_more(load)
-        report(load)
+        report(load, killed_in_flight=True)
         after = unit_containers(srv, "bounce")
         assert sorted(after) == ["web.1", "web.2"]
         assert after["web.2"] == [web2], "web.2 was healthy and must not have been stopped or replaced"

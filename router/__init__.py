@@ -56,7 +56,8 @@ class Router:
         self._applied: tuple | None = None  # what nginx serves (routes, TLS view); every pass compares, few reload
         self.https = https
         self._sync_lock = threading.Lock()  # the scheduler's passes and certificate refreshes
-        self._synced = threading.Event()  # the scheduler reported the units once (or serve stopped waiting)
+        self._ready = False  # routes may be applied: the scheduler reported the units (or serve stopped waiting)
+        self._synced = threading.Event()  # nginx serves the scheduler's first report
 
     def routes(self) -> list[Route]:
         return build_routes(self.hostnames.deployments(), self.hostnames.domains(), self.endpoints, self.base_domain)
@@ -77,7 +78,7 @@ class Router:
         synced = self._synced.wait(timeout)
         if not synced:
             log.warning("router: no report of the units after %.0f s; routing without them for now", timeout)
-            self._synced.set()
+            self._ready = True
             self.sync(self.endpoints, first=False)
         if self.https:
             self.https.run()
@@ -92,9 +93,8 @@ class Router:
         report of the scheduler; until the first, nginx keeps what it serves)."""
         with self._sync_lock:
             self.endpoints = endpoints
-            if first:
-                self._synced.set()
-            if not self._synced.is_set():
+            self._ready = self._ready or first
+            if not self._ready:
                 return
             routes = self.routes()
             view = self.https.view(routes) if self.https else None
@@ -109,6 +109,8 @@ class Router:
                 self._applied = (routes, view)
             elif (routes, view) != self._applied and self.nginx.apply(routes, view):
                 self._applied = (routes, view)
+            if first:
+                self._synced.set()  # nginx serves the complete table now
         if self.https:
             self.https.notice(routes)
         if time.monotonic() - self._checked > 30:

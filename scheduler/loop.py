@@ -41,6 +41,8 @@ log = logging.getLogger("bae.scheduler")
 Routes = dict[tuple[str, str], tuple[Endpoint, ...]]
 REMOVED_GRACE = 10.0  # seconds a unit this process removed may still be listed before it is judged again
 
+OOM_SETTLE = 1.0  # seconds after a memory kill before a unit that still runs is said to run on
+
 
 @dataclass
 class Desired:
@@ -96,6 +98,7 @@ class Scheduler:
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="unit")
         self._threads: list[threading.Thread] = []
         self._event_at = 0.0
+        self._since = time.time()  # units started before this are adopted from an earlier `bae serve`
         # I/O under way (not decisions: a restart forgets it with the threads doing it)
         self._lock = threading.Lock()
         self._starting: dict[str, Seen] = {}  # placeholder id -> Seen, until the unit is listed
@@ -103,6 +106,7 @@ class Scheduler:
         self._created: dict[str, float] = {}  # unit id -> when first seen created but not started
         self._stopping: set[str] = set()
         self._removed: dict[str, float] = {}  # unit id -> when this process removed it (it may be listed a moment)
+        self._ooms: dict[str, float] = {}  # unit id -> when a process in it was killed for memory, until said
         self._handlers: dict[type, Callable] = {Start: self._start, Stop: self._stop_unit, Remove: self._remove,
                                                 Crashed: self._crashed, Failed: self._failed, Done: self._done}
 
@@ -143,9 +147,13 @@ class Scheduler:
         if builds:
             log.info("%d build(s) were running when bae stopped; they failed", builds)
         self.decisions.load({d.id: (d.app, d.name) for d in self.store.deployments()})
+        self.store.forget_stopping()  # stops under way ended with the process; the first pass decides again
 
     def _watch(self) -> None:
-        def on_event(action: str) -> None:
+        def on_event(action: str, unit_id: str) -> None:
+            if action == "oom":  # a process inside it was killed; a pass says so (observe)
+                with self._lock:
+                    self._ooms.setdefault(unit_id, time.monotonic())
             if action in ("die", "destroy", "oom", "start", "stop", "kill"):
                 # the unit list may lag the event a little: poll fast for a moment
                 self._event_at = time.monotonic()
@@ -208,7 +216,7 @@ class Scheduler:
         for release in this.live:  # a deploy is done once the router routes its units
             self.store.activate(release)
         with self._lock:
-            busy = bool(self._starting) or any(not s.up and s.running and not s.stopping for s in observed.seen)
+            busy = bool(self._starting) or bool(self._ooms) or any(not s.up and s.running and not s.stopping for s in observed.seen)
         return busy or time.monotonic() - self._event_at < 1.0
 
     def desire(self) -> Desired:
@@ -239,16 +247,21 @@ class Scheduler:
         self.collector.sync(units)
         self.decisions.prune(listed)
         seen = [self._seen(info, now, desired) for info in units]
+        self._report_ooms(units)
         with self._lock:
             for placeholder, unit_id in list(self._started_ids.items()):
                 if unit_id in listed:  # listed now: the unit stands for itself
                     self._starting.pop(placeholder, None)
                     del self._started_ids[placeholder]
             seen += list(self._starting.values())
+            stopped = [i for i in self._stopping if i not in listed]
             self._stopping &= listed
             mono = time.monotonic()
             for gone in [i for i, t in self._removed.items() if i not in listed or mono - t > REMOVED_GRACE]:
                 del self._removed[gone]
+        if stopped:  # gone while its stop ran (removed by hand): `ps` no longer shows it either
+            self.store.forget_stopping(stopped)
+        with self._lock:
             for gone in [i for i in self._created if i not in listed]:
                 del self._created[gone]
         self._reset_backoff(seen, now, desired)
@@ -265,8 +278,11 @@ class Scheduler:
         if info.running and not up and self.runtime.is_up(info, age):
             self.decisions.mark_up(info.id, dep_id, now)
             up = True
-            if info.release:
-                self._tell(info.app, info.deployment, f"{info.unit} up" + (f" after {age:.1f} s" if age < 600 else ""))
+            if info.release:  # an adopted unit (started before this process) was up all along
+                adopted = (info.started_at or now) < self._since
+                self._tell(info.app, info.deployment, f"{info.unit} up" + (" (adopted)" if adopted else f" after {age:.1f} s"))
+        if info.running and up and self.decisions.crash_counted(info.id):  # it came back by itself: it may crash again
+            self.decisions.forget_crash(info.id)
         if not info.running and up:
             self.decisions.forget_up(info.id)
             up = False
@@ -275,6 +291,20 @@ class Scheduler:
         return Seen(info.id, info.app, info.deployment, info.process, info.release, info.index, info.plan,
                     info.generation, info.running, age, up, info.exit_code, info.oom, stopping,
                     info.web, self.decisions.crash_counted(info.id))
+
+    def _report_ooms(self, units: list[UnitInfo]) -> None:
+        """A unit whose process was killed for memory but which runs on (a web server's worker, a
+        child process): nothing crashed, so only this says it. An exited unit's crash says it itself;
+        a moment passes first, as the unit's own exit may follow the kill."""
+        now = time.monotonic()
+        running = {info.id: info for info in units if info.running}
+        with self._lock:
+            due = [i for i, t in self._ooms.items() if i in running and now - t >= OOM_SETTLE]
+            self._ooms = {i: t for i, t in self._ooms.items() if i in running and i not in due}
+        for unit_id in due:
+            info = running[unit_id]
+            self._tell(info.app, info.deployment, f"{info.unit}: a process was killed for exceeding the unit's "
+                       f"{self._memory.get(info.plan, info.plan)} memory limit; the unit runs on")
 
     def _reset_backoff(self, seen: list[Seen], now: float, desired: Desired) -> None:
         """A type whose unit stayed up ``backoff_reset`` seconds starts afresh."""
@@ -292,6 +322,8 @@ class Scheduler:
         if stops:  # take them out of the router before they get SIGTERM
             with self._lock:
                 self._stopping.update(a.unit.id for a in stops)
+            for a in stops:  # `ps` (any process) shows them as stopping
+                self.store.set_stopping(a.unit.id, this.desired.dep_id(a.unit.app, a.unit.deployment), a.reason)
             self._publish_routes(this.observed.units)
         for a in actions:
             try:
@@ -314,15 +346,19 @@ class Scheduler:
         finally:
             with self._lock:  # if it is still listed, the next pass decides again
                 self._stopping.discard(unit_id)
+            self.store.forget_stopping([unit_id])
             self._wake.set()
 
     def _remove(self, a: Remove, this: _Pass) -> None:
-        if a.unit.id in this.observed.by_id:
-            self._pool.submit(self._remove_now, a.unit.id)
+        if a.unit.id in this.observed.by_id:  # exited: removed unless it came back meanwhile
+            self._pool.submit(self._remove_now, a.unit.id, True)
 
-    def _remove_now(self, unit_id: str) -> None:
+    def _remove_now(self, unit_id: str, exited: bool = False) -> None:
         self.collector.finish(unit_id)  # its last lines (a crash's) are kept in the app's log
-        self.runtime.remove(unit_id)
+        if exited and not self.runtime.remove_exited(unit_id):
+            return  # it runs again (started by hand): the same unit, decided about by the next pass
+        if not exited:
+            self.runtime.remove(unit_id)
         with self._lock:
             self._removed[unit_id] = time.monotonic()
 

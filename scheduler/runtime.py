@@ -159,9 +159,9 @@ class Runtime(Protocol):
     def remove(self, unit_id: str) -> None:
         """Remove a unit (stopped or not); gone units are ignored."""
 
-    def remove_exited(self, unit_id: str) -> None:
+    def remove_exited(self, unit_id: str) -> bool:
         """Remove a unit that exited, unless it runs again (started by hand, e.g. `docker restart`: it
-        is the same unit and stays); gone units are ignored."""
+        is the same unit and stays; False then); gone units are ignored."""
 
     def remove_all(self, **labels: str) -> int:
         """Remove every unit with these labels (a destroyed deployment's); returns how many."""

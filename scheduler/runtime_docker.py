@@ -296,14 +296,19 @@ class DockerRuntime:
     def remove(self, unit_id: str) -> None:
         _quietly(f"removing {unit_id[:12]}", lambda: self.api.remove_container(unit_id, force=True))
 
-    def remove_exited(self, unit_id: str) -> None:
+    def remove_exited(self, unit_id: str) -> bool:
+        running_again = False
+
         def call() -> None:
+            nonlocal running_again
             try:
                 self.api.remove_container(unit_id)  # not forced: the engine refuses a running container
             except docker.errors.APIError as exc:
                 if exc.status_code != 409:
                     raise
+                running_again = True
         _quietly(f"removing {unit_id[:12]}", call)
+        return not running_again
 
     @classmethod
     def is_up(cls, info: UnitInfo, age: float) -> bool:

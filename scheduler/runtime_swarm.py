@@ -169,6 +169,9 @@ class _Attached:
             raise BaeError(f"the one-off unit could not start: {status.get('Err', '?')}")
         return int((status.get("ContainerStatus") or {}).get("ExitCode", 0 if status["State"] == "complete" else 1))
 
+    def oom(self) -> bool:
+        return False  # a task's status does not say (its exit code does: 137)
+
 
 class SwarmRuntime:
     """Units as one-task Swarm services on the cluster the host's engine manages."""
@@ -527,6 +530,10 @@ class SwarmRuntime:
         """Removing the service stops its task: SIGTERM, the grace period, SIGKILL (on its node)."""
         self.remove(unit_id)
 
+    def remove_exited(self, unit_id: str) -> bool:
+        self.remove(unit_id)  # a service's task is not started again by hand
+        return True
+
     def remove(self, unit_id: str) -> None:
         try:
             self.api.remove_service(_service(unit_id))
@@ -552,7 +559,7 @@ class SwarmRuntime:
         except OSError:
             return False
 
-    def watch(self, on_event: Callable[[str], None], stop: threading.Event) -> None:
+    def watch(self, on_event: Callable[[str, str], None], stop: threading.Event) -> None:
         """Service and node events (a node going down counts as a unit dying); tasks have none: the loop polls."""
         while not stop.is_set():
             try:
@@ -561,7 +568,7 @@ class SwarmRuntime:
                     if stop.is_set():
                         stream.close()
                         return
-                    on_event("die" if event.get("Type") == "node" else event.get("Action", ""))
+                    on_event("die" if event.get("Type") == "node" else event.get("Action", ""), "")
             except Exception as exc:  # the engine restarted: reconnect
                 log.info("docker events stream ended (%s); reconnecting", exc.__class__.__name__)
                 stop.wait(1)

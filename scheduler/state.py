@@ -101,6 +101,14 @@ class Decisions:
     def mark_crash_counted(self, unit_id: str, dep_id: int | None) -> None:
         self._set(unit_id, dep_id, crash_counted=True)
 
+    def forget_crash(self, unit_id: str) -> None:
+        """A unit whose crash was counted runs again (started by hand): its next crash counts too."""
+        with self._lock:
+            unit = self._units.get(unit_id)
+            if unit is None or not unit.crash_counted:
+                return
+        self._set(unit_id, unit.deployment_id, crash_counted=False)
+
     def forget_up(self, unit_id: str) -> None:
         """A unit that is no longer running is not up (its crash record stays)."""
         with self._lock:

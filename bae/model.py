@@ -36,6 +36,8 @@ __all__ = [
     "DEFAULT_DEPLOYMENT",
     "Certificate",
     "TlsState",
+    "Addon",
+    "Backup",
 ]
 
 DEFAULT_DEPLOYMENT = "default"
@@ -281,3 +283,44 @@ class TlsState:
     last_attempt: str | None = None
     last_error: str | None = None  # None: the last attempt succeeded
     last_success: str | None = None
+
+
+@dataclass(frozen=True)
+class Addon:
+    """A data service owned by an app, reachable by its units only, exposed as a config var URL."""
+
+    id: int
+    app: str
+    name: str  # a DNS label, unique within the app; also its host name on the app's network
+    kind: str  # redis, postgres, mysql
+    version: str  # the major version it was created with; changes only through addons:upgrade
+    plan: str
+    password: str
+    config_var: str  # REDIS_URL, DATABASE_URL or NAME_URL
+    created_at: str
+    generation: int = 0  # bumped by addons:restart and credential rotations: the container is replaced
+    schedule: str | None = None  # HH:MM (UTC) of the daily backup
+    retention: int = 7  # verified backups kept
+    failures: int = 0  # consecutive failed starts (healing backs off)
+    not_before: str | None = None  # no start before this time (backoff)
+
+
+@dataclass(frozen=True)
+class Backup:
+    """One dump of an add-on; it counts only once ``status`` is "verified" (restored and checked)."""
+
+    id: int
+    app: str
+    addon: str  # the add-on's name (backups outlive addons:destroy)
+    number: int
+    kind: str
+    version: str
+    file: str  # path under data_dir
+    status: str  # capturing, verified, failed
+    size: int
+    created_at: str
+    finished_at: str | None
+    counts: dict = field(default_factory=dict)  # table or "keys" -> rows/keys, as captured and as restored
+    sha256: str = ""
+    scheduled: bool = False
+    error: str | None = None

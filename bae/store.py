@@ -21,8 +21,8 @@ import sqlite_utils
 from sqlite_utils import Migrations
 
 from bae.errors import Conflict, NotFound
-from bae.model import (DEFAULT_DEPLOYMENT, App, Build, Certificate, Deployment, FormationEntry, PublicKey, Release,
-                       TlsState, User, now)
+from bae.model import (DEFAULT_DEPLOYMENT, Addon, App, Backup, Build, Certificate, Deployment, FormationEntry,
+                       PublicKey, Release, TlsState, User, now)
 
 __all__ = ["Store"]
 
@@ -159,6 +159,25 @@ def m009_swarm_placement(db: sqlite_utils.Database) -> None:
 def m010_stopping_units(db: sqlite_utils.Database) -> None:
     # units the scheduler is stopping (by the runtime's id), so that `ps` in any process says so
     db["stopping_units"].create({"unit_id": str, "deployment_id": int, "since": float, "reason": str}, pk="unit_id")
+
+
+@migrations()
+def m011_addons(db: sqlite_utils.Database) -> None:
+    # Add-ons of apps (issue 12) and their backups; the service's data lives under data_dir/addons.
+    db["addons"].create(
+        {"id": int, "app_id": int, "name": str, "kind": str, "version": str, "plan": str, "password": str,
+         "config_var": str, "created_at": str, "generation": int, "schedule": str, "retention": int,
+         "failures": int, "not_before": str},
+        pk="id", foreign_keys=[("app_id", "apps", "id")], defaults={"generation": 0, "retention": 7, "failures": 0},
+    )
+    db["addons"].create_index(["app_id", "name"], unique=True)
+    db["addon_backups"].create(
+        {"id": int, "app_id": int, "addon": str, "number": int, "kind": str, "version": str, "file": str, "status": str,
+         "size": int, "created_at": str, "finished_at": str, "counts": str, "sha256": str, "scheduled": int,
+         "error": str},
+        pk="id", foreign_keys=[("app_id", "apps", "id")], defaults={"size": 0, "counts": "{}", "scheduled": 0},
+    )  # by the add-on's name, not its row: backups outlive addons:destroy, so a new add-on can restore them
+    db["addon_backups"].create_index(["app_id", "addon", "number"], unique=True)
 
 
 class Store:
@@ -333,6 +352,8 @@ class Store:
                 self._delete_deployment_rows(db, dep_id)
             db.execute("delete from collaborators where app_id = ?", [app.id])
             db.execute("delete from config_vars where app_id = ?", [app.id])
+            db.execute("delete from addon_backups where app_id = ?", [app.id])
+            db.execute("delete from addons where app_id = ?", [app.id])
             db.execute("delete from apps where id = ?", [app.id])
 
     def add_collaborator(self, app: App, user: User) -> None:
@@ -711,8 +732,76 @@ class Store:
                     removed.append(key)
         return removed
 
+    # -- add-ons and their backups ----------------------------------------------
 
-    # -- certificates and TLS state -------------------------------------------
+    def add_addon(self, app: App, **fields) -> Addon:
+        with self.write() as db:
+            if self._one("select id from addons where app_id = ? and name = ?", [app.id, fields["name"]]):
+                raise Conflict(f"app '{app.name}' has an add-on named '{fields['name']}' already",
+                               "Pick another name with --as NAME, or see `addons " + app.name + "`.")
+            db["addons"].insert({"app_id": app.id, "created_at": now(), **fields})
+        return self.addon(app.name, fields["name"])
+
+    def addons(self, app: App | None = None) -> list[Addon]:
+        where, params = ("where apps.id = ?", [app.id]) if app else ("", [])
+        rows = self.db.query("select addons.*, apps.name as app from addons join apps on apps.id = addons.app_id "
+                             f"{where} order by apps.name, addons.name", params)
+        return [_addon(r) for r in rows]
+
+    def addon(self, app: str, name: str) -> Addon:
+        row = self._one("select addons.*, apps.name as app from addons join apps on apps.id = addons.app_id "
+                        "where apps.name = ? and addons.name = ?", [app, name])
+        if row is None:
+            raise NotFound(f"app '{app}' has no add-on named '{name[:40]}'", f"See `addons {app}`.")
+        return _addon(row)
+
+    def update_addon(self, addon: Addon, **fields) -> Addon:
+        with self.write() as db:
+            db["addons"].update(addon.id, fields)
+        return self.addon(addon.app, addon.name)
+
+    def remove_addon(self, addon: Addon) -> None:
+        with self.write() as db:
+            db.execute("delete from addons where id = ?", [addon.id])
+
+    def start_backup(self, addon: Addon, file_for, scheduled: bool = False) -> Backup:
+        """A new backup row (status capturing); ``file_for(number)`` names its file."""
+        with self.write() as db:
+            row = self._one("select max(number) as n from addon_backups where app_id = "
+                            "(select app_id from addons where id = ?) and addon = ?", [addon.id, addon.name])
+            number = (row["n"] or 0) + 1
+            app_id = self._one("select app_id from addons where id = ?", [addon.id])["app_id"]
+            pk = db["addon_backups"].insert({
+                "app_id": app_id, "addon": addon.name, "number": number, "kind": addon.kind, "version": addon.version,
+                "file": str(file_for(number)), "status": "capturing", "created_at": now(),
+                "scheduled": int(scheduled)}).last_pk
+        return self.backup_by_id(pk)
+
+    def finish_backup(self, backup: Backup, **fields) -> Backup:
+        if "counts" in fields:
+            fields["counts"] = json.dumps(fields["counts"])
+        with self.write() as db:
+            db["addon_backups"].update(backup.id, {"finished_at": now(), **fields})
+        return self.backup_by_id(backup.id)
+
+    def backup_by_id(self, backup_id: int) -> Backup:
+        row = self._one("select addon_backups.*, apps.name as app from addon_backups join apps on "
+                        "apps.id = addon_backups.app_id where addon_backups.id = ?", [backup_id])
+        if row is None:
+            raise NotFound(f"no backup with id {backup_id}")
+        return _backup(row)
+
+    def backups(self, app: str, addon: str) -> list[Backup]:
+        """The backups of add-on name ``addon`` of ``app`` (present or destroyed), newest first."""
+        rows = self.db.query("select addon_backups.*, apps.name as app from addon_backups join apps on "
+                             "apps.id = addon_backups.app_id where apps.name = ? and addon = ? order by number desc",
+                             [app, addon])
+        return [_backup(r) for r in rows]
+
+    def remove_backup(self, backup: Backup) -> None:
+        with self.write() as db:
+            db.execute("delete from addon_backups where id = ?", [backup.id])
+
 
     def add_certificate(self, cert: Certificate, replace: tuple[str, ...] = ()) -> Certificate:
         """Record ``cert`` (its files are written already); rows named in ``replace`` go in the same
@@ -818,3 +907,21 @@ def _build(row: dict) -> Build:
         log=row["log"] or "", image=row["image"], process_types=json.loads(row["process_types"] or "{}"),
         error=row["error"], reuse=json.loads(row["reuse"]) if row.get("reuse") else None,
     )
+
+
+def _addon(row: dict) -> Addon:
+    return Addon(id=row["id"], app=row["app"], name=row["name"], kind=row["kind"], version=row["version"],
+                 plan=row["plan"], password=row["password"], config_var=row["config_var"],
+                 created_at=row["created_at"], generation=row["generation"] or 0, schedule=row["schedule"],
+                 retention=row["retention"] or 7, failures=row["failures"] or 0, not_before=row["not_before"])
+
+
+def _backup(row: dict) -> Backup:
+    return Backup(id=row["id"], app=row["app"], addon=row["addon"], number=row["number"], kind=row["kind"],
+                  version=row["version"], file=row["file"], status=row["status"], size=row["size"] or 0,
+                  created_at=row["created_at"], finished_at=row["finished_at"],
+                  counts=json.loads(row["counts"] or "{}"), sha256=row["sha256"] or "",
+                  scheduled=bool(row["scheduled"]), error=row["error"])
+
+
+    # -- certificates and TLS state -------------------------------------------

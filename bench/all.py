@@ -1,6 +1,6 @@
 """`make bench`: every benchmark, one after the other."""
 
-from bench import build, failover, push, restart, scale
+from bench import addons, build, failover, push, restart, scale
 
 if __name__ == "__main__":
     push.main()
@@ -8,3 +8,4 @@ if __name__ == "__main__":
     scale.main()
     failover.main()
     restart.main()
+    addons.main()

@@ -23,7 +23,7 @@ from bae.errors import BaeError, Gone, Unavailable
 from bae.unit import UID
 from buildpacks.engine import client, translated
 
-__all__ = ["stack_tag", "build_stack", "stack_exists", "RECIPE_DIR"]
+__all__ = ["stack_tag", "build_stack", "stack_exists", "ensure_base", "RECIPE_DIR", "SUITE"]
 
 log = logging.getLogger("bae.stack")
 
@@ -32,8 +32,8 @@ SUITE = "bookworm"
 DEBOOTSTRAP_INCLUDE = ["ca-certificates", "python3"]
 
 
-def _base_recipe(build) -> dict:
-    return {"suite": SUITE, "variant": "minbase", "include": DEBOOTSTRAP_INCLUDE, "mirror": build.debian_mirror,
+def _base_recipe(build, suite: str = SUITE) -> dict:
+    return {"suite": suite, "variant": "minbase", "include": DEBOOTSTRAP_INCLUDE, "mirror": build.debian_mirror,
             "base_image": build.base_image}
 
 
@@ -51,7 +51,9 @@ def stack_tag(build) -> str:
     return build.stack_image or f"bae/stack:{_digest(_recipe(build))}"
 
 
-def _base_tag(build) -> str:
+def _base_tag(build, suite: str = SUITE) -> str:
+    if suite != SUITE:  # another release's base (add-on images of newer majors): always bootstrapped
+        return f"bae/stack-base-{suite}:{_digest(_base_recipe(build, suite))}"
     return build.base_image or f"bae/stack-base:{_digest(_base_recipe(build))}"
 
 
@@ -65,15 +67,15 @@ def stack_exists(tag: str) -> bool:
         return False
 
 
-def _debootstrap(build, tag: str, out: Callable[[str], None]) -> None:
+def _debootstrap(build, tag: str, out: Callable[[str], None], suite: str = SUITE) -> None:
     if not shutil.which("debootstrap") and not Path("/usr/sbin/debootstrap").exists():
         raise Unavailable("debootstrap is not installed", "apt-get install debootstrap (make up does this).")
     work = Path(tempfile.mkdtemp(prefix="bae-stack-", dir="/var/tmp"))
     try:
         root = work / "rootfs"
-        out(f"Bootstrapping Debian {SUITE} (minbase) from {build.debian_mirror}")
+        out(f"Bootstrapping Debian {suite} (minbase) from {build.debian_mirror}")
         cmd = ["debootstrap", "--variant=minbase", f"--include={','.join(DEBOOTSTRAP_INCLUDE)}",
-               SUITE, str(root), build.debian_mirror]
+               suite, str(root), build.debian_mirror]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
@@ -87,6 +89,16 @@ def _debootstrap(build, tag: str, out: Callable[[str], None]) -> None:
             client().api.import_image_from_file(str(tarball), repository=repo, tag=version)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def ensure_base(build, out: Callable[[str], None], suite: str = SUITE) -> str:
+    """The base image of Debian ``suite`` (the stack's: debootstrap'd, or the operator's
+    ``build.base_image``), made if missing; service images (add-ons) are built on it too, so the
+    machine bootstraps each Debian release once."""
+    base = _base_tag(build, suite)
+    if (suite != SUITE or not build.base_image) and not stack_exists(base):
+        _debootstrap(build, base, out, suite)
+    return base
 
 
 def build_stack(build, out: Callable[[str], None], *, force: bool = False) -> str:

@@ -88,6 +88,11 @@ def serve(platform: Platform, console: Console, run_command: Callable[..., int])
                           on_routes=router.sync, before_stop=router.drain)
     scheduler.start()
     router.wait_synced(ROUTES_TIMEOUT)  # a new nginx starts with every up unit in its table
+    from addons.healer import Healer
+
+    healer = Healer(platform, platform.addons)
+    platform.addons_healer = healer
+    healer.start()
     context = SessionContext(platform.store, platform.repos, pipeline, run_command, prog,
                              max_push_size=settings.git.max_push_bytes)
     ssh = SSHServer(settings.ssh.host, settings.ssh.port, platform.data / "ssh_host_ed25519_key",
@@ -120,6 +125,7 @@ def serve(platform: Platform, console: Console, run_command: Callable[..., int])
     while not stop.wait(1):
         pass
     ssh.stop(grace=60)
+    healer.stop()
     scheduler.stop()
     router.close()
     platform.runtime.shutdown()

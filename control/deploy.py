@@ -256,6 +256,10 @@ def destroy_deployment(platform: Platform, dep: Deployment) -> None:
 def destroy_app(platform: Platform, app: App) -> None:
     for dep in platform.store.deployments(app):
         destroy_deployment(platform, dep)
+    if platform.store.addons(app) or (platform.data / "addons" / app.name).exists():
+        for addon in platform.store.addons(app):
+            platform.store.remove_addon(addon)  # first: the healer must not start them again
+        platform.addons.remove_app(app.name)  # containers, network, data and backups
     platform.store.destroy_app(app)
     platform.repos.destroy(app.name)
     shutil.rmtree(platform.data / "cache" / app.name, ignore_errors=True)

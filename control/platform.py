@@ -39,6 +39,8 @@ class Platform:
         self.repos = Repositories(self.data / "repos")
         self.instance = self._instance_id()
         self.logs = LogStore(self.data / "logs" / "apps", settings.logs.retention_lines, self.data / "logs" / "router")
+        self.addons_healer = None  # the add-on watcher, in `bae serve` only
+        self._addons = None
         self._runtime: Runtime | None = None
 
     def _instance_id(self) -> str:
@@ -78,6 +80,17 @@ class Platform:
         port = self.settings.router.http_port
         host = self.hostname(app, deployment)
         return f"http://{host}/" if port == 80 else f"http://{host}:{port}/"
+
+    @property
+    def addons(self):
+        """The add-on services (addons.Services) of this installation, built on the stack's base image."""
+        if self._addons is None:
+            from addons import Services
+            from buildpacks.stack import ensure_base
+
+            build = self.settings.build
+            self._addons = Services(self, base_image=lambda suite, out: ensure_base(build, out, suite))
+        return self._addons
 
     @property
     def runtime(self) -> Runtime:

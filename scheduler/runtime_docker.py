@@ -232,11 +232,12 @@ class DockerRuntime:
         image_gone = BaeError(f"the image {w.image} of v{release} is gone",
                               "Push again to rebuild it, or roll back to a release whose image exists.")
         network = self.network(app)
+        hosts = self.addon_hosts(app) if network != self._network else {}
         with _engine(f"starting {unit}", image_gone):
             host_config = self.api.create_host_config(
                 mem_limit=w.memory, memswap_limit=w.memory, nano_cpus=int(w.cpu * 1e9), pids_limit=w.pids,
                 security_opt=["no-new-privileges"], cap_drop=["ALL"], mounts=mounts, network_mode=network,
-                **(host or {}))
+                extra_hosts=hosts or None, **(host or {}))
             return self.api.create_container(
                 w.image, command=[w.command], user=USER, environment=env, host_config=host_config,
                 name=f"bae-{self.instance}-{app}-{deployment}-{unit}-v{release}-{secrets.token_hex(3)}",
@@ -262,13 +263,34 @@ class DockerRuntime:
             raise
         return cid
 
+    def addon_hosts(self, app: str) -> dict[str, str]:
+        """Name -> fixed address of the app's add-ons (their labels), for the unit's /etc/hosts."""
+        try:
+            rows = self.api.containers(all=True, filters={"label": [
+                f"bae.platform={self.instance}", "bae.role=addon", f"bae.app={app}"]})
+        except ENGINE_ERRORS:
+            return {}
+        return {r["Labels"]["bae.addon"]: r["Labels"]["bae.ip"] for r in rows
+                if (r.get("Labels") or {}).get("bae.ip") and r["Labels"].get("bae.addon")}
+
     def network(self, app: str) -> str:
         """Where units live, with no traffic between them (the router reaches them from the host).
 
         When Docker's default bridge has inter-container traffic off (`make up` starts dockerd
         with --icc=false), that is the bridge; otherwise the installation gets its own bridge with
         it off. A user-defined network costs each container start a little (Docker's embedded DNS).
+
+        An app with add-ons has a network of its own (labelled ``bae.role=app-network``, made by
+        addons.service): its units and one-off units join that one instead, so they reach the app's
+        add-ons by name. Units of that app can reach each other there; other apps' units cannot.
         """
+        try:
+            own = self.api.networks(filters={"label": [f"bae.platform={self.instance}", "bae.role=app-network",
+                                                       f"bae.app={app}"]})
+        except ENGINE_ERRORS as exc:
+            raise Unavailable(f"looking up the network of {app} failed: {exc}") from None
+        if own:
+            return own[0]["Name"]
         with self._lock:
             if self._network is not None:
                 return self._network

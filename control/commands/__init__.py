@@ -29,7 +29,7 @@ __all__ = ["Invocation", "Terminal", "command", "dispatch", "table", "TOPICS", "
 log = logging.getLogger("bae.commands")
 
 TOPICS = ["system", "users", "keys", "apps", "deployments", "access", "builds", "buildpacks", "stack", "ps",
-          "releases", "domains", "config", "logs", "run", "certs", "nodes"]
+          "releases", "domains", "config", "logs", "run", "certs", "nodes", "addons"]
 
 
 class _Table(click.Group):

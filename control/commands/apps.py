@@ -83,9 +83,15 @@ def apps_info(inv: Invocation, app: str) -> None:
 @command("apps:destroy")
 @click.argument("app")
 @click.option("--confirm", "confirmation", metavar="APP", help="Repeat the app's name to confirm.")
-def apps_destroy(inv: Invocation, app: str, confirmation: str | None) -> None:
+@click.option("--with-addons", is_flag=True, help="Also destroy its add-ons, their data and backups.")
+def apps_destroy(inv: Invocation, app: str, confirmation: str | None, with_addons: bool) -> None:
     """Destroy an app: its deployments, repos, builds, releases and units (owner or admin)."""
     found = app_for(inv.caller, inv.store, app, OWNER)
+    held = [a.name for a in inv.store.addons(found)]
+    if held and not with_addons:
+        raise Invalid(f"app '{found.name}' has add-ons holding data: {', '.join(held)}",
+                      f"Back them up (addons:backups:capture) if needed, then add --with-addons, or destroy "
+                      f"them first (addons:destroy {found.name} NAME).")
     require_confirmation(confirmation, found.name, f"app '{found.name}' with all its deployments, code, releases and units")
     destroy_app(inv.platform, found)
     inv.console.step(f"Destroyed app {found.name}")

@@ -135,6 +135,13 @@ def ps(inv: Invocation, target: str) -> None:
         inv.console.out("=== failovers")
         for line in moves[-20:]:
             inv.console.out(line)
+    addons = inv.store.addons(inv.store.app(dep.app))
+    if addons:
+        from control.commands.addons import addon_states
+
+        inv.console.out(f"=== add-ons of {dep.app} (shared by its deployments)")
+        for line in addon_states(inv, addons):
+            inv.console.out(line)
 
 
 @command("ps:scale")

@@ -2,12 +2,12 @@
 
 - ``bae`` (the base: model, errors, store, config, console, logs, access, the unit
   contract) imports nothing of ours but itself;
-- the components (``gitserver``, ``buildpacks``, ``scheduler``, ``router``) import
+- the components (``gitserver``, ``buildpacks``, ``scheduler``, ``router``, ``addons``) import
   the base and themselves, never each other and never the root;
 - ``control`` (the composition root: platform assembly, daemon, pipeline, deploy,
   CLI, commands) may import everything, and nothing imports it.
-Third-party SDKs stay in their rooms: Docker in the runtime modules and the build
-side's engine/runner, paramiko and dulwich in gitserver, sqlite-utils in the store.
+Third-party SDKs stay in their rooms: Docker in the runtime modules, the build
+side's engine/runner and the add-ons' engine, paramiko and dulwich in gitserver, sqlite-utils in the store.
 Function-local imports count too.
 """
 
@@ -18,11 +18,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = "bae"
-COMPONENTS = ("gitserver", "buildpacks", "scheduler", "router")
+COMPONENTS = ("gitserver", "buildpacks", "scheduler", "router", "addons")
 COMPOSITION_ROOT = "control"
 ENTRY_POINTS = {"bae/__main__.py"}  # `python -m bae` is the program itself, not a module anyone imports
 SDKS = {  # third-party package -> the only files that may import it
-    "docker": ("scheduler/runtime_", "buildpacks/engine.py", "buildpacks/runner.py"),
+    "docker": ("scheduler/runtime_", "buildpacks/engine.py", "buildpacks/runner.py", "addons/engine.py"),
     "paramiko": ("gitserver/",),
     "dulwich": ("gitserver/",),
     "sqlite_utils": ("bae/store.py",),

@@ -1,0 +1,220 @@
+"""Add-on lifecycle: create, start, wait until ready, restart, rotate, destroy.
+
+An add-on is a row in the store (kind, version, plan, password, config var) and
+a directory ``data_dir/addons/APP/NAME`` (``data/`` the service's files,
+``backups/`` its dumps) that outlives every container. Its container is found by
+labels (``bae.role=addon``, ``bae.app``, ``bae.addon``, ``bae.generation``) and
+runs on the app's own network (``bae-INSTANCE-app-APP``), where the app's units
+and one-off units reach it by its name; no port is published on the host, and
+no other app's units are on that network. Called by the addons:* commands and by
+the healer (heal.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+from addons.engine import ServiceInfo, engine
+from addons.images import build_image
+from addons.kinds import KINDS, Kind
+from bae.errors import BaeError
+from bae.model import Addon
+
+__all__ = ["Services", "network_name", "READY_TIMEOUT"]
+
+log = logging.getLogger("bae.addons")
+
+READY_TIMEOUT = 60.0  # seconds a service has to accept connections after its container starts
+
+
+def network_name(instance: str, app: str) -> str:
+    """The app's own network: its units, one-off units and add-ons, nothing else."""
+    return f"bae-{instance}-app-{app}"
+
+
+def _mb(size: str) -> int:
+    units = {"k": 1 / 1024, "m": 1, "g": 1024}
+    size = size.strip().lower().rstrip("b")
+    if size and size[-1] in units:
+        return int(float(size[:-1]) * units[size[-1]])
+    return int(int(size) / 1024 / 1024)
+
+
+class Services:
+    """Add-on containers of one installation (``platform.instance``)."""
+
+    def __init__(self, platform, base_image: Callable[[str, Callable[[str], None]], str]) -> None:
+        """``platform``: settings, store, data dir, instance id and logs; ``base_image(suite, out)``: the
+        tag of a Debian release's base image, made if missing (the service images are built on it)."""
+        self.platform = platform
+        self.base_image = base_image
+        self.settings = platform.settings
+        self.instance = platform.instance
+        self.root = Path(platform.data) / "addons"
+
+    # -- names and places ------------------------------------------------------------------
+
+    def dir(self, app: str, name: str) -> Path:
+        return self.root / app / name
+
+    def kind(self, addon: Addon) -> Kind:
+        return KINDS[addon.kind]
+
+    def url(self, addon: Addon) -> str:
+        return self.kind(addon).url(addon.name, addon.password)
+
+    def masked_url(self, addon: Addon) -> str:
+        return self.url(addon).replace(addon.password, "*" * 8)
+
+    def labels(self, addon: Addon) -> dict[str, str]:
+        return {"bae.platform": self.instance, "bae.role": "addon", "bae.app": addon.app, "bae.addon": addon.name,
+                "bae.kind": addon.kind, "bae.version": addon.version, "bae.generation": str(addon.generation)}
+
+    def filters(self, app: str | None = None, name: str | None = None) -> list[str]:
+        found = [f"bae.platform={self.instance}", "bae.role=addon"]
+        if app:
+            found.append(f"bae.app={app}")
+        if name:
+            found.append(f"bae.addon={name}")
+        return found
+
+    @staticmethod
+    def new_password() -> str:
+        return secrets.token_urlsafe(24)
+
+    # -- containers ------------------------------------------------------------------------
+
+    def containers(self, app: str | None = None, name: str | None = None) -> list[ServiceInfo]:
+        return engine().list_services(self.filters(app, name))
+
+    def current(self, addon: Addon) -> ServiceInfo | None:
+        """The add-on's container of its current generation (running or not), if any."""
+        for info in self.containers(addon.app, addon.name):
+            if info.labels.get("bae.generation") == str(addon.generation):
+                return info
+        return None
+
+    def image(self, addon: Addon, out: Callable[[str], None] = lambda _: None) -> str:
+        return build_image(self.settings.build, self.kind(addon), addon.version, self.base_image, out)
+
+    def image_for(self, kind: Kind, version: str, out: Callable[[str], None] = lambda _: None) -> str:
+        return build_image(self.settings.build, kind, version, self.base_image, out)
+
+    def start(self, addon: Addon, out: Callable[[str], None] = lambda _: None) -> str:
+        """Create and start the add-on's container on its data (made if missing); its id."""
+        plan = self.settings.plans[addon.plan]
+        image = self.image(addon, out)
+        folder = self.dir(addon.app, addon.name)
+        (folder / "data").mkdir(parents=True, exist_ok=True)
+        (folder / "backups").mkdir(parents=True, exist_ok=True)
+        network = network_name(self.instance, addon.app)
+        subnet = engine().ensure_network(network, {"bae.platform": self.instance, "bae.role": "app-network",
+                                                   "bae.app": addon.app})
+        ip = self._address(addon, subnet)
+        env = {"BAE_PASSWORD": addon.password, "BAE_MEMORY_MB": str(_mb(plan.memory)),
+               "BAE_MAX_CONNECTIONS": str(max(20, min(500, plan.pids // 2)))}
+        name = f"bae-{self.instance}-{addon.app}-addon-{addon.name}-{secrets.token_hex(3)}"
+        labels = {**self.labels(addon), **({"bae.ip": ip} if ip else {})}
+        return engine().create_service(
+            name=name, image=image, env=env, labels=labels, data=str(folder), memory=plan.memory,
+            cpu=plan.cpu, pids=max(plan.pids, 256), network=network, alias=addon.name, hostname=addon.name, ip=ip)
+
+    def _address(self, addon: Addon, subnet: str) -> str | None:
+        """The add-on's fixed address on its app's network, kept in its directory: the top of the
+        subnet, below the broadcast address, downwards (Docker hands out addresses from the bottom).
+        Units find it in /etc/hosts (labels ``bae.addon`` + ``bae.ip``), not through Docker's DNS."""
+        import ipaddress
+
+        folder = self.dir(addon.app, addon.name)
+        saved = folder / "address"
+        try:
+            net = ipaddress.ip_network(subnet)
+        except ValueError:
+            return None
+        if saved.exists() and ipaddress.ip_address(saved.read_text().strip()) in net:
+            return saved.read_text().strip()
+        taken = set()
+        for sibling in (self.root / addon.app).glob("*/address"):
+            taken.add(sibling.read_text().strip())
+        candidate = net.broadcast_address - 1
+        while str(candidate) in taken:
+            candidate -= 1
+        saved.write_text(f"{candidate}\n")
+        return str(candidate)
+
+    def wait_ready(self, addon: Addon, timeout: float = READY_TIMEOUT) -> ServiceInfo:
+        """Wait until the add-on accepts connections; BaeError with its last output if it stops."""
+        deadline = time.monotonic() + timeout
+        kind = self.kind(addon)
+        while True:
+            info = self.current(addon)
+            if info is None:
+                raise BaeError(f"the container of add-on {addon.name} vanished while starting")
+            if not info.running:
+                raise self.failed(addon, info)
+            if engine().port_open(info.ip, kind.port):
+                return info
+            if time.monotonic() > deadline:
+                raise BaeError(f"{addon.name} did not accept connections within {timeout:.0f} s",
+                               "Its last output:\n" + engine().logs(info.id, 15).rstrip())
+            time.sleep(0.05)
+
+    def failed(self, addon: Addon, info: ServiceInfo) -> BaeError:
+        tail = engine().logs(info.id, 15).rstrip() or "(no output)"
+        why = "it ran out of memory" if info.oom else f"exit {info.exit_code}"
+        return BaeError(f"add-on {addon.name} stopped while starting ({why}); its last output:\n{tail}",
+                        f"A bigger plan may help (--plan); `addons:info {addon.app} {addon.name}` shows its state.")
+
+    def remove_containers(self, addon: Addon, keep: str | None = None) -> None:
+        for info in self.containers(addon.app, addon.name):
+            if info.id != keep:
+                engine().stop(info.id, 30)
+                engine().remove(info.id)
+
+    def replace(self, addon: Addon, out: Callable[[str], None] = lambda _: None) -> ServiceInfo:
+        """Stop the add-on's container(s) and start its current generation on the same data."""
+        for info in self.containers(addon.app, addon.name):
+            engine().stop(info.id, 30)  # never two servers on one data directory
+            engine().remove(info.id)
+        self.start(addon, out)
+        return self.wait_ready(addon)
+
+    def exec(self, addon: Addon, cmd: list[str], user: str = "root", env: dict | None = None) -> tuple[int, str, str]:
+        info = self.current(addon)
+        if info is None or not info.running:
+            raise BaeError(f"add-on {addon.name} is not running",
+                           f"Try `addons:restart {addon.app} {addon.name}`; the platform also restarts it.")
+        return engine().exec(info.id, cmd, user=user, env=env)
+
+    def data_size(self, addon: Addon) -> int:
+        total = 0
+        for root, _dirs, files in os.walk(self.dir(addon.app, addon.name) / "data"):
+            for f in files:
+                try:
+                    total += os.lstat(os.path.join(root, f)).st_size
+                except OSError:
+                    pass
+        return total
+
+    def destroy(self, addon: Addon) -> None:
+        """Remove the container(s) and the data (backups stay, under the add-on's name)."""
+        for info in self.containers(addon.app, addon.name):
+            engine().remove(info.id)
+        shutil.rmtree(self.dir(addon.app, addon.name) / "data", ignore_errors=True)
+        shutil.rmtree(self.dir(addon.app, addon.name) / "staged", ignore_errors=True)
+
+    def remove_app(self, app: str) -> None:
+        """Everything of ``app``'s add-ons: containers, network, data and backups."""
+        engine().remove_labelled(self.filters(app))
+        engine().remove_network(network_name(self.instance, app))
+        shutil.rmtree(self.root / app, ignore_errors=True)
+
+    def drop_network_if_unused(self, app: str) -> None:
+        if not self.platform.store.addons(self.platform.store.app(app)):
+            engine().remove_network(network_name(self.instance, app))

@@ -1,0 +1,301 @@
+"""Add-ons on real services: Redis, PostgreSQL and MariaDB containers from bae's own images,
+a real Flask app pushed over ssh using them, backups restored and checked, healing."""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import subprocess
+import time
+
+import docker
+import pytest
+import requests
+
+from helpers import APPS, make_repo
+
+pytestmark = pytest.mark.integration
+
+SETTINGS = {"scheduler": {"boot_timeout": 60, "stop_grace": 5}}
+
+
+@pytest.fixture(scope="session")
+def addon_images():
+    """Each service image built once per test run (the tag is its recipe's hash)."""
+    from addons.images import build_image
+    from addons.kinds import KINDS
+    from bae.config import Settings
+    from buildpacks.stack import ensure_base
+
+    build = Settings().build
+    return {k: build_image(build, kind, kind.versions[0], lambda suite, out: ensure_base(build, out, suite),
+                          lambda _: None) for k, kind in KINDS.items()}
+
+
+@pytest.fixture(scope="module")
+def dev(server, addon_images):
+    return server.user("dev")
+
+
+def ok(result):
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def until(check, timeout=90.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except (requests.RequestException, KeyError, ValueError) as exc:
+            last = exc
+        time.sleep(0.2)
+    raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")
+
+
+class Answer(ValueError):
+    pass
+
+
+def get(server, app, path, method="GET"):
+    response = requests.request(method, f"http://127.0.0.1:{server.http_port}{path}",
+                                headers={"Host": f"{app}.bae.localhost"}, timeout=30)
+    if response.status_code >= 500:
+        raise Answer(f"HTTP {response.status_code}: {response.text[:300]}")
+    return response
+
+
+def push_app(dev, tmp, target):
+    src = tmp / target.replace("/", "-")
+    if not src.exists():
+        shutil.copytree(APPS / "addons-flask", src)
+    repo = make_repo(src, {"marker.txt": str(time.time())}, "deploy")
+    result = dev.push(repo, target)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return repo
+
+
+def service_container(server, app, name):
+    instance = (server.data / "instance-id").read_text().strip()
+    rows = docker.from_env().api.containers(filters={"label": [f"bae.platform={instance}", "bae.role=addon",
+                                                                 f"bae.app={app}", f"bae.addon={name}"]})
+    return rows[0] if rows else None
+
+
+def test_bad_input(dev):
+    ok(dev.ssh("apps:create", "bad"))
+    r = dev.ssh("addons:create", "bad", "mongodb")
+    assert r.returncode != 0 and "not an add-on kind" in r.stderr and "redis, postgres, mysql" in r.stderr
+    r = dev.ssh("addons:create", "bad", "postgres", "--version", "9")
+    assert r.returncode != 0 and "not available" in r.stderr and "15" in r.stderr
+    r = dev.ssh("addons:create", "bad", "redis", "--plan", "huge")
+    assert r.returncode != 0 and "no plan 'huge'" in r.stderr
+    r = dev.ssh("addons:create", "bad", "redis", "--as", "Bad_Name")
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    r = dev.ssh("addons:info", "bad", "nothing")
+    assert r.returncode != 0 and "no add-on named" in r.stderr
+
+
+def test_redis_visits_survive_everything(server, dev, tmp_path):
+    ok(dev.ssh("apps:create", "counter"))
+    out = ok(dev.ssh("addons:create", "counter", "redis"))
+    assert "REDIS_URL" in out and "redis-1" in out and "Accepting connections after" in out
+    r = dev.ssh("addons:create", "counter", "redis", "--as", "redis-1")
+    assert r.returncode != 0 and "already" in r.stderr
+    info = ok(dev.ssh("addons:info", "counter", "redis-1"))
+    assert "running" in info and "********" in info
+    url = ok(dev.ssh("config:get", "counter", "REDIS_URL")).strip()
+    assert url.startswith("redis://:") and url.endswith("@redis-1:6379")
+    assert service_container(server, "counter", "redis-1")["Ports"] == []  # nothing published on the host
+
+    repo = push_app(dev, tmp_path, "counter")
+    assert until(lambda: get(server, "counter", "/visits").json()["visits"]) == 1
+    assert get(server, "counter", "/visits").json()["visits"] == 2
+
+    push_app(dev, tmp_path, "counter")  # a redeploy
+    assert get(server, "counter", "/visits").json()["visits"] == 3
+    ok(dev.ssh("ps:restart", "counter"))
+    assert get(server, "counter", "/visits").json()["visits"] == 4
+
+    old = service_container(server, "counter", "redis-1")["Id"]
+    docker.from_env().api.remove_container(old, force=True)  # the service's container vanishes
+    until(lambda: (c := service_container(server, "counter", "redis-1")) and c["Id"] != old and c["State"] == "running",
+          what="redis-1 re-created")
+    assert until(lambda: get(server, "counter", "/visits").json()["visits"]) == 5
+    logs = ok(dev.ssh("logs", "counter", "-n", "200"))
+    assert "bae[addons]: redis-1 restarted (" in logs  # "vanished", or "crashed (exit 137)" if seen mid-removal
+    assert "redis-1" in ok(dev.ssh("ps", "counter"))
+
+    server.stop()
+    server.start()
+    assert until(lambda: get(server, "counter", "/visits").json()["visits"]) == 6
+    assert repo
+
+
+def test_sql_rows_backup_destroy_restore(server, dev, tmp_path):
+    ok(dev.ssh("apps:create", "ledger"))
+    ok(dev.ssh("addons:create", "ledger", "postgres"))
+    ok(dev.ssh("addons:create", "ledger", "mysql"))
+    config = ok(dev.ssh("config", "ledger"))
+    assert "DATABASE_URL:" in config and "postgresql://app:" in config
+    assert "MYSQL_1_URL:" in config and "mysql://app:" in config
+    push_app(dev, tmp_path, "ledger")
+    for var in ("DATABASE_URL", "MYSQL_1_URL"):
+        for name in ("alpha", "beta", "gamma"):
+            assert get(server, "ledger", f"/rows/{var}?name={name}", "POST").status_code == 200
+        assert get(server, "ledger", f"/rows/{var}").json()["rows"] == ["alpha", "beta", "gamma"]
+
+    for name, var in (("postgres-1", "DATABASE_URL"), ("mysql-1", "MYSQL_1_URL")):
+        out = ok(dev.ssh("addons:backups:capture", "ledger", name))
+        assert "Verified b1" in out and "1 tables, 3 rows" in out, out
+        listing = ok(dev.ssh("addons:backups", "ledger", name))
+        assert "b1" in listing and "verified" in listing
+        assert "Last backup:  b1" in ok(dev.ssh("addons:info", "ledger", name))
+
+    # survives a redeploy, docker rm -f of the service, and a restart of bae serve
+    push_app(dev, tmp_path, "ledger")
+    old = service_container(server, "ledger", "postgres-1")["Id"]
+    docker.from_env().api.remove_container(old, force=True)
+    server.stop()
+    server.start()
+    for var in ("DATABASE_URL", "MYSQL_1_URL"):
+        assert until(lambda: get(server, "ledger", f"/rows/{var}").json()["rows"]) == ["alpha", "beta", "gamma"]
+
+    # backup -> destroy -> create -> restore returns the same rows
+    r = dev.ssh("addons:destroy", "ledger", "postgres-1")
+    assert r.returncode != 0 and "--confirm postgres-1" in r.stderr
+    ok(dev.ssh("addons:destroy", "ledger", "postgres-1", "--confirm", "postgres-1"))
+    assert "DATABASE_URL" not in ok(dev.ssh("config", "ledger"))
+    out = ok(dev.ssh("addons:create", "ledger", "postgres"))
+    assert "DATABASE_URL" in out
+    assert until(lambda: get(server, "ledger", "/rows/DATABASE_URL").json()["rows"] == [] or None) is True
+    ok(dev.ssh("addons:backups:restore", "ledger", "postgres-1", "b1", "--confirm", "postgres-1"))
+    assert get(server, "ledger", "/rows/DATABASE_URL").json()["rows"] == ["alpha", "beta", "gamma"]
+    # the restore returned the rows to the same app: mysql too, after a change
+    get(server, "ledger", "/rows/MYSQL_1_URL?name=delta", "POST")
+    ok(dev.ssh("addons:backups:restore", "ledger", "mysql-1", "--confirm", "mysql-1"))
+    assert get(server, "ledger", "/rows/MYSQL_1_URL").json()["rows"] == ["alpha", "beta", "gamma"]
+
+    # apps:destroy refuses while add-ons hold data
+    r = dev.ssh("apps:destroy", "ledger", "--confirm", "ledger")
+    assert r.returncode != 0 and "--with-addons" in r.stderr
+
+
+def test_corrupt_and_disk_full_backups(server, dev, tmp_path):
+    ok(dev.ssh("apps:create", "fragile"))
+    ok(dev.ssh("addons:create", "fragile", "redis"))
+    url = ok(dev.ssh("config:get", "fragile", "REDIS_URL")).strip()
+    password = url.split(":")[2].split("@")[0]
+    container = service_container(server, "fragile", "redis-1")["Id"]
+    api = docker.from_env().api
+
+    def redis(*args):
+        exec_id = api.exec_create(container, ["redis-cli", "--no-auth-warning", "-a", password, *args])["Id"]
+        return api.exec_start(exec_id).decode().strip()
+
+    for i in range(5):
+        redis("set", f"k{i}", str(i))
+    assert "verified" in ok(dev.ssh("addons:backups:capture", "fragile", "redis-1"))
+    backup = server.data / "addons" / "fragile" / "redis-1" / "backups" / "1.rdb"
+    data = bytearray(backup.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    backup.write_bytes(bytes(data))  # bit rot
+    redis("set", "after", "1")
+    r = dev.ssh("addons:backups:restore", "fragile", "redis-1", "b1", "--confirm", "redis-1")
+    assert r.returncode != 0 and "corrupt" in r.stderr and "Nothing was touched" in r.stderr
+    assert redis("dbsize") == "6"  # data untouched
+
+    # a full disk: no partial file, the earlier backup still listed
+    backups = backup.parent
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(backups)], check=True)
+    try:
+        ok(dev.ssh("addons:restart", "fragile", "redis-1"))  # the new container sees the small disk
+        container = service_container(server, "fragile", "redis-1")["Id"]
+        pairs = [x for i in range(4000) for x in (f"pad{i}", secrets.token_hex(32))]
+        assert redis("mset", *pairs) == "OK"  # ~300 KB of RDB that does not compress
+        r = dev.ssh("addons:backups:capture", "fragile", "redis-1")
+        assert r.returncode != 0 and "full" in r.stderr, r.stderr
+        assert [p.name for p in backups.iterdir()] == []
+    finally:
+        subprocess.run(["umount", str(backups)], check=True)
+    listing = ok(dev.ssh("addons:backups", "fragile", "redis-1"))
+    assert "b1" in listing and "b2" in listing and "failed" in listing
+
+
+def test_worker_deployment_consumes_queue_and_other_apps_cannot_connect(server, dev, tmp_path):
+    ok(dev.ssh("apps:create", "jobs"))
+    ok(dev.ssh("addons:create", "jobs", "redis"))
+    ok(dev.ssh("deployments:create", "jobs", "worker"))
+    push_app(dev, tmp_path, "jobs")
+    push_app(dev, tmp_path, "jobs/worker")
+    ok(dev.ssh("ps:scale", "jobs/worker", "worker=1", "web=0"))
+    for i in range(3):
+        assert get(server, "jobs", f"/enqueue/job{i}", "POST").status_code == 200
+    done = until(lambda: len(d := get(server, "jobs", "/done").json()["done"]) == 3 and d, what="jobs done")
+    assert sorted(done) == ["job0:worker", "job1:worker", "job2:worker"]
+
+    # a second app's unit cannot reach the first app's add-on, even with its URL (name or address)
+    ok(dev.ssh("apps:create", "intruder"))
+    url = ok(dev.ssh("config:get", "jobs", "REDIS_URL")).strip()
+    ok(dev.ssh("config:set", "intruder", f"REDIS_URL={url}"))
+    push_app(dev, tmp_path, "intruder")
+    ip = next(iter(service_container(server, "jobs", "redis-1")["NetworkSettings"]["Networks"].values()))["IPAddress"]
+    for host in ("redis-1", ip):
+        seen = get(server, "intruder", f"/connect?host={host}&port=6379").json()
+        assert seen["reachable"] is False, seen
+        seen = get(server, "jobs", f"/connect?host={host}&port=6379").json()
+        assert seen["reachable"] is True, seen
+    with pytest.raises(Answer, match="HTTP 500"):
+        get(server, "intruder", "/visits")
+    # one-off units of the app reach it too
+    out = ok(dev.ssh("run", "jobs", "python", "-c",
+                     "'import os,redis; print(redis.from_url(os.environ[\"REDIS_URL\"]).ping())'"))
+    assert "True" in out
+
+
+def test_rotate_connect_and_restart(server, dev, tmp_path):
+    ok(dev.ssh("apps:create", "keys"))
+    ok(dev.ssh("addons:create", "keys", "postgres"))
+    push_app(dev, tmp_path, "keys")
+    assert get(server, "keys", "/rows/DATABASE_URL?name=one", "POST").status_code == 200
+    old_url = ok(dev.ssh("config:get", "keys", "DATABASE_URL")).strip()
+    out = ok(dev.ssh("addons:connect", "keys", "postgres-1", input="SELECT 'hello-' || count(*) FROM items;\n"))
+    assert "hello-1" in out
+    ok(dev.ssh("addons:credentials:rotate", "keys", "postgres-1"))
+    new_url = ok(dev.ssh("config:get", "keys", "DATABASE_URL")).strip()
+    assert new_url != old_url
+    assert get(server, "keys", "/rows/DATABASE_URL").json()["rows"] == ["one"]  # units rolled to the new URL
+    r = dev.ssh("run", "keys", "python", "-c", f"'import sqlalchemy as s; s.create_engine(\"{old_url}\").connect()'")
+    assert r.returncode != 0 and "password authentication failed" in r.stdout + r.stderr
+    ok(dev.ssh("addons:restart", "keys", "postgres-1"))
+    assert until(lambda: get(server, "keys", "/rows/DATABASE_URL").json()["rows"]) == ["one"]
+    listing = ok(dev.ssh("addons", "keys"))
+    assert "postgres-1" in listing and "running" in listing
+    ok(dev.ssh("apps:destroy", "keys", "--confirm", "keys", "--with-addons"))
+    assert service_container(server, "keys", "postgres-1") is None
+    assert not (server.data / "addons" / "keys").exists()
+
+
+def test_major_upgrade_keeps_old_data_until_confirmed(server, dev):
+    ok(dev.ssh("apps:create", "upg"))
+    ok(dev.ssh("addons:create", "upg", "postgres", "--version", "15"))
+    sql = "CREATE TABLE t (n int); INSERT INTO t SELECT generate_series(1, 500);\n"
+    ok(dev.ssh("addons:connect", "upg", "postgres-1", input=sql))
+    r = dev.ssh("addons:upgrade", "upg", "postgres-1", "--version", "16")
+    assert r.returncode != 0 and "not available" in r.stderr
+    out = ok(dev.ssh("addons:upgrade", "upg", "postgres-1", "--version", "17"))
+    assert "verified" in out.lower() and "runs PostgreSQL 17" in out and "--confirm postgres-1" in out
+    assert "PostgreSQL 17" in ok(dev.ssh("addons:info", "upg", "postgres-1"))
+    version = "SELECT current_setting('server_version_num')::int / 10000, count(*) FROM t;\n"
+    assert "17|500" in ok(dev.ssh("addons:connect", "upg", "postgres-1", input=version)).replace(" ", "")
+    folder = server.data / "addons" / "upg" / "postgres-1"
+    assert (folder / "data-15" / "PG_VERSION").read_text().strip() == "15"  # the old data, untouched
+    ok(dev.ssh("addons:upgrade", "upg", "postgres-1", "--revert"))
+    assert "15|500" in ok(dev.ssh("addons:connect", "upg", "postgres-1", input=version)).replace(" ", "")
+    ok(dev.ssh("addons:upgrade", "upg", "postgres-1", "--version", "17"))
+    ok(dev.ssh("addons:upgrade", "upg", "postgres-1", "--confirm", "postgres-1"))
+    assert not (folder / "data-15").exists()
+    assert "17|500" in ok(dev.ssh("addons:connect", "upg", "postgres-1", input=version)).replace(" ", "")

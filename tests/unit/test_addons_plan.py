@@ -1,0 +1,87 @@
+"""The add-on healing decision (addons.plan.heal) and the pure helpers around add-ons."""
+
+from __future__ import annotations
+
+import pytest
+
+from addons.backups import _compare, parse_counts
+from addons.kinds import kind_for
+from addons.plan import Failed, Remove, Reset, Seen, Start, Wanted, backoff, heal
+from bae.errors import Invalid
+
+NOW = 1_000_000.0
+
+
+def seen(id_, gen=0, running=True, started=NOW - 100, finished=None, code=None, oom=False, name="pg"):
+    return Seen(id_, "shop", name, gen, running, started, finished, code, oom)
+
+
+def test_running_current_generation_is_left_alone():
+    assert heal([Wanted("shop", "pg", 0)], [seen("a")], NOW) == []
+
+
+def test_vanished_container_is_started_again():
+    assert heal([Wanted("shop", "pg", 0)], [], NOW) == [Start("shop", "pg", "vanished")]
+
+
+def test_crashed_container_is_removed_and_replaced():
+    actions = heal([Wanted("shop", "pg", 0)], [seen("a", running=False, finished=NOW - 1, code=137)], NOW)
+    assert actions == [Remove("a", "shop", "pg", "crashed (exit 137)"), Start("shop", "pg", "crashed (exit 137)")]
+
+
+def test_a_start_that_does_not_last_backs_off():
+    dead = seen("a", running=False, started=NOW - 3, finished=NOW - 1, code=1)
+    actions = heal([Wanted("shop", "pg", 0, failures=2)], [dead], NOW)
+    assert Remove("a", "shop", "pg", "crashed (exit 1)") in actions
+    assert Failed("shop", "pg", 3, NOW + backoff(3)) in actions
+    assert not any(isinstance(a, Start) for a in actions)
+
+
+def test_backed_off_addon_waits_then_starts():
+    want = Wanted("shop", "pg", 0, failures=3, not_before=NOW + 5)
+    assert heal([want], [], NOW) == []
+    assert heal([want], [], NOW + 5) == [Start("shop", "pg", "vanished")]
+
+
+def test_failures_reset_after_a_long_run():
+    assert heal([Wanted("shop", "pg", 0, failures=2)], [seen("a", started=NOW - 60)], NOW) == [Reset("shop", "pg")]
+
+
+def test_older_generations_duplicates_and_orphans_are_removed():
+    actions = heal([Wanted("shop", "pg", 2)],
+                   [seen("old", gen=1), seen("a", gen=2), seen("b", gen=2), seen("x", name="gone")], NOW)
+    assert Remove("old", "shop", "pg", "an older generation") in actions
+    assert Remove("b", "shop", "pg", "a second server on the same data") in actions
+    assert Remove("x", "shop", "gone", "its add-on is gone") in actions
+    assert not any(isinstance(a, Start) for a in actions)
+
+
+def test_busy_addon_is_left_to_the_command():
+    assert heal([Wanted("shop", "pg", 0, busy=True)], [], NOW) == []
+
+
+def test_oom_is_named():
+    actions = heal([Wanted("shop", "pg", 0)], [seen("a", running=False, finished=NOW, code=137, oom=True)], NOW)
+    assert actions[-1] == Start("shop", "pg", "ran out of memory")
+
+
+def test_backoff_grows_and_caps():
+    assert [backoff(n) for n in range(0, 5)] == [0.0, 1.0, 2.0, 4.0, 8.0]
+    assert backoff(30) == 60.0
+
+
+def test_counts_parse_and_compare():
+    counts = parse_counts("public.t 3\nnoise\npublic.u 0\n2\n")
+    assert counts == {"public.t": 3, "public.u": 0}
+    assert _compare(counts, {"public.t": 3, "public.u": 0}) is None
+    assert "public.t has 2 rows, the dump 3" in _compare(counts, {"public.t": 2, "public.u": 0})
+    assert "public.u missing" in _compare(counts, {"public.t": 3})
+
+
+def test_kinds_and_versions():
+    assert kind_for("postgres")[1] == "15" and kind_for("postgres", "17")[1] == "17"
+    assert kind_for("mysql", "10")[1] == "10.11"
+    with pytest.raises(Invalid, match="not an add-on kind"):
+        kind_for("mongodb")
+    with pytest.raises(Invalid, match="trixie"):
+        kind_for("postgres", "16")

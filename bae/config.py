@@ -99,11 +99,11 @@ class TLS:
 @dataclass
 class Build:
     stack_image: str = setting("", "image builds and units run on; empty: the stack image bae builds itself (stack:build)")
-    base_image: str = setting("", "registry image to build the stack from instead of debootstrap (e.g. 'debian:bookworm'); empty: debootstrap")
-    debian_mirror: str = setting("http://deb.debian.org/debian", "Debian mirror debootstrap and apt use when building the stack")
+    base_image: str = setting("", "registry image to build the stacks from instead of debootstrap, {suite} replaced by the stack's Debian suite (e.g. 'debian:{suite}'); empty: debootstrap")
+    debian_mirror: str = setting("", "Debian mirror debootstrap and apt use when building the stacks; empty: the one in the host's apt sources")
     ca_bundle: str = setting("/etc/ssl/certs/ca-certificates.crt", "CA bundle builds and units trust (for TLS-intercepting proxies); empty: the stack's own")
-    pip_index_url: str = setting("", "PIP_INDEX_URL passed to builds; empty: PyPI")
-    npm_registry: str = setting("", "npm registry passed to builds; empty: registry.npmjs.org")
+    pip_index_url: str = setting("", "PIP_INDEX_URL passed to builds; empty: the index of the host's pip configuration, if any")
+    npm_registry: str = setting("", "npm registry passed to builds; empty: the registry of the host's npm configuration, if any")
     memory: str = setting("2g", "memory limit of a build container (docker size syntax)")
     timeout: int = setting(900, "seconds a build may take before it is stopped and fails")
     keep_builds: int = setting(50, "build logs kept per deployment; older ones are deleted")

@@ -126,6 +126,7 @@ class Deployment:
     buildpacks: tuple[str, ...] = ()
     release_version: int | None = None  # the release the scheduler should run
     buildpacks_admin: bool = False  # the list was set by an admin (its URLs may reach private hosts)
+    stack: str = ""  # the stack it builds on; '' = chosen from the app's Python pins (stack:set)
 
     @property
     def slug(self) -> str:
@@ -148,6 +149,8 @@ class Build:
     process_types: dict = field(default_factory=dict)
     error: str | None = None
     reuse: dict | None = None  # what a later build needs to reuse this one's output
+    stack: str | None = None  # the stack this build used, and why (buildpacks.pins)
+    stack_reason: str | None = None
 
 
 @dataclass(frozen=True)

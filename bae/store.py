@@ -180,6 +180,18 @@ def m011_addons(db: sqlite_utils.Database) -> None:
     db["addon_backups"].create_index(["app_id", "addon", "number"], unique=True)
 
 
+@migrations()
+def m012_stacks(db: sqlite_utils.Database) -> None:
+    # the stack a deployment builds on ('' = chosen from its Python pins) and, per build,
+    # the stack used and why (shown by apps:info and the build log); each column only once:
+    # a database may have them from before this migration was renumbered
+    if "stack" not in db["deployments"].columns_dict:
+        db["deployments"].add_column("stack", str, not_null_default="")
+    for column in ("stack", "stack_reason"):
+        if column not in db["builds"].columns_dict:
+            db["builds"].add_column(column, str)
+
+
 class Store:
     """Typed access to the platform's SQLite database."""
 
@@ -416,6 +428,11 @@ class Store:
             db.execute("update deployments set buildpacks = ?, buildpacks_admin = ? where id = ?",
                        [json.dumps(buildpacks), int(admin), dep.id])
 
+    def set_stack(self, dep: Deployment, stack: str) -> None:
+        """Pin ``dep`` to a stack by name; '' chooses from the app's Python pins."""
+        with self.write() as db:
+            db.execute("update deployments set stack = ? where id = ?", [stack, dep.id])
+
     # -- builds --------------------------------------------------------------
 
     def start_build(self, dep: Deployment, commit: str, old_commit: str, user: str) -> Build:
@@ -431,12 +448,13 @@ class Store:
 
     def finish_build(self, build: Build, status: str, log: str, image: str | None = None,
                      process_types: dict | None = None, error: str | None = None,
-                     keep: int | None = None, reuse: dict | None = None) -> Build:
+                     keep: int | None = None, reuse: dict | None = None,
+                     stack: str | None = None, stack_reason: str | None = None) -> Build:
         with self.write() as db:
             db["builds"].update(build.id, {
                 "status": status, "log": log, "finished_at": now(), "image": image,
                 "process_types": json.dumps(process_types or {}), "error": error,
-                "reuse": json.dumps(reuse) if reuse else None,
+                "reuse": json.dumps(reuse) if reuse else None, "stack": stack, "stack_reason": stack_reason,
             })
             if keep:
                 db.execute(  # a build a release still refers to stays
@@ -896,7 +914,7 @@ def _key(row: dict) -> PublicKey:
 def _deployment(row: dict) -> Deployment:
     return Deployment(row["id"], row["app"], row["name"], row["created_at"],
                       tuple(json.loads(row["buildpacks"] or "[]")), row.get("release_version"),
-                      bool(row.get("buildpacks_admin")))
+                      bool(row.get("buildpacks_admin")), row.get("stack") or "")
 
 
 def _build(row: dict) -> Build:
@@ -906,6 +924,7 @@ def _build(row: dict) -> Build:
         user=row["user"], started_at=row["started_at"], finished_at=row["finished_at"],
         log=row["log"] or "", image=row["image"], process_types=json.loads(row["process_types"] or "{}"),
         error=row["error"], reuse=json.loads(row["reuse"]) if row.get("reuse") else None,
+        stack=row.get("stack"), stack_reason=row.get("stack_reason"),
     )
 
 

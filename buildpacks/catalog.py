@@ -51,7 +51,7 @@ class Buildpack:
 
 
 BUILTINS = [
-    Buildpack("python", HERE / "python", "requirements.txt, Pipfile.lock, pyproject.toml or setup.py"),
+    Buildpack("python", HERE / "python", "requirements.txt, Pipfile.lock, uv.lock, poetry.lock, pyproject.toml or setup.py"),
     Buildpack("nodejs", HERE / "nodejs", "package.json"),
 ]
 _ALIASES = {b.name: b for b in BUILTINS} | {f"heroku/{b.name}": b for b in BUILTINS}

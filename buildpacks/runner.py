@@ -31,6 +31,7 @@ from bae.console import ERROR
 from bae.errors import BaeError, DeployFailed, Gone
 from bae.model import Build, Source
 from bae.unit import APP_DIR, CA_PATH, ENTRYPOINT, HOME, UID, USER
+from buildpacks import mirrors
 from buildpacks.catalog import BUILTINS, Buildpack, fetch
 from buildpacks.engine import client, translated
 from buildpacks.procfile import parse_procfile
@@ -57,10 +58,11 @@ class BuildRequest:
     cache_dir: Path
     repository: str
     instance: str
-    stack: str
+    stack: str  # the stack image's tag
     settings: config.Build
     previous: Build | None = None  # the last successful build of this deployment
     trusted_buildpacks: bool = False  # set by an admin: git URLs may name private or loopback hosts
+    stack_name: str = "bookworm"  # buildpacks.stack.STACKS
 
     def container_args(self) -> dict:
         """Name and labels of this build's throw-away container (found by label after a crash)."""
@@ -83,6 +85,8 @@ class BuildResult:
     image: str
     process_types: dict[str, str]
     reuse: dict | None = None  # what the next build needs to reuse this one's output
+    stack: str = ""  # the stack's name and why it was chosen (set by the pipeline)
+    stack_reason: str = ""
 
 
 def _mb(n: int) -> str:
@@ -108,7 +112,7 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) 
 def _build_env(req: BuildRequest) -> dict[str, str]:
     s = req.settings
     env = {
-        "HOME": HOME, "STACK": "bae-bookworm", "LANG": "C.UTF-8",
+        "HOME": HOME, "STACK": f"bae-{req.stack_name}", "LANG": "C.UTF-8",
         "SOURCE_VERSION": req.source.sha, "BAE_APP": req.app, "BAE_DEPLOYMENT": req.deployment,
         "BAE_STACK": req.stack,
         "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1",
@@ -116,10 +120,11 @@ def _build_env(req: BuildRequest) -> dict[str, str]:
     if s.ca_bundle:
         env.update(SSL_CERT_FILE=CA_PATH, REQUESTS_CA_BUNDLE=CA_PATH, PIP_CERT=CA_PATH, NODE_EXTRA_CA_CERTS=CA_PATH,
                    GIT_SSL_CAINFO=CA_PATH, CURL_CA_BUNDLE=CA_PATH)
-    if s.pip_index_url:
-        env["PIP_INDEX_URL"] = s.pip_index_url
-    if s.npm_registry:
-        env["npm_config_registry"] = s.npm_registry
+    index, registry = mirrors.pip_index_url(s.pip_index_url), mirrors.npm_registry(s.npm_registry)
+    if index:
+        env["PIP_INDEX_URL"] = env["UV_DEFAULT_INDEX"] = index
+    if registry:
+        env["npm_config_registry"] = registry
     return env
 
 
@@ -292,7 +297,8 @@ def run_build(req: BuildRequest, out) -> BuildResult:
         slugignore = req.source.read(".slugignore")
         keep = slugignore_filter((slugignore or b"").decode("utf-8", "replace"))
         fp = fingerprint(req.stack, [str(bp.path) for bp in packs], str(BUILDER), req.config, slugignore,
-                         (req.settings.pip_index_url, req.settings.npm_registry, req.settings.ca_bundle))
+                         (mirrors.pip_index_url(req.settings.pip_index_url),
+                          mirrors.npm_registry(req.settings.npm_registry), req.settings.ca_bundle))
         reused = _try_reuse(req, out, fp, keep)
         if reused is not None:
             return reused

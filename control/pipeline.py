@@ -17,7 +17,7 @@ from typing import Callable
 from bae.console import ERROR, Steps
 from bae.errors import BaeError, DeployFailed
 from buildpacks.runner import BuildRequest, run_build
-from buildpacks.stack import stack_exists, stack_tag
+from buildpacks.stack import build_stack, resolve, stack_exists, stack_tag
 from control.deploy import deploy_lock, roll_out
 from control.platform import Platform
 
@@ -118,7 +118,8 @@ class Pipeline:
         finally:
             out.close()
         store.finish_build(build, "succeeded", out.text, image=built.image, process_types=built.process_types,
-                           reuse=built.reuse, keep=self.platform.settings.build.keep_builds)
+                           reuse=built.reuse, keep=self.platform.settings.build.keep_builds,
+                           stack=built.stack, stack_reason=built.stack_reason)
         live.unlink(missing_ok=True)
         log.info("build %s #%d succeeded in %.1f s", dep.slug, build.number, time.monotonic() - started)
 
@@ -154,19 +155,25 @@ class Pipeline:
         """Run the buildpacks over the pushed commit; returns the BuildResult (image, process types)."""
         platform = self.platform
         settings = platform.settings.build
-        stack = stack_tag(settings)
+        choice = resolve(settings, dep.stack, source.read)
+        out.step(f"Stack {choice.stack}" + (f" (Python {choice.python})" if choice.python else "") + f": {choice.reason}")
+        if choice.warning:
+            out.error("Warning: " + choice.warning)
+        stack = stack_tag(settings, choice.stack)
         if not stack_exists(stack):
-            raise DeployFailed(f"the stack image {stack} has not been built on this platform",
-                               "The operator builds it with: bae stack:build (make up does it).")
+            out.step(f"Building the {choice.stack} stack image (its first use on this platform; a few minutes)")
+            build_stack(settings, out.detail, choice.stack)
         request = BuildRequest(
             app=dep.app, deployment=dep.name, number=build.number, source=source,
             buildpacks=dep.buildpacks, trusted_buildpacks=dep.buildpacks_admin,
             config=platform.build_config(dep), cache_dir=platform.cache_dir(dep),
             repository=platform.image_repository(dep), instance=platform.instance,
-            stack=stack, settings=settings,
+            stack=stack, stack_name=choice.stack, settings=settings,
             previous=platform.store.last_successful_build(dep),
         )
-        return run_build(request, out)
+        built = run_build(request, out)
+        built.stack, built.stack_reason = choice.stack, choice.reason
+        return built
 
     def release(self, dep, build, built, out: BuildLog) -> None:
         """Release vN (image, config snapshot, process types), its release phase, and the rollout."""

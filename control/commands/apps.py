@@ -75,6 +75,10 @@ def apps_info(inv: Invocation, app: str) -> None:
         extra = f"; overrides {', '.join(own)}" if own else ""
         hosts = domains.get(dep.id, [])
         out.out(f"Deployment {dep.name}: {release}{extra}" + (f"; domains {', '.join(hosts)}" if hosts else ""))
+        built = inv.store.last_successful_build(dep)
+        setting = f"set to {dep.stack} (stack:set)" if dep.stack else "auto (from the Python pins)"
+        used = f"; last build used {built.stack}: {built.stack_reason}" if built and built.stack else ""
+        out.out(f"  stack: {setting}{used}")
         rows.append([dep.name, inv.platform.git_url(found.name, dep.name), inv.platform.web_url(found.name, dep.name)])
     out.out("")
     out.table(["deployment", "git remote", "url"], rows)

@@ -24,6 +24,8 @@ from scheduler.runtime import OneOff
 def run(inv: Invocation, target: str, cmd: tuple[str, ...]) -> int:
     """Run COMMAND in a one-off unit (the release's image, config and plan); ssh -t makes it interactive."""
     dep = deployment_for(inv.caller, inv.store, target)
+    if cmd[:1] == ("--",):  # `run APP -- CMD`: `--` ends bae's options, as with heroku and dokku
+        cmd = cmd[1:]
     if not cmd:
         raise Invalid("say what to run", f"For example: run {dep.slug} python manage.py migrate (or bash, with ssh -t)")
     release = inv.current_release(dep)
@@ -54,7 +56,7 @@ def _command_line(inv: Invocation, target: str, cmd: tuple[str, ...]) -> str:
     locally the words, quoted back (a single word is taken as a whole command line)."""
     raw = inv.request.data if inv.request is not None else None
     if raw:
-        match = re.match(r"\s*run\s+(?:--\s+)?" + re.escape(target) + r"\s+(.*)$", raw, re.S)
+        match = re.match(r"\s*run\s+(?:--\s+)?" + re.escape(target) + r"\s+(?:--(?:\s+|$))?(.*)$", raw, re.S)
         if match and match.group(1).strip():
             return match.group(1).strip()
     return cmd[0] if len(cmd) == 1 else shlex.join(cmd)

@@ -16,7 +16,7 @@ _TITLES = {
     "apps": "Apps", "deployments": "Deployments", "access": "Access", "users": "Users",
     "keys": "SSH keys", "builds": "Builds", "buildpacks": "Buildpacks", "ps": "Processes (units)",
     "releases": "Releases", "config": "Config vars", "logs": "Logs", "domains": "Domains",
-    "plans": "Processes (units)", "run": "One-off units", "stack": "Stack image",
+    "plans": "Processes (units)", "run": "One-off units", "stack": "Stacks", "stacks": "Stacks",
 }
 
 

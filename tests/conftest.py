@@ -34,3 +34,32 @@ def cluster():
         yield swarm
     finally:
         swarm.close()
+
+
+# The sid stack takes minutes to build on a fresh machine: when test_runtimes.py will run, start
+# building it at once, in the background, while the other modules' tests run (the push that needs
+# it waits for this build through the stack's lock). trixie is left to its first push, whose
+# progress streaming to the pusher is part of what test_runtimes checks. Built once per machine:
+# later runs find both images (tagged by recipe hash).
+_PREBUILD = """
+from bae.config import Settings
+from buildpacks.stack import build_stack
+build_stack(Settings().build, lambda line: print(line, flush=True), "sid")
+"""
+_prebuild: list = []
+
+
+def pytest_collection_finish(session):
+    import subprocess
+    import tempfile
+
+    if any(item.nodeid.startswith("tests/integration/test_runtimes.py") for item in session.items) \
+            and len({item.module.__name__ for item in session.items}) > 1:
+        log = open(Path(tempfile.gettempdir()) / "bae-test-sid-stack.log", "w")
+        _prebuild.append(subprocess.Popen([sys.executable, "-c", _PREBUILD], stdout=log, stderr=subprocess.STDOUT,
+                                          cwd=Path(__file__).resolve().parents[1]))
+
+
+def pytest_sessionfinish(session):
+    for proc in _prebuild:
+        proc.wait()

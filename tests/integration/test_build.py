@@ -80,8 +80,8 @@ def test_flask_with_gunicorn(server, dev, tmp_path):
     assert push.returncode == 0, push.stderr
     log = push.stderr
     assert "remote: -----> Python app detected" in log
-    assert "Using Python 3.11" in log and ".python-version requests 3.11" in log
-    assert "remote: -----> Installing requirements with pip" in log
+    assert "Using Python 3.11" in log and ".python-version requests Python 3.11" in log
+    assert "remote: -----> Installing requirements with uv" in log
     assert "remote:        Procfile declares types -> web" in log
     assert re.search(r"Built image \S+ \([\d.]+ MB, this build's layer [\d.]+ MB\)", log)
     container, port = run_unit(built_image(log), "gunicorn app:app --bind 0.0.0.0:${PORT:-5000} --workers 2  # two workers")
@@ -103,7 +103,7 @@ def test_flask_with_gunicorn(server, dev, tmp_path):
     third = dev.push(make_repo(repo, {}, "delete a file"), "flask")
     assert third.returncode == 0, third.stderr
     assert "Code-only change" not in third.stderr
-    assert "Requirements unchanged: reusing the cached virtualenv" in third.stderr
+    assert "Dependencies unchanged: reusing the cached virtualenv" in third.stderr
     _, port3 = run_unit(built_image(third.stderr), "gunicorn app:app --bind 0.0.0.0:$PORT")
     assert get(port3).text == "howdy from flask on web.1\n"
     # builds are listed and their logs kept
@@ -304,12 +304,12 @@ def test_bad_requirement_and_python_version(server, dev, tmp_path):
                                         "Procfile": "web: python3 -m http.server $PORT\n"})
     failed = dev.push(repo, "badreq")
     assert failed.returncode != 0
-    assert "pip could not install the requirements" in failed.stderr
-    assert "No matching distribution found for this-package-does-not-exist-bae-test" in failed.stderr
+    assert "uv could not install the requirements" in failed.stderr
+    assert "this-package-does-not-exist-bae-test was not found in the package registry" in failed.stderr
     make_repo(repo, {"requirements.txt": "", "runtime.txt": "# pinned\npython-3.9.18\n"}, "old python")
     failed = dev.push(repo, "badreq")
     assert failed.returncode != 0
-    assert "runtime.txt requests Python 3.9.18, but this stack provides Python 3.11" in failed.stderr
+    assert "runtime.txt requests Python 3.9.18, which no stack provides (available: 3.11" in failed.stderr
     assert "git ls-remote" and not dev.git("ls-remote", dev.url("badreq")).stdout.strip()
 
 
@@ -386,12 +386,12 @@ def test_pipfile_lock_and_pyproject(server, dev, tmp_path):
     push = dev.push(make_repo(tmp_path / "a", {"Pipfile.lock": lock, "Procfile": "web: python3 -m http.server $PORT"}),
                     "pipfile")
     assert push.returncode == 0, push.stderr
-    assert "Successfully installed six-1.16.0" in push.stderr
+    assert "+ six==1.16.0" in push.stderr
     dev.ssh("apps:create", "pyproj")
     project = '[project]\nname = "hello-bae"\nversion = "0.1"\n[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n'
     push = dev.push(make_repo(tmp_path / "b", {"pyproject.toml": project, "hello_bae.py": "X = 1\n"}), "pyproj")
     assert push.returncode == 0, push.stderr
-    assert "Successfully installed hello-bae-0.1" in push.stderr
+    assert "+ hello-bae==0.1" in push.stderr
     out = docker.from_env(version="auto").containers.run(built_image(push.stderr), ["python -c 'import hello_bae; print(hello_bae.X)'"],
                                                           remove=True, working_dir="/tmp")
     assert out.decode().strip() == "1"

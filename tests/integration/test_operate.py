@@ -240,3 +240,8 @@ def test_run_returns_exit_code_and_output(server, dev, shop):
     assert "one-off unit started by owner" in ok(dev.ssh("logs", "shop", "-n", "300"))
     local = server.bae("run", "shop", "echo", "local")
     assert local.returncode == 0 and local.stdout.strip() == "local"
+    # `--` ends bae's options (as with heroku and dokku), locally and over SSH; it never reaches bash
+    dashed = server.bae("run", "shop", "--", "echo", "-n", "dashed")
+    assert dashed.returncode == 0 and dashed.stdout == "dashed", dashed.stderr
+    remote = dev.ssh("run", "shop", "--", "echo", "--", "x")
+    assert remote.returncode == 0 and remote.stdout.strip() == "-- x", remote.stderr

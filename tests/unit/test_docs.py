@@ -55,3 +55,15 @@ def test_the_readme_settings_example_loads(tmp_path):
     settings = load(path)
     assert settings.source == str(path)
     assert settings.ssh.port == 2222 and settings.plans["s1"].memory == "256m"
+
+
+def test_readme_commands_work_as_written():
+    # The README says `bae users:add ...` right after `make up`: scripts/setup puts bae on PATH.
+    import shutil
+    import subprocess
+
+    setup = (Path(__file__).resolve().parents[2] / "scripts" / "setup").read_text()
+    assert 'ln -sfn "$PWD/.venv/bin/bae" /usr/local/bin/bae' in setup
+    found = shutil.which("bae")
+    assert found, "bae is not on PATH: run scripts/setup (make up / make test do)"
+    assert subprocess.run([found, "help"], capture_output=True, timeout=60).returncode == 0

@@ -57,8 +57,9 @@ def test_the_readme_settings_example_loads(tmp_path):
     assert settings.ssh.port == 2222 and settings.plans["s1"].memory == "256m"
 
 
-def test_readme_commands_work_as_written():
+def test_readme_commands_work_as_written(tmp_path):
     # The README says `bae users:add ...` right after `make up`: scripts/setup puts bae on PATH.
+    import os
     import shutil
     import subprocess
 
@@ -66,4 +67,6 @@ def test_readme_commands_work_as_written():
     assert 'ln -sfn "$PWD/.venv/bin/bae" /usr/local/bin/bae' in setup
     found = shutil.which("bae")
     assert found, "bae is not on PATH: run scripts/setup (make up / make test do)"
-    assert subprocess.run([found, "help"], capture_output=True, timeout=60).returncode == 0
+    (tmp_path / "bae.toml").write_text(f'data_dir = "{tmp_path}"\n')
+    env = dict(os.environ, BAE_CONFIG=str(tmp_path / "bae.toml"))
+    assert subprocess.run([found, "help"], capture_output=True, timeout=60, env=env).returncode == 0

@@ -23,6 +23,9 @@ from helpers import APPS, make_repo
 
 pytestmark = pytest.mark.integration
 
+# Node 12's npm 6 starting an app under a 0.5-CPU plan on a busy 2-core host can take most of a minute
+SETTINGS = {"scheduler": {"boot_timeout": 180}}
+
 UV = str(Path(os.environ.get("VIRTUAL_ENV", Path(__file__).resolve().parents[2] / ".venv")) / "bin" / "uv")
 
 
@@ -53,6 +56,17 @@ def deploy(server, dev, tmp_path, app: str, sample: str, extra: dict | None = No
     push = dev.push(app_repo(tmp_path, sample, extra), app)
     assert push.returncode == 0, push.stderr
     return push.stderr
+
+
+def restart(server, dev, config: str) -> None:
+    """Restart `bae serve` with ``config``; ready once a command answers over SSH."""
+    server.stop()
+    server.config.write_text(config)
+    server.start()
+    deadline = time.monotonic() + 60
+    while dev.ssh("whoami").returncode != 0:
+        assert time.monotonic() < deadline, server.log()[-2000:]
+        time.sleep(0.5)
 
 
 def stack_missing(server, name: str) -> bool:
@@ -192,10 +206,8 @@ def test_a_stack_that_fails_to_build_fails_the_push_naming_the_step(server, dev,
     config = tomllib.loads(server.config.read_text())
     saved = server.config.read_text()
     config.setdefault("build", {})["debian_mirror"] = "http://127.0.0.1:9/debian"
-    server.stop()
-    server.config.write_text(tomli_w.dumps(config))
+    restart(server, dev, tomli_w.dumps(config))
     try:
-        server.start()
         repo = tmp_path / "poetryapp"
         failed = dev.push(make_repo(repo, {"app.py": (repo / "app.py").read_text() + "\n"}, "change"), "mirror")
         assert failed.returncode != 0
@@ -205,6 +217,4 @@ def test_a_stack_that_fails_to_build_fails_the_push_naming_the_step(server, dev,
         assert "Push rejected; the previous release keeps serving." in failed.stderr
         assert re.fullmatch(r"poetry app on python 3\.11\.\d+\n", answer(server, "mirror"))
     finally:
-        server.stop()
-        server.config.write_text(saved)
-        server.start()
+        restart(server, dev, saved)

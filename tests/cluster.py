@@ -17,6 +17,7 @@ the swarm only if it initialised it.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import logging
@@ -33,6 +34,7 @@ __all__ = ["Cluster", "node_image", "LABEL"]
 log = logging.getLogger("bae.tests.cluster")
 
 LABEL = "bae.test-cluster"
+LOCK = "/tmp/bae-test-cluster.lock"
 SUBNET = "10.213.7.0/24"  # on every container, volume and network a Cluster creates
 
 # Every capability this engine (20.10) knows and the host can grant (its bounding set lacks CAP_SYS_RESOURCE).
@@ -108,6 +110,10 @@ class Cluster:
     """The host's engine as Swarm manager plus dockerd-in-container workers on one bridge network."""
 
     def __init__(self, workers: int = 2, names: str = "n") -> None:
+        # One cluster at a time on this machine: test runs started side by side (other worktrees, a
+        # benchmark) would share the one swarm, its node names and the registry port; the later waits.
+        self._lock = open(LOCK, "w")
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
         self.engine = _engine()
         self.run_id = secrets.token_hex(3)
         self.prefix = f"bae-swarm-{self.run_id}"
@@ -243,6 +249,7 @@ class Cluster:
             self.network.remove()
         except docker.errors.APIError:
             pass
+        fcntl.flock(self._lock, fcntl.LOCK_UN)
 
 
 def _tar(name: str, data: bytes) -> bytes:

@@ -1,9 +1,19 @@
 """The scheduler's decision state survives a restart: what one Decisions wrote, the next reads back."""
 
+import pytest
+
 from bae.store import Store
 from scheduler.state import Decisions
 
 KEY = ("shop", "default", "worker")
+
+
+@pytest.fixture
+def shop(tmp_path):
+    """A store holding the app shop; its default deployment."""
+    store = Store(tmp_path / "bae.db")
+    store.create_app("shop", None)
+    return store, store.deployment("shop", "default")
 
 
 def fresh(store: Store) -> Decisions:
@@ -12,10 +22,8 @@ def fresh(store: Store) -> Decisions:
     return decisions
 
 
-def test_backoff_up_and_counted_crashes_are_read_back(tmp_path):
-    store = Store(tmp_path / "bae.db")
-    store.create_app("shop", None)
-    dep = store.deployment("shop", "default")
+def test_backoff_up_and_counted_crashes_are_read_back(shop):
+    store, dep = shop
     before = fresh(store)
     before.count_failure(KEY, dep.id, (3, "s1", 0), 0.0, "worker.1 crashed (exit 1)")
     before.count_failure(KEY, dep.id, (3, "s1", 0), 8.0, "worker.1 crashed (exit 1)")
@@ -29,10 +37,8 @@ def test_backoff_up_and_counted_crashes_are_read_back(tmp_path):
     assert after.crash_counted("worker-unit") and not after.crash_counted("web-unit")
 
 
-def test_a_new_shape_forgets_the_crashes_the_same_shape_keeps_them(tmp_path):
-    store = Store(tmp_path / "bae.db")
-    store.create_app("shop", None)
-    dep = store.deployment("shop", "default")
+def test_a_new_shape_forgets_the_crashes_the_same_shape_keeps_them(shop):
+    store, dep = shop
     decisions = fresh(store)
     decisions.count_failure(KEY, dep.id, (3, "s1", 0), 1.0, "crashed")
     decisions.reset(KEY, dep.id, unless_shape=(3, "s1", 0))
@@ -42,10 +48,8 @@ def test_a_new_shape_forgets_the_crashes_the_same_shape_keeps_them(tmp_path):
     assert store.backoffs() == {}
 
 
-def test_units_gone_from_the_runtime_are_forgotten(tmp_path):
-    store = Store(tmp_path / "bae.db")
-    store.create_app("shop", None)
-    dep = store.deployment("shop", "default")
+def test_units_gone_from_the_runtime_are_forgotten(shop):
+    store, dep = shop
     decisions = fresh(store)
     decisions.mark_up("a", dep.id, 1.0)
     decisions.mark_up("b", dep.id, 2.0)

@@ -182,5 +182,6 @@ def test_kill_9_during_a_build_leaves_no_debris_and_keeps_its_output(tmp_path):
         assert not list((git_dir / "objects").glob("incoming-*")) and not glob.glob(workdirs)
     finally:
         srv.stop()
+        _stop_orphaned_nginx(srv)  # also when the test failed before the restart
         srv.cleanup()
     assert "Traceback" not in srv.log()

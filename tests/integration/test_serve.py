@@ -113,6 +113,8 @@ def _stop_orphaned_nginx(srv) -> None:
     for pidfile in srv.data.rglob("nginx.pid"):
         try:
             pid = int(pidfile.read_text().strip())
+            if str(srv.data).encode() not in open(f"/proc/{pid}/cmdline", "rb").read():
+                continue  # a stale pid file: that pid is someone else's now
             os.kill(pid, sig.SIGTERM)
         except (ValueError, ProcessLookupError, FileNotFoundError):
             continue

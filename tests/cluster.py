@@ -143,6 +143,13 @@ class Cluster:
 
     def _init_swarm(self) -> None:
         state = self.engine.info()["Swarm"]
+        if state.get("LocalNodeState") == "active" and state.get("ControlAvailable") and \
+                not self.engine.api.services() and \
+                not [n for n in self.engine.api.nodes() if n["Spec"]["Role"] == "worker" and n["Status"]["State"] == "ready"]:
+            # no service and no live worker: a test cluster's swarm an interrupted run left behind
+            log.info("leaving a swarm with no live worker and no service (left by an interrupted run)")
+            self.engine.swarm.leave(force=True)
+            state = self.engine.info()["Swarm"]
         if state.get("LocalNodeState") == "active":
             if not state.get("ControlAvailable"):
                 raise RuntimeError("this Docker Engine is a swarm worker; the cluster needs it as a manager")

@@ -65,16 +65,13 @@ def _engine() -> docker.DockerClient:
 def node_image(engine: docker.DockerClient | None = None) -> str:
     """The node image (stack base + docker.io + iptables), built once per recipe hash."""
     from bae.config import Settings
-    from buildpacks import stack
+    from buildpacks import mirrors, stack
 
     engine = engine or _engine()
     build = Settings().build
-    base = stack._base_tag(build)
-    try:
-        engine.images.get(base)
-    except docker.errors.ImageNotFound:
-        stack.build_stack(build, lambda line: log.info("%s", line))  # bootstraps the base only if it is missing
-    tag = "bae/test-node:" + hashlib.sha256((base + build.debian_mirror + DOCKERFILE).encode()).hexdigest()[:12]
+    base = stack.ensure_base(build, lambda line: log.info("%s", line))  # bootstrapped only if it is missing
+    mirror = mirrors.debian_mirror(build.debian_mirror)
+    tag = "bae/test-node:" + hashlib.sha256((base + mirror + DOCKERFILE).encode()).hexdigest()[:12]
     try:
         engine.images.get(tag)
         return tag
@@ -88,7 +85,7 @@ def node_image(engine: docker.DockerClient | None = None) -> str:
         tar.addfile(info, io.BytesIO(data))
     context.seek(0)
     for chunk in engine.api.build(fileobj=context, custom_context=True, tag=tag, pull=False, rm=True, forcerm=True,
-                                  buildargs={"BASE": base, "MIRROR": build.debian_mirror}, decode=True,
+                                  buildargs={"BASE": base, "MIRROR": mirror}, decode=True,
                                   labels={LABEL: "image"}):
         if "error" in chunk:
             raise RuntimeError(f"building the node image failed: {chunk['error']}")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from addons.engine import engine
+from bae import mirrors
 from addons.kinds import Kind
 
 __all__ = ["image_tag", "build_image", "RECIPES"]
@@ -30,7 +31,7 @@ def _recipe(build, kind: Kind, version: str) -> dict:
     files = {p.name: p.read_text() for p in sorted(folder.iterdir()) if p.is_file()}
     suite, args = kind.image_recipe(version)
     base_image = build.base_image if suite == "bookworm" else ""
-    return {"suite": suite, "args": args, "mirror": build.debian_mirror, "base_image": base_image, "files": files}
+    return {"suite": suite, "args": args, "mirror": mirrors.debian_mirror(build.debian_mirror), "base_image": base_image, "files": files}
 
 
 def image_tag(build, kind: Kind, version: str) -> str:
@@ -49,6 +50,6 @@ def build_image(build, kind: Kind, version: str, base_image: Callable[[str, Call
     suite, args = kind.image_recipe(version)
     base = base_image(suite, out)
     out(f"Building the {kind.title} {version} image {tag} from Debian {suite} packages")
-    engine().build(str(RECIPES / kind.recipe), tag, {"BASE": base, "MIRROR": build.debian_mirror, **args}, out)
+    engine().build(str(RECIPES / kind.recipe), tag, {"BASE": base, "MIRROR": _recipe(build, kind, version)["mirror"], **args}, out)
     log.info("add-on image %s built", tag)
     return tag

@@ -31,7 +31,7 @@ from bae.console import ERROR
 from bae.errors import BaeError, DeployFailed, Gone
 from bae.model import Build, Source
 from bae.unit import APP_DIR, CA_PATH, ENTRYPOINT, HOME, UID, USER
-from buildpacks import mirrors
+from bae import mirrors
 from buildpacks.catalog import BUILTINS, Buildpack, fetch
 from buildpacks.engine import client, translated
 from buildpacks.procfile import parse_procfile

@@ -6,7 +6,7 @@ for the base (or the operator's ``build.base_image``), then ``stack/Dockerfile``
 top, the same for every suite (same user, paths, tini, CA handling). Each tag is a
 hash of the recipe and the suite, so a stack is built once and rebuilt only when
 its recipe changes. Packages come from the host's Debian mirror
-(``buildpacks.mirrors``). Called by ``bae stack:build``, by the pipeline (which
+(``bae.mirrors``). Called by ``bae stack:build``, by the pipeline (which
 builds a missing stack during the push that needs it, its progress streaming to
 the pusher) and by the build runner, which needs the tag.
 """
@@ -32,7 +32,7 @@ from typing import Callable, Iterator
 
 from bae.errors import BaeError, Gone, Invalid, Unavailable
 from bae.unit import UID
-from buildpacks import mirrors
+from bae import mirrors
 from buildpacks.engine import client, translated
 
 __all__ = ["Stack", "STACKS", "DEFAULT", "SUITE", "stack_tag", "build_stack", "stack_exists", "stack_named", "versions",

@@ -65,7 +65,8 @@ def _engine() -> docker.DockerClient:
 def node_image(engine: docker.DockerClient | None = None) -> str:
     """The node image (stack base + docker.io + iptables), built once per recipe hash."""
     from bae.config import Settings
-    from buildpacks import mirrors, stack
+    from bae import mirrors
+    from buildpacks import stack
 
     engine = engine or _engine()
     build = Settings().build

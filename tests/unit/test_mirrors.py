@@ -1,4 +1,4 @@
-"""Mirrors come from the host's apt, pip and npm configuration (buildpacks.mirrors)."""
+"""Mirrors come from the host's apt, pip and npm configuration (bae.mirrors)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bae.errors import BaeError
-from buildpacks import mirrors
+from bae import mirrors
 
 
 def etc(tmp_path: Path, files: dict[str, str]) -> Path:

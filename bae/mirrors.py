@@ -5,8 +5,8 @@ from apt's sources on the host (``/etc/apt/sources.list`` and the deb822
 ``sources.list.d/*.sources``), pip's index from pip's configuration
 (``PIP_INDEX_URL``, ``pip.conf``), npm's registry from npm's (``npm_config_registry``,
 ``.npmrc``). A setting (``build.debian_mirror``, ``build.pip_index_url``,
-``build.npm_registry``) overrides each. Called by the stack builder and the
-build runner; pure file reading, no network.
+``build.npm_registry``) overrides each. Called by the stack builder, the build runner and the add-on
+image builder; pure file reading, no network.
 """
 
 from __future__ import annotations

@@ -24,33 +24,20 @@ import sys
 import time
 
 import docker
-import requests
 
 from bench.common import ROOT, Server, make_repo, tmpdir
-from helpers import Load  # noqa: E402  (bench.common put tests/ on the path)
+import helpers  # noqa: E402  (bench.common put tests/ on the path)
+from helpers import Load  # noqa: E402
 
 RATE, THREADS = 200.0, 4
 
 
 def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+    return helpers.wait_for(predicate, timeout=timeout, interval=0.05, what=what)
 
 
 def routed_units(server: Server, host: str) -> int:
-    seen = set()
-    for _ in range(12):
-        try:
-            r = requests.get(f"http://127.0.0.1:{server.http_port}/", headers={"Host": host}, timeout=5)
-        except requests.RequestException:
-            return 0
-        if r.status_code != 200:
-            return 0
-        seen.add(r.json()["BAE_UNIT"])
-    return len(seen)
+    return helpers.routed_units(server.http_port, host)
 
 
 def answered(load: Load) -> int:

@@ -10,6 +10,7 @@ import contextlib
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -22,6 +23,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import docker
+import requests
 import tomli_w
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,6 +60,21 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.2, what: str 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}; last value: {value!r}")
         time.sleep(interval)
+
+
+def routed_units(http_port: int, host: str, requests_: int = 12) -> int:
+    """How many units the router sends ``host``'s traffic to, seen from a burst of requests
+    (the pyweb sample answers with its BAE_UNIT); 0 when any request fails."""
+    seen = set()
+    for _ in range(requests_):
+        try:
+            r = requests.get(f"http://127.0.0.1:{http_port}/", headers={"Host": host}, timeout=5)
+        except requests.RequestException:
+            return 0
+        if r.status_code != 200:
+            return 0
+        seen.add(r.json()["BAE_UNIT"])
+    return len(seen)
 
 
 def run(cmd, *, cwd=None, env=None, input=None, timeout=600, check=False) -> subprocess.CompletedProcess:
@@ -262,6 +279,19 @@ def serving(tmp: Path, settings: dict | None = None):
     log = srv.log()
     assert "Traceback" not in log, f"the server logged a traceback:\n{log[-5000:]}"
     assert code == 0, f"bae serve exited {code}:\n{log[-3000:]}"
+
+
+def push_sample(client: "Client", src: Path, app: str, sample: str = "pyweb", domains: tuple[str, ...] = ()) -> str:
+    """Create ``app``, push the ``sample`` app from tests/apps (copied to ``src``) and add ``domains``."""
+    created = client.ssh("apps:create", app)
+    assert created.returncode == 0, created.stderr
+    shutil.copytree(APPS / sample, src)
+    push = client.push(make_repo(src, {}, "deploy"), app)
+    assert push.returncode == 0, push.stderr
+    for domain in domains:
+        added = client.ssh("domains:add", app, domain)
+        assert added.returncode == 0, added.stderr
+    return app
 
 
 def make_repo(path: Path, files: dict[str, str | bytes], message: str = "initial", branch: str = "master") -> Path:

@@ -6,13 +6,12 @@ happens during the test, under load, and during a CA outage."""
 from __future__ import annotations
 
 import json
-import shutil
 import time
 
 import pytest
 
-from helpers import APPS, Load, free_port, make_repo, serving
-from tlsutil import Pebble, client_context, https_get, served, wait_for
+from helpers import Load, free_port, push_sample, serving, wait_for
+from tlsutil import Pebble, client_context, https_get, served
 
 pytestmark = pytest.mark.integration
 
@@ -47,13 +46,7 @@ def dev(server):
 
 @pytest.fixture(scope="module")
 def shop(server, dev, tmp_path_factory):
-    assert dev.ssh("apps:create", "shop").returncode == 0
-    src = tmp_path_factory.mktemp("src") / "shop"
-    shutil.copytree(APPS / "pyweb", src)
-    push = dev.push(make_repo(src, {}, "deploy"), "shop")
-    assert push.returncode == 0, push.stderr
-    assert dev.ssh("domains:add", "shop", "www.shop.example").returncode == 0
-    return "shop"
+    return push_sample(dev, tmp_path_factory.mktemp("src") / "shop", "shop", domains=("www.shop.example",))
 
 
 def serial(server, host):

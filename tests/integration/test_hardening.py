@@ -6,27 +6,16 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import docker
 import pytest
 
-from helpers import APPS, make_repo
+from helpers import APPS, make_repo, wait_for
 
 pytestmark = pytest.mark.integration
 
 SETTINGS = {"scheduler": {"boot_timeout": 10, "stop_grace": 5}}
-
-
-def wait_for(predicate, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")

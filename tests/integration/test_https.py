@@ -5,7 +5,6 @@ bad upload refused with its reason."""
 from __future__ import annotations
 
 import json
-import shutil
 import ssl
 import stat
 import warnings
@@ -15,8 +14,8 @@ import pytest
 import requests
 import websocket
 
-from helpers import APPS, make_repo
-from tlsutil import client_context, https_get, make_ca, make_leaf, served, wait_for
+from helpers import push_sample, wait_for
+from tlsutil import client_context, https_get, make_ca, make_leaf, served
 
 pytestmark = pytest.mark.integration
 
@@ -35,13 +34,7 @@ def dev(server):
 
 @pytest.fixture(scope="module")
 def shop(server, dev, tmp_path_factory):
-    assert dev.ssh("apps:create", "shop").returncode == 0
-    src = tmp_path_factory.mktemp("src") / "shop"
-    shutil.copytree(APPS / "pyweb", src)
-    push = dev.push(make_repo(src, {}, "deploy"), "shop")
-    assert push.returncode == 0, push.stderr
-    assert dev.ssh("domains:add", "shop", "www.shop.example").returncode == 0
-    return "shop"
+    return push_sample(dev, tmp_path_factory.mktemp("src") / "shop", "shop", domains=("www.shop.example",))
 
 
 def upload(dev, target: str, issued, *extra) -> "object":

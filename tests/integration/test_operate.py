@@ -8,7 +8,6 @@ import shlex
 import shutil
 import subprocess
 import threading
-import time
 
 import pytest
 import requests

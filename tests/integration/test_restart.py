@@ -19,21 +19,11 @@ import docker
 import pytest
 import requests
 
-from helpers import APPS, Load, Server, make_repo
+from helpers import APPS, Load, Server, make_repo, routed_units, wait_for
 
 pytestmark = pytest.mark.integration
 
 SETTINGS = {"scheduler": {"boot_timeout": 15, "stop_grace": 5}}
-
-
-def wait_for(predicate, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def deploy(srv: Server, tmp: Path, app: str, web: int):
@@ -51,17 +41,7 @@ def deploy(srv: Server, tmp: Path, app: str, web: int):
 
 
 def routed(srv: Server, host: str) -> int:
-    """How many units the router sends ``host``'s traffic to (from a burst of requests)."""
-    seen = set()
-    for _ in range(12):
-        try:
-            r = requests.get(f"http://127.0.0.1:{srv.http_port}/", headers={"Host": host}, timeout=5)
-        except requests.RequestException:
-            return 0
-        if r.status_code != 200:
-            return 0
-        seen.add(r.json()["BAE_UNIT"])
-    return len(seen)
+    return routed_units(srv.http_port, host)
 
 
 def served_more(load: Load, count: int = 60) -> None:

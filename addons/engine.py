@@ -226,11 +226,15 @@ class Engine:
         return (code if code is not None else -1, (out or b"").decode("utf-8", "replace"),
                 (err or b"").decode("utf-8", "replace"))
 
-    def port_open(self, ip: str | None, port: int, timeout: float = 0.25) -> bool:
+    def port_open(self, ip: str | None, port: int, timeout: float = 0.25, greeting: bool = False) -> bool:
+        """Whether ``ip:port`` accepts a connection (and, with ``greeting``, sends its first bytes)."""
         if not ip:
             return False
         try:
-            with socket.create_connection((ip, port), timeout=timeout):
+            with socket.create_connection((ip, port), timeout=timeout) as conn:
+                if greeting:
+                    conn.settimeout(max(timeout, 1.0))
+                    return bool(conn.recv(1))
                 return True
         except OSError:
             return False

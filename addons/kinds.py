@@ -32,6 +32,11 @@ class Kind:
     backup_user: str     # who runs bae-backup inside the service container
     client: tuple[str, ...]  # addons:connect runs this inside the service container
     images: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = ()  # (version, Debian suite, build args)
+    # how bae knows the service takes the app's password: the port accepts (Redis reads it from its
+    # config before it listens), the server's greeting arrives (MariaDB runs its --init-file before it
+    # greets), or bae-service wrote /bae/ready after setting it over the local socket (PostgreSQL)
+    ready: str = "port"  # port, greeting, marker
+    template: bool = False  # the image holds an empty data directory (/var/lib/bae-template/data) to copy
 
     def image_recipe(self, version: str) -> tuple[str, dict[str, str]]:
         """(Debian suite, build args) of ``version``'s image (default: the stack's bookworm, no args)."""
@@ -57,11 +62,12 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
          "15 comes from Debian bookworm (the stack's release), 17 from trixie; others are not packaged there", 5432,
          "postgresql", "DATABASE_URL", "sql", "dump", "pg_dump custom format", "postgres",
          ("psql", "-h", "127.0.0.1", "-U", "app", "app"),
-         (("15", "bookworm", (("SUITE", "bookworm"), ("PG", "15"))), ("17", "trixie", (("SUITE", "trixie"), ("PG", "17"))))),
+         (("15", "bookworm", (("SUITE", "bookworm"), ("PG", "15"))), ("17", "trixie", (("SUITE", "trixie"), ("PG", "17")))),
+         ready="marker", template=True),
     Kind("mysql", "MySQL (MariaDB)", "mysql", ("10.11",),
          "bookworm packages MariaDB 10.11 only (trixie has 11.8; not built here)", 3306,
          "mysql", "DATABASE_URL", "sql", "sql", "mariadb-dump --single-transaction", "root",
-         ("mariadb", "-h", "127.0.0.1", "-u", "app", "app")),
+         ("mariadb", "-h", "127.0.0.1", "-u", "app", "app"), ready="greeting", template=True),
 )}
 
 

@@ -13,6 +13,7 @@
     Target: ≤ 2.5× the bare dump and restore. `addons:backups:restore` is shown too.
 
 Run: .venv/bin/python -m bench.addons [SIZE_MB]   (scale SIZE_MB down on a busy machine)
+     .venv/bin/python -m bench.addons create      (only (1), 5 creates per kind)
 """
 
 from __future__ import annotations
@@ -67,7 +68,16 @@ def pgbench(image: str, network: str, host: str, password: str, args: list[str])
                image, "pgbench", "-h", host, "-U", "app", *args, "app"])
 
 
-def main(size_mb: int = 1024) -> None:
+def report_create(create: dict, header: bool = True) -> None:
+    if header:
+        load = open("/proc/loadavg").read().split()[:3]
+        print(f"\n== addons:create (load average: {' '.join(load)}; 2 cores)")
+    for kind, (ready, wall, worst) in create.items():
+        print(f"{'addons:create ' + kind + ' → accepting connections':<52}{ready:>11.2f}s{'':>12}{'':>8}  ≤ 3 s"
+              f"  (median; worst {worst:.2f} s; whole command {wall:.2f} s)")
+
+
+def main(size_mb: int = 1024, only_create: bool = False) -> None:
     engine = docker.from_env(version="auto")
     tmp = tmpdir("bae-bench-addons-")
     (tmp / "bae").mkdir()
@@ -90,16 +100,21 @@ def main(size_mb: int = 1024) -> None:
         create = {}
         for kind in ("redis", "postgres", "mysql"):
             times, walls = [], []
-            for i in range(3):
+            runs = 5 if only_create else 3
+            for i in range(runs):
                 started = time.perf_counter()
                 out = client.ssh("addons:create", "bench", kind, "--as", f"{kind}-c{i}", "--plan", PLAN)
                 walls.append(time.perf_counter() - started)
                 assert out.returncode == 0, out.stderr
                 times.append(float(re.search(r"Accepting connections after ([0-9.]+) s", out.stdout).group(1)))
-            create[kind] = (median(times), median(walls))
-            for i in range(3):
-                if kind != "postgres" or i:
+            create[kind] = (median(times), median(walls), max(times))
+            for i in range(runs):
+                if kind != "postgres" or i or only_create:
                     client.ssh("addons:destroy", "bench", f"{kind}-c{i}", "--confirm", f"{kind}-c{i}")
+
+        if only_create:
+            report_create(create)
+            return
 
         # (2) throughput: the add-on vs the same image started by hand with the same limits
         network = f"bae-{instance}-app-bench"
@@ -167,9 +182,7 @@ def main(size_mb: int = 1024) -> None:
         load = open("/proc/loadavg").read().split()[:3]
         print(f"\n== add-ons (load average before the summary: {' '.join(load)}; 2 cores)")
         print(f"{'case':<52}{'bae':>12}{'reference':>12}{'ratio':>8}  target")
-        for kind, (ready, wall) in create.items():
-            print(f"{'addons:create ' + kind + ' → accepting connections':<52}{ready:>11.2f}s{'':>12}{'':>8}  ≤ 3 s"
-                  f"  (whole command {wall:.2f} s)")
+        report_create(create, header=False)
         for key, what in (("select", "pgbench -S (select-only), tps"), ("tpcb", "pgbench (TPC-B-like), tps"),
                           ("redis", "redis-benchmark, mean req/s")):
             ours, theirs = results[("bae", key)], results[("ref", key)]
@@ -190,4 +203,7 @@ def main(size_mb: int = 1024) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 1024)
+    if sys.argv[1:] == ["create"]:
+        main(only_create=True)
+    else:
+        main(int(sys.argv[1]) if len(sys.argv) > 1 else 1024)

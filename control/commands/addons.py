@@ -139,7 +139,8 @@ def addons_create(inv: Invocation, app: str, kind: str, name: str | None, plan: 
             inv.store.remove_addon(addon)
             services.drop_network_if_unused(found.name)
             raise
-    out.detail(f"Accepting connections after {time.monotonic() - started:.1f} s")
+    out.detail(f"Accepting connections after {time.monotonic() - started:.2f} s")
+    services.refill_spare(addon)  # the next create's data directory, copied while nobody waits
     app_event(inv.platform, found.name, f"{name} ({spec.title} {major}) created by {inv.caller.name}; {var} set")
     out.detail(f"{var} is set on {found.name} (all deployments): {services.masked_url(addon)}")
     _set_url(inv, found, {var: services.url(addon)})

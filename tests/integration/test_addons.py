@@ -299,3 +299,41 @@ def test_major_upgrade_keeps_old_data_until_confirmed(server, dev):
     ok(dev.ssh("addons:upgrade", "upg", "postgres-1", "--confirm", "postgres-1"))
     assert not (folder / "data-15").exists()
     assert "17|500" in ok(dev.ssh("addons:connect", "upg", "postgres-1", input=version)).replace(" ", "")
+
+
+def client_in(server, app, name, cmd):
+    """Run a client command inside add-on ``name``'s container, connecting over its network address."""
+    api = docker.from_env().api
+    container = service_container(server, app, name)
+    exec_id = api.exec_create(container["Id"], cmd)["Id"]
+    out = api.exec_start(exec_id).decode("utf-8", "replace")
+    return api.exec_inspect(exec_id)["ExitCode"], out
+
+
+def test_password_required_from_the_first_moment(server, dev):
+    """Right after addons:create returns, the network refuses a wrong password and takes the right one;
+    two add-ons made from the same template share no password."""
+    ok(dev.ssh("apps:create", "guarded"))
+    probes = {
+        "postgres": lambda ip, pw: ["env", f"PGPASSWORD={pw}", "psql", "-h", ip, "-U", "app", "-d", "app", "-Atc",
+                                    "SELECT 'in-' || 1"],
+        "mysql": lambda ip, pw: ["mariadb", "-h", ip, "-u", "app", f"-p{pw}", "app", "-Nse", "SELECT CONCAT('in-', 1)"],
+        "redis": lambda ip, pw: ["redis-cli", "--no-auth-warning", "-h", ip, "-a", pw, "echo", "in-1"],
+    }
+    passwords = {}
+    for kind, probe in probes.items():
+        for name in (f"{kind}-a", f"{kind}-b") if kind == "postgres" else (f"{kind}-a",):
+            ok(dev.ssh("addons:create", "guarded", kind, "--as", name))
+            ip = service_container(server, "guarded", name)["Labels"]["bae.ip"]
+            code, out = client_in(server, "guarded", name, probe(ip, "wrong-password"))
+            assert "in-1" not in out and ("authentication failed" in out or "Access denied" in out
+                                          or "WRONGPASS" in out), out
+            var = {"postgres-a": "DATABASE_URL", "redis-a": "REDIS_URL"}.get(name, name.upper().replace("-", "_") + "_URL")
+            url = ok(dev.ssh("config:get", "guarded", var)).strip()
+            passwords[name] = url.split("@")[0].rsplit(":", 1)[1]
+            code, out = client_in(server, "guarded", name, probe(ip, passwords[name]))
+            assert code == 0 and "in-1" in out, out
+    assert passwords["postgres-a"] != passwords["postgres-b"]
+    ip = service_container(server, "guarded", "postgres-b")["Labels"]["bae.ip"]
+    code, out = client_in(server, "guarded", "postgres-b", probes["postgres"](ip, passwords["postgres-a"]))
+    assert code != 0 and "authentication failed" in out, out

@@ -337,3 +337,94 @@ def test_password_required_from_the_first_moment(server, dev):
     ip = service_container(server, "guarded", "postgres-b")["Labels"]["bae.ip"]
     code, out = client_in(server, "guarded", "postgres-b", probes["postgres"](ip, passwords["postgres-a"]))
     assert code != 0 and "authentication failed" in out, out
+
+
+class Terminal:
+    """A command on a real pseudo-terminal (ours, from the pty module), read until an expected answer."""
+
+    def __init__(self, argv: list[str], columns: int = 120, rows: int = 40) -> None:
+        import fcntl
+        import os
+        import pty
+        import struct
+        import termios
+
+        self.master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+        self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+                                     env={**os.environ, "TERM": "xterm"})
+        os.close(slave)
+        self.seen = b""
+
+    def expect(self, text: str, timeout: float = 60.0, after: int = 0) -> int:
+        """Wait until ``text`` shows (at or after offset ``after``); the offset just past it."""
+        import os
+        import select
+
+        deadline = time.monotonic() + timeout
+        while text.encode() not in self.seen[after:]:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"{text!r} not seen within {timeout}s; the terminal shows:\n"
+                                     + self.seen[-2000:].decode("utf-8", "replace"))
+            ready, _, _ = select.select([self.master], [], [], left)
+            if ready:
+                try:
+                    chunk = os.read(self.master, 65536)
+                except OSError:  # the other side closed
+                    chunk = b""
+                if not chunk:
+                    raise AssertionError(f"{text!r} not seen before the terminal closed:\n"
+                                         + self.seen[-2000:].decode("utf-8", "replace"))
+                self.seen += chunk
+        return self.seen.index(text.encode(), after) + len(text)
+
+    def send(self, text: str) -> None:
+        import os
+
+        os.write(self.master, text.encode())
+
+    def wait(self, timeout: float = 60.0) -> int:
+        import os
+        import select
+
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None and time.monotonic() < deadline:  # drain, so the client never blocks
+            if select.select([self.master], [], [], 0.2)[0]:
+                try:
+                    self.seen += os.read(self.master, 65536)
+                except OSError:
+                    pass
+        return self.proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+
+    def close(self) -> None:
+        import os
+
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self.master)
+
+
+def test_connect_interactive_over_ssh_tty(dev):
+    """addons:connect through `ssh -tt` on a real pty: psql, mariadb and redis-cli answer a query, then quit."""
+    ok(dev.ssh("apps:create", "console"))
+    sessions = (  # (kind, prompt, [(typed, answer)...], how to leave); one line at a time, as a person types
+        ("postgres", "app=>", [("SELECT 'x' || 40 + 2 AS answer;\r", "x42")], "\\q\r"),
+        ("mysql", "[app]>", [("SELECT CONCAT('x', 40 + 2) AS answer;\r", "x42")], "exit\r"),
+        ("redis", "6379>", [("SET answer 41\r", "OK"), ("INCR answer\r", "(integer) 42")], "quit\r"),
+    )
+    for kind, *_ in sessions:
+        ok(dev.ssh("addons:create", "console", kind))
+    for kind, prompt, steps, leave in sessions:
+        term = Terminal(dev.ssh_cmd + ["-tt", "bae@127.0.0.1", "addons:connect", "console", f"{kind}-1"])
+        try:
+            seen = term.expect(prompt)
+            for typed, answer in steps:
+                term.send(typed)
+                # the next line only once the prompt is back: line editors flush what was typed ahead
+                seen = term.expect(prompt, after=term.expect(answer, after=seen))
+            term.send(leave)
+            assert term.wait() == 0, term.seen[-1000:]
+        finally:
+            term.close()

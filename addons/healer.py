@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Iterator
 
 from addons.engine import engine
-from addons.plan import Failed, Remove, Reset, Seen, Start, Wanted, heal
+from addons.plan import Failed, Remove, Reset, Seen, Start, Wanted, backup_due, heal
 from addons.service import Services
 from bae.errors import BaeError
 
@@ -169,13 +169,10 @@ class Healer:
         for addon in addons:
             if not addon.schedule or (addon.app, addon.name) in self._backing_up:
                 continue
-            hour, minute = (int(x) for x in addon.schedule.split(":"))
-            due = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
-            if due > now:
-                continue  # not yet today
-            done = [b for b in self.platform.store.backups(addon.app, addon.name)
-                    if b.scheduled and datetime.fromisoformat(b.created_at) >= due]
-            if done:
+            since = datetime.fromisoformat(addon.schedule_since) if addon.schedule_since else None
+            started = [datetime.fromisoformat(b.created_at)
+                       for b in self.platform.store.backups(addon.app, addon.name) if b.scheduled]
+            if not backup_due(addon.schedule, since, started, now):
                 continue
             self._backing_up.add((addon.app, addon.name))
 

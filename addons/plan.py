@@ -17,9 +17,12 @@ Actions are applied by healer.py; this module does no I/O.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from dataclasses import dataclass
 
-__all__ = ["Wanted", "Seen", "Start", "Remove", "Failed", "Reset", "heal", "backoff", "SHORT_RUN", "RESET_AFTER"]
+__all__ = ["Wanted", "Seen", "Start", "Remove", "Failed", "Reset", "heal", "backoff", "backup_due", "SHORT_RUN",
+           "RESET_AFTER"]
 
 SHORT_RUN = 10.0
 RESET_AFTER = 30.0
@@ -121,3 +124,22 @@ def heal(wanted: list[Wanted], seen: list[Seen], now: float) -> list:
         if now >= not_before:
             actions.append(Start(want.app, want.name, reason))
     return actions
+
+
+def backup_due(schedule: str, since: datetime | None, scheduled: list[datetime], now: datetime) -> bool:
+    """Whether a daily backup at ``schedule`` (HH:MM, UTC) is to be captured ``now``.
+
+    It is due at the last HH:MM at or before ``now`` (today's, or yesterday's before that time), unless
+    the schedule was set (``since``) after that moment — a new schedule waits for its next HH:MM
+    rather than firing at once — or a scheduled backup was started since (``scheduled``: their
+    start times). A missed time (`bae serve` was down) is caught up once.
+    """
+    from datetime import timedelta
+
+    hour, minute = (int(x) for x in schedule.split(":"))
+    due = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    if due > now:
+        due -= timedelta(days=1)
+    if since is not None and since > due:
+        return False
+    return not any(started >= due for started in scheduled)

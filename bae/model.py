@@ -306,6 +306,7 @@ class Addon:
     retention: int = 7  # verified backups kept
     failures: int = 0  # consecutive failed starts (healing backs off)
     not_before: str | None = None  # no start before this time (backoff)
+    schedule_since: str | None = None  # when the schedule was set: the first backup is at its next HH:MM
 
 
 @dataclass(frozen=True)

@@ -192,6 +192,14 @@ def m012_stacks(db: sqlite_utils.Database) -> None:
             db["builds"].add_column(column, str)
 
 
+@migrations()
+def m013_addon_schedule_since(db: sqlite_utils.Database) -> None:
+    # when an add-on's backup schedule was set (UTC ISO): it fires at the first HH:MM after that,
+    # not at once for a time that already passed today
+    if "schedule_since" not in db["addons"].columns_dict:
+        db["addons"].add_column("schedule_since", str)
+
+
 class Store:
     """Typed access to the platform's SQLite database."""
 
@@ -932,7 +940,8 @@ def _addon(row: dict) -> Addon:
     return Addon(id=row["id"], app=row["app"], name=row["name"], kind=row["kind"], version=row["version"],
                  plan=row["plan"], password=row["password"], config_var=row["config_var"],
                  created_at=row["created_at"], generation=row["generation"] or 0, schedule=row["schedule"],
-                 retention=row["retention"] or 7, failures=row["failures"] or 0, not_before=row["not_before"])
+                 retention=row["retention"] or 7, failures=row["failures"] or 0, not_before=row["not_before"],
+                 schedule_since=row.get("schedule_since"))
 
 
 def _backup(row: dict) -> Backup:

@@ -385,12 +385,15 @@ def addons_backups_schedule(inv: Invocation, app: str, name: str, when: str, ret
     """Capture and verify a backup every day at HH:MM (UTC), keeping the newest N verified ones."""
     found, addon = _addon(inv, app, name)
     if when == "off":
-        inv.store.update_addon(addon, schedule=None)
+        inv.store.update_addon(addon, schedule=None, schedule_since=None)
         inv.console.step(f"No scheduled backups for {addon.name}")
         return
     if not _SCHEDULE.fullmatch(when):
         raise Invalid(f"'{when[:20]}' is not a time of day", "Write HH:MM in UTC (e.g. 03:30), or off.")
-    fields = {"schedule": when} | ({"retention": retention} if retention else {})
+    from datetime import datetime, timezone
+
+    since = datetime.now(timezone.utc).isoformat()
+    fields = {"schedule": when, "schedule_since": since} | ({"retention": retention} if retention else {})
     addon = inv.store.update_addon(addon, **fields)
     _notify_healer(inv)
     inv.console.step(f"{addon.name} is backed up daily at {when} UTC; the newest {addon.retention} verified are kept")

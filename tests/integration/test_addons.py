@@ -428,3 +428,50 @@ def test_connect_interactive_over_ssh_tty(dev):
             assert term.wait() == 0, term.seen[-1000:]
         finally:
             term.close()
+
+
+def test_scheduled_backup_fires_at_its_minute_and_keeps_retention(server, dev):
+    """A schedule for the coming minute captures a verified backup then (not before), retention drops the
+    oldest, and addons:info warns while no verified backup is younger than the schedule."""
+    from datetime import datetime, timedelta, timezone
+
+    ok(dev.ssh("apps:create", "nightly"))
+    ok(dev.ssh("addons:create", "nightly", "redis"))
+    ok(dev.ssh("addons:create", "nightly", "redis", "--as", "spare"))
+    ok(dev.ssh("addons:connect", "nightly", "redis-1", input="SET a 1\nSET b 2\n"))
+    for _ in range(2):
+        assert "Verified" in ok(dev.ssh("addons:backups:capture", "nightly", "redis-1"))
+
+    # a schedule and no verified backup at all: a warning
+    ok(dev.ssh("addons:backups:schedule", "nightly", "spare", f"{datetime.now(timezone.utc) + timedelta(hours=12):%H:%M}"))
+    info = dev.ssh("addons:info", "nightly", "spare")
+    assert info.returncode == 0 and "no verified backup is younger than its daily schedule" in info.stderr, info.stderr
+
+    now = datetime.now(timezone.utc)
+    at = (now + timedelta(minutes=1 if now.second < 45 else 2)).replace(second=0, microsecond=0)
+    out = ok(dev.ssh("addons:backups:schedule", "nightly", "redis-1", at.strftime("%H:%M"), "--retention", "2"))
+    assert f"daily at {at:%H:%M} UTC" in out and "newest 2 verified" in out
+    assert "Schedule:     daily at" in ok(dev.ssh("addons:info", "nightly", "redis-1"))
+
+    def listing():
+        return ok(dev.ssh("addons:backups", "nightly", "redis-1"))
+
+    # nothing before its minute (a schedule for a time that has passed today does not fire at once either)
+    while datetime.now(timezone.utc) < at - timedelta(seconds=3):
+        assert "scheduled" not in listing()
+        time.sleep(min(5.0, max(0.0, (at - datetime.now(timezone.utc)).total_seconds() - 3)))
+    def pruned():
+        lines = {line.split()[0]: line for line in listing().splitlines() if line.startswith("b")}
+        b3 = lines.get("b3", "")
+        return "scheduled" in b3 and "verified" in b3 and "b1" not in lines and lines
+
+    lines = until(pruned, timeout=(at - datetime.now(timezone.utc)).total_seconds() + 120,
+                  what="the scheduled backup, verified, and b1 pruned")
+    assert datetime.now(timezone.utc) >= at
+    assert sorted(lines) == ["b2", "b3"], lines  # retention 2: b1, the oldest, is gone
+    assert "manual" in lines["b2"]
+    assert not (server.data / "addons" / "nightly" / "redis-1" / "backups" / "1.rdb").exists()
+    info = dev.ssh("addons:info", "nightly", "redis-1")
+    assert "Last backup:  b3" in info.stdout and "Warning" not in info.stderr, info.stdout + info.stderr
+    assert "redis-1: scheduled backup b3 verified" in ok(dev.ssh("logs", "nightly", "-n", "100"))
+    assert "No backups" in ok(dev.ssh("addons:backups", "nightly", "spare"))  # its time (in 12 h) has not come

@@ -85,3 +85,28 @@ def test_kinds_and_versions():
         kind_for("mongodb")
     with pytest.raises(Invalid, match="trixie"):
         kind_for("postgres", "16")
+
+
+def test_backup_due_at_its_time_not_when_set():
+    from datetime import datetime, timezone
+
+    from addons.plan import backup_due
+
+    def t(hhmm, day=2):
+        return datetime(2026, 12, day, int(hhmm[:2]), int(hhmm[3:]), tzinfo=timezone.utc)
+
+    # set at 14:00 for 03:00: nothing until tomorrow's 03:00
+    assert not backup_due("03:00", t("14:00"), [], t("14:00"))
+    assert not backup_due("03:00", t("14:00"), [], t("02:59", 3))
+    assert backup_due("03:00", t("14:00"), [], t("03:00", 3))
+    # once started, not again that day; the next day again
+    assert not backup_due("03:00", t("14:00"), [t("03:00", 3)], t("09:00", 3))
+    assert backup_due("03:00", t("14:00"), [t("03:00", 3)], t("03:01", 4))
+    # set before its time today: due at that time today
+    assert not backup_due("15:30", t("15:29"), [], t("15:29"))
+    assert backup_due("15:30", t("15:29"), [], t("15:30"))
+    # missed while bae serve was down (yesterday 03:00): caught up once, at once
+    assert backup_due("03:00", t("01:00", 1), [], t("02:00", 3))
+    assert not backup_due("03:00", t("01:00", 1), [t("02:00", 3)], t("02:30", 3))
+    # schedules from before the column existed (no since) behave the same, without the guard
+    assert backup_due("03:00", None, [], t("04:00"))

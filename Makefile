@@ -9,7 +9,7 @@ up: setup
 	.venv/bin/bae serve
 
 test: setup
-	.venv/bin/pytest -ra
+	BAE_TEST_RESTART_DOCKERD=1 .venv/bin/pytest -ra
 
 bench: setup
 	.venv/bin/python -m bench.all

@@ -8,7 +8,8 @@
     connections. Target: ≤ 2 s. Each kill is a first crash of its app (a crash
     loop backs off on purpose).
 Prints medians of RUNS runs. With --addons, the scaled app has a Redis add-on, so
-its units start on the app's own network (see README, Add-ons).
+its units start on the app's own network (see README, Add-ons), and an app without
+one is scaled the same way in the same runs: the difference is what that network costs.
 
 Run: .venv/bin/python -m bench.scale [RUNS] [--addons]
 """
@@ -80,13 +81,21 @@ def main(runs: int = 3, addons: bool = False) -> None:
             return [c["Id"] for c in engine.api.containers(filters={"label": [
                 f"bae.platform={instance}", "bae.role=unit", f"bae.app={app}", "bae.process=web"]})]
 
-        ours, theirs = [], []
-        for _ in range(runs):
+        def scale(app: str) -> float:
             started = time.perf_counter()
-            assert client.ssh("ps:scale", "scale-0", f"web={N}", "--no-wait").returncode == 0
-            wait_all_up(engine, lambda: units("scale-0"), N)
-            ours.append(time.perf_counter() - started)
-            client.ssh("ps:scale", "scale-0", "web=0")
+            assert client.ssh("ps:scale", app, f"web={N}", "--no-wait").returncode == 0
+            wait_all_up(engine, lambda: units(app), N)
+            took = time.perf_counter() - started
+            client.ssh("ps:scale", app, "web=0")
+            return took
+
+        ours, theirs, plain = [], [], []
+        if addons:
+            client.ssh("ps:scale", "scale-1", "web=0")
+        for _ in range(runs):
+            ours.append(scale("scale-0"))
+            if addons:
+                plain.append(scale("scale-1"))
 
             made: list[str] = []
             lock = threading.Lock()
@@ -110,18 +119,29 @@ def main(runs: int = 3, addons: bool = False) -> None:
 
         heal = []
         for app in apps[1:] + apps[:1]:
-            if app == "scale-0":
+            if app == "scale-0" or (addons and app == "scale-1"):
                 client.ssh("ps:scale", app, "web=1")
+            # one unit, up: units of an earlier scale-down may still be stopping
+            deadline = time.monotonic() + 120
+            while len(units(app)) != 1 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            wait_all_up(engine, lambda: units(app), 1, timeout=120)
             (victim,) = units(app)
             started = time.perf_counter()
             engine.api.kill(victim)
             wait_all_up(engine, lambda: [u for u in units(app) if u != victim], 1)
             heal.append(time.perf_counter() - started)
 
-        print(f"\n== scale and heal, median of {runs} runs" + (" (the app has a Redis add-on)" if addons else ""))
+        load = " ".join(open("/proc/loadavg").read().split()[:3])
+        print(f"\n== scale and heal, median of {runs} runs" + (" (the app has a Redis add-on)" if addons else "")
+              + f"; load average {load} (2 cores)")
         print(f"{'case':<44}{'bae':>9}{'reference':>12}{'ratio':>8}  target")
         print(f"{'scale web 0→10, all accepting connections':<44}{median(ours):>8.2f}s{median(theirs):>11.2f}s"
               f"{median(ours) / median(theirs):>8.2f}  ≤ 1.3 (vs 10 concurrent docker run)")
+        if addons:
+            print(f"{'  the same app without an add-on (no network)':<44}{median(plain):>8.2f}s{median(theirs):>11.2f}s"
+                  f"{median(plain) / median(theirs):>8.2f}  (the add-on network costs "
+                  f"{median(ours) - median(plain):+.2f} s, {median(ours) / median(plain):.2f}×)")
         print(f"{'kill a unit → replacement accepting':<44}{median(heal):>8.2f}s{'':>12}{'':>8}  ≤ 2 s")
     finally:
         server.stop()

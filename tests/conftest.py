@@ -60,6 +60,29 @@ def pytest_collection_finish(session):
                                           cwd=Path(__file__).resolve().parents[1]))
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests that restart dockerd run only when asked (BAE_TEST_RESTART_DOCKERD=1, as `make test` does):
+    on a machine where other test runs share the engine they would pull it from under them."""
+    import os
+
+    if os.environ.get("BAE_TEST_RESTART_DOCKERD") == "1":
+        return
+    dropped = [item for item in items if item.get_closest_marker("restarts_dockerd")]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if item not in dropped]
+        _dropped.extend(dropped)
+
+
+_dropped: list = []
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _dropped:
+        terminalreporter.write_line(f"{len(_dropped)} test(s) that restart dockerd were not run: set "
+                                    "BAE_TEST_RESTART_DOCKERD=1 (make test does) where nothing else uses the engine")
+
+
 def pytest_sessionfinish(session):
     for proc in _prebuild:
         proc.wait()

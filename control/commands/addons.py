@@ -290,8 +290,14 @@ def addons_connect(inv: Invocation, app: str, name: str) -> int:
 
     old = _raw_mode() if tty and not inv.remote else None
     try:
+        client = list(kind.client)
+        if tty and size:
+            # the terminal's size before the client starts: Docker's resize of an exec comes after its
+            # start, and a line editor that asks first (redis-cli's) would otherwise see 0 columns
+            client = ["sh", "-c", 'stty cols "$1" rows "$2" 2>/dev/null; shift 2; exec "$@"', "sh", str(size[0]),
+                      str(size[1]), *client]
         return engine().exec_interactive(
-            info.id, list(kind.client), env={**kind.client_env(addon.password), "HOME": "/tmp", "TERM": "xterm"},
+            info.id, client, env={**kind.client_env(addon.password), "HOME": "/tmp", "TERM": "xterm"},
             user="nobody", tty=tty, size=size, stdin=read, stdout=inv.console.raw, resize=resize, alive=inv.alive)
     finally:
         if old is not None:

@@ -376,6 +376,8 @@ class Terminal:
                 if not chunk:
                     raise AssertionError(f"{text!r} not seen before the terminal closed:\n"
                                          + self.seen[-2000:].decode("utf-8", "replace"))
+                if b"\x1b[6n" in chunk:  # "where is the cursor?": answer as a terminal does
+                    self.send("\x1b[1;1R" * chunk.count(b"\x1b[6n"))
                 self.seen += chunk
         return self.seen.index(text.encode(), after) + len(text)
 

@@ -37,6 +37,7 @@ from buildpacks.engine import client, translated
 from buildpacks.procfile import parse_procfile
 from buildpacks.reuse import fingerprint, inputs_digest, plan_reuse
 from buildpacks.slugignore import slugignore_filter
+from buildpacks import tarballs
 
 __all__ = ["BuildRequest", "BuildResult", "run_build", "remove_stale_build_containers", "remove_stale_workdirs",
            "remove_images"]
@@ -44,6 +45,7 @@ __all__ = ["BuildRequest", "BuildResult", "run_build", "remove_stale_build_conta
 log = logging.getLogger("bae.build")
 
 BUILDER = Path(__file__).resolve().parent / "builder.py"
+NPM_CACHE = "npm"  # the deployment's npm cache: /cache/npm in the build (npm_config_cache), seeded from the store
 WORKDIR_PREFIX = "bae-build-"  # + the instance id: installations sharing /tmp never touch each other's
 
 
@@ -63,6 +65,7 @@ class BuildRequest:
     previous: Build | None = None  # the last successful build of this deployment
     trusted_buildpacks: bool = False  # set by an admin: git URLs may name private or loopback hosts
     stack_name: str = "bookworm"  # buildpacks.stack.STACKS
+    tarball_store: Path | None = None  # the platform-wide store of registry tarballs (buildpacks.tarballs)
 
     def container_args(self) -> dict:
         """Name and labels of this build's throw-away container (found by label after a crash)."""
@@ -125,6 +128,7 @@ def _build_env(req: BuildRequest) -> dict[str, str]:
         env["PIP_INDEX_URL"] = env["UV_DEFAULT_INDEX"] = index
     if registry:
         env["npm_config_registry"] = registry
+    env["npm_config_cache"] = f"/cache/{NPM_CACHE}"
     return env
 
 
@@ -285,6 +289,36 @@ def _try_reuse(req: BuildRequest, out, fp: str, keep) -> BuildResult | None:
     return BuildResult(image, types, reuse)
 
 
+def _seed_tarballs(req: BuildRequest) -> None:
+    """Before a build: the registry tarballs other deployments' builds fetched, in this one's npm cache."""
+    if req.tarball_store is None or not req.tarball_store.is_dir():
+        return
+    started = time.monotonic()
+    try:
+        added = tarballs.seed(req.tarball_store, req.cache_dir / NPM_CACHE, UID)
+    except OSError as exc:  # a cache that cannot be seeded only costs downloads
+        log.warning("could not seed the npm cache of %s/%s: %s", req.app, req.deployment, exc)
+        return
+    if added:
+        log.info("npm cache of %s/%s: %d tarballs from the platform store (%.2f s)", req.app, req.deployment, added,
+                 time.monotonic() - started)
+
+
+def _merge_tarballs(req: BuildRequest) -> None:
+    """After a successful build (its container gone): the tarballs it fetched, checked, into the store."""
+    if req.tarball_store is None:
+        return
+    started = time.monotonic()
+    try:
+        taken = tarballs.merge(req.cache_dir / NPM_CACHE, req.tarball_store)
+    except OSError as exc:
+        log.warning("could not take the npm tarballs of %s/%s into the store: %s", req.app, req.deployment, exc)
+        return
+    if taken:
+        log.info("platform store: %d tarballs from %s/%s (%.2f s)", taken, req.app, req.deployment,
+                 time.monotonic() - started)
+
+
 def run_build(req: BuildRequest, out) -> BuildResult:
     """Build ``req`` into an image; raise DeployFailed (after cleaning up) if it fails."""
     docker = client()
@@ -304,6 +338,7 @@ def run_build(req: BuildRequest, out) -> BuildResult:
             return reused
         req.cache_dir.mkdir(parents=True, exist_ok=True)
         os.chown(req.cache_dir, UID, UID)
+        _seed_tarballs(req)
         nonce = "@@bae-result-" + secrets.token_hex(8) + "@@"
         # Mounts, not volumes: the docker SDK's volumes= also declares image
         # volumes, which docker commit would copy into the release image.
@@ -360,6 +395,9 @@ def run_build(req: BuildRequest, out) -> BuildResult:
         outcome = json.loads(result_line)
         process_types = _process_types(out, outcome["procfile"], outcome["default_process_types"])
         image = _commit(container, req, out)
+        _remove_container(container)
+        container = None
+        _merge_tarballs(req)
         reuse = None
         if outcome.get("inputs") is not None:
             reuse = {"fingerprint": fp, "inputs": outcome["inputs"], "digest": inputs_digest(req.source, outcome["inputs"]),

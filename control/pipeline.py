@@ -170,6 +170,7 @@ class Pipeline:
             repository=platform.image_repository(dep), instance=platform.instance,
             stack=stack, stack_name=choice.stack, settings=settings,
             previous=platform.store.last_successful_build(dep),
+            tarball_store=platform.data / "build-store" / "npm",
         )
         built = run_build(request, out)
         built.stack, built.stack_reason = choice.stack, choice.reason

@@ -137,7 +137,7 @@ def test_express_with_lockfile(server, dev, tmp_path):
     assert "Installing dependencies with npm ci (package-lock.json)" in log
     assert "Running npm run build" in log and "Pruning devDependencies" in log
     assert "Default types for buildpack -> web" in log
-    _, port = run_unit(built_image(log), "npm start")
+    _, port = run_unit(built_image(log), ".bae/bin/npm-start")  # the default web process: npm start without npm
     assert get(port).text == "hello from express on web.1\n"
     assert get(port, "/built").text == "built at build time: true\n"
     assert get(port, "/devdeps").text == "pruned\n"
@@ -145,7 +145,7 @@ def test_express_with_lockfile(server, dev, tmp_path):
     again = dev.push(repo, "express")
     assert again.returncode == 0 and "package-lock.json unchanged: restoring node_modules" in again.stderr
     assert "Running npm run build" in again.stderr  # build scripts read the code: no reuse
-    _, port2 = run_unit(built_image(again.stderr), "npm start")
+    _, port2 = run_unit(built_image(again.stderr), ".bae/bin/npm-start")
     assert get(port2, "/devdeps").text == "pruned\n"
 
 
@@ -155,7 +155,7 @@ def test_node_app_without_procfile(server, dev, tmp_path):
     assert push.returncode == 0, push.stderr
     assert "Installing dependencies with npm install (no lockfile" in push.stderr
     assert "Default types for buildpack -> web" in push.stderr
-    _, port = run_unit(built_image(push.stderr), "npm start")
+    _, port = run_unit(built_image(push.stderr), ".bae/bin/npm-start")  # npm's default start: node server.js
     assert get(port).text == "hello from plain node\n"
 
 

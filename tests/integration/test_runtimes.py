@@ -3,11 +3,13 @@ from the app's Python pins, Node.js with the npm of its line, yarn (classic and 
 uv.lock and poetry.lock; each app answers HTTP through the router with the runtime it asked for.
 
 The trixie and sid stacks are built by the first push that needs them (streaming progress to
-the pusher) and kept, tagged by recipe hash: a run builds each at most once, later runs reuse them.
+the pusher), or by the suite in the background before (tests/conftest.py), and kept, tagged by
+recipe hash: a run builds each at most once, later runs reuse them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -82,9 +84,10 @@ def test_django5_pinning_313_builds_on_trixie(server, dev, tmp_path):
     log = deploy(server, dev, tmp_path, "dj5", "django5")
     assert re.search(r"-----> Stack trixie \(Python 3\.13\.\d+\): \.python-version requests Python 3\.13; "
                      r"trixie is the oldest stack with Python 3\.13", log)
-    if fresh:  # the first push that needs a stack builds it, and the pusher sees it happen
+    if fresh:  # the first push that needs a stack builds it (or waits for the suite's build), and says so
         assert "Building the trixie stack image (its first use on this platform" in log
-        assert "remote:        Bootstrapping Debian trixie (minbase)" in log or "Step 1/" in log
+        assert ("remote:        Bootstrapping Debian trixie (minbase)" in log or "Step 1/" in log
+                or "is up to date" in log)
     assert "Running python manage.py collectstatic --noinput" in log
     assert re.fullmatch(r"django 5\.2\.\d+ on python 3\.13\.\d+\n", answer(server, "dj5"))
     info = dev.ssh("apps:info", "dj5").stdout
@@ -131,6 +134,26 @@ def test_express_on_node_12_with_its_npm_and_a_native_addon(server, dev, tmp_pat
     # bufferutil was compiled against the installed Node's own headers: node-gyp downloaded none
     headers = dev.ssh("run", "ex12", "--", "ls ~/.cache/node-gyp 2>/dev/null || echo none downloaded")
     assert headers.stdout.strip() == "none downloaded", headers.stdout + headers.stderr
+    # the registry tarballs it fetched (Node.js, npm, the packages) are in the platform's store,
+    # root's and read-only, each named by its sha512; the first build of another deployment of
+    # the same code takes them from there: its npm cache records no tarball download
+    store = server.data / "build-store" / "npm"
+    stored = [p for p in store.rglob("*") if p.is_file()]
+    assert len(stored) >= 70
+    for path in stored:
+        info = path.stat()
+        assert (info.st_uid, info.st_mode & 0o777) == (0, 0o444), path
+        assert hashlib.sha512(path.read_bytes()).hexdigest() == "".join(path.relative_to(store).parts)
+
+    def downloads(app: str) -> list[str]:
+        index = server.data / "cache" / app / "default" / "npm" / "_cacache" / "index-v5"
+        return [p.name for p in index.rglob("*") if p.is_file() and b".tgz" in p.read_bytes()]
+
+    assert len(downloads("ex12")) >= 70
+    log = deploy(server, dev, tmp_path / "second", "ex12b", "express12")
+    assert "Installing dependencies with npm ci (package-lock.json)" in log
+    assert downloads("ex12b") == []
+    assert answer(server, "ex12b") == "node v12.22.12 npm/6.14.16 bufferutil ok built-from-source\n"
 
 
 def test_yarn_classic(server, dev, tmp_path):
@@ -212,6 +235,7 @@ def test_a_stack_that_fails_to_build_fails_the_push_naming_the_step(server, dev,
         failed = dev.push(make_repo(repo, {"app.py": (repo / "app.py").read_text() + "\n"}, "change"), "mirror")
         assert failed.returncode != 0
         assert "Building the bookworm stack image (its first use on this platform" in failed.stderr
+        assert "Bootstrapping Debian bookworm (minbase) from http://127.0.0.1:9/debian" in failed.stderr  # streamed
         assert "building the bookworm stack failed at step 'debootstrap'" in failed.stderr
         assert "Check that the Debian mirror" in failed.stderr
         assert "Push rejected; the previous release keeps serving." in failed.stderr

@@ -36,15 +36,16 @@ def cluster():
         swarm.close()
 
 
-# The sid stack takes minutes to build on a fresh machine: when test_runtimes.py will run, start
-# building it at once, in the background, while the other modules' tests run (the push that needs
-# it waits for this build through the stack's lock). trixie is left to its first push, whose
-# progress streaming to the pusher is part of what test_runtimes checks. Built once per machine:
-# later runs find both images (tagged by recipe hash).
+# The trixie and sid stacks take minutes each to build on a fresh machine: when test_runtimes.py
+# will run, build them at once, one after the other, in the background, while the other modules'
+# tests run (a push that needs one waits for its build through the stack's lock). Built once per
+# machine: later runs find both images (tagged by recipe hash). That a stack built during a push
+# streams its progress to the pusher is checked by the push whose stack build fails.
 _PREBUILD = """
 from bae.config import Settings
 from buildpacks.stack import build_stack
-build_stack(Settings().build, lambda line: print(line, flush=True), "sid")
+for name in ("trixie", "sid"):
+    build_stack(Settings().build, lambda line: print(line, flush=True), name)
 """
 _prebuild: list = []
 
@@ -55,7 +56,7 @@ def pytest_collection_finish(session):
 
     if any(item.nodeid.startswith("tests/integration/test_runtimes.py") for item in session.items) \
             and len({item.module.__name__ for item in session.items}) > 1:
-        log = open(Path(tempfile.gettempdir()) / "bae-test-sid-stack.log", "w")
+        log = open(Path(tempfile.gettempdir()) / "bae-test-stacks.log", "w")
         _prebuild.append(subprocess.Popen([sys.executable, "-c", _PREBUILD], stdout=log, stderr=subprocess.STDOUT,
                                           cwd=Path(__file__).resolve().parents[1]))
 

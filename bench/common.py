@@ -26,6 +26,6 @@ def median(values: list[float]) -> float:
 def report(title: str, rows: list[tuple[str, float, float, str]]) -> None:
     """rows: (what, bae, reference, target). Prints figures and the ratio bae/reference."""
     print(f"\n== {title}")
-    print(f"{'case':<34}{'bae':>10}{'reference':>12}{'ratio':>8}  target")
+    print(f"{'case':<42}{'bae':>10}{'reference':>12}{'ratio':>8}  target")
     for what, ours, ref, target in rows:
-        print(f"{what:<34}{ours:>9.3f}s{ref:>11.3f}s{ours / ref:>8.2f}  {target}")
+        print(f"{what:<42}{ours:>9.3f}s{ref:>11.3f}s{ours / ref:>8.2f}  {target}")

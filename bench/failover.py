@@ -47,6 +47,29 @@ def wait(predicate, timeout: float, what: str):
     raise TimeoutError(what)
 
 
+def phases(engine, services: set[str], killed_at: float) -> tuple[float, float]:
+    """When the last replacement task of the dead node's units was created by the manager and when it
+    reported running (container started on its new node), in seconds after the kill."""
+    from datetime import datetime
+
+    def epoch(stamp: str) -> float:
+        return datetime.fromisoformat(stamp).timestamp()
+
+    import docker.errors
+
+    created, running = 0.0, 0.0
+    for service in services:
+        try:
+            tasks = sorted(engine.api.tasks(filters={"service": service}), key=lambda t: t.get("CreatedAt", ""))
+        except docker.errors.NotFound:  # the unit was replaced by a new service, not re-placed by Swarm
+            print(f"  ({service[:10]} was removed: a unit replaced by the scheduler, not re-placed by Swarm)")
+            continue
+        newest = tasks[-1]
+        created = max(created, epoch(newest["CreatedAt"]) - killed_at)
+        running = max(running, epoch(newest["Status"]["Timestamp"]) - killed_at)
+    return created, running
+
+
 def main(runs: int = 1) -> None:
     from scheduler.runtime_swarm import SwarmRuntime
 
@@ -91,8 +114,10 @@ def main(runs: int = 1) -> None:
                 for u in web():
                     by_node[u.node] = by_node.get(u.node, 0) + 1
                 victim = min(by_node, key=lambda n: by_node[n]) if len(by_node) > 1 else next(iter(by_node))
+                lost_services = {u.id.split("/")[0] for u in web() if u.node == victim}
                 with Load(f"http://127.0.0.1:{server.http_port}/", "fo.bae.localhost", threads=2, rate=50) as load:
                     time.sleep(1)
+                    killed_at = time.time()
                     killed = time.perf_counter()
                     cluster.kill(victim)
                     wait(lambda: cluster.node_state(victim) == "down", 120, "node down")
@@ -100,10 +125,14 @@ def main(runs: int = 1) -> None:
                     wait(lambda: all_up(4, avoid=victim), 300, "units elsewhere")
                     replaced = time.perf_counter() - killed
                     time.sleep(1)
+                created, running = phases(engine, lost_services, killed_at)
                 rows.append((heartbeat, by_node[victim], detected, replaced, load.ok, load.resent, len(load.failures)))
                 print(f"heartbeat {heartbeat:.0f} s: {by_node[victim]} of 4 units on {victim}; down after "
                       f"{detected:.1f} s, all 4 running elsewhere after {replaced:.1f} s; requests "
                       f"{load.ok} ok, {load.resent} resent, {len(load.failures)} failed {load.failures[:3]}", flush=True)
+                print(f"  where the time went: replacement tasks created {created:.1f} s after the kill, "
+                      f"running (container started on the node) {running:.1f} s, accepting connections "
+                      f"{replaced:.1f} s", flush=True)
                 cluster.revive(victim)
                 wait(lambda: cluster.node_state(victim) == "ready", 120, "node back")
         runtime.set_heartbeat(5.0)

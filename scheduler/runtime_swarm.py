@@ -450,11 +450,17 @@ class SwarmRuntime:
         status = (task or {}).get("Status", {})
         state = status.get("State", "new")
         node = nodes.get((task or {}).get("NodeID", ""))
+        task_id = (task or {}).get("ID", "")
+        if not crashed and state in ALIVE and node is not None and node.state != "ready":
+            # its node is down (or not heard from): Swarm re-places the task (at once, restart delay 0).
+            # Until the new task exists the unit is in transit: running as far as the loop is concerned
+            # (no crash, no second replacement racing Swarm's, no backoff), but a new unit without a
+            # task, so it is neither routed nor up until its new task accepts connections
+            task_id, state, node = "", "moving", None
         # the id names the task too: a unit re-placed on another node is a new unit to the loop (not up
         # until it accepts connections there), while stop/remove act on the service
-        info = UnitInfo(id=f"{service['ID']}/{(task or {}).get('ID', '')}", name=service["Spec"]["Name"], **identity,
-                        running=not crashed and state in ALIVE and (node is None or node.state == "ready"),
-                        status=state)
+        info = UnitInfo(id=f"{service['ID']}/{task_id}", name=service["Spec"]["Name"], **identity,
+                        running=not crashed and state in (*ALIVE, "moving"), status=state)
         info.node = node.hostname if node else ""
         if node and node.availability == "pause" and info.running:
             # nodes:drain pauses a node first: its units count as outdated, so the loop starts their

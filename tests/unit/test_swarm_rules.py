@@ -48,6 +48,26 @@ def test_a_task_lost_with_its_node_is_no_crash_the_replacement_stands_for_the_un
     assert not _exited(old, nodes)
 
 
+def info(t, nodes, crashed=False):
+    identity = {"app": "a", "deployment": "default", "process": "web", "index": 1, "release": 1, "plan": "s1",
+                "generation": 0, "web": True}
+    service = {"ID": "S", "Spec": {"Name": "bae-x-a-default-web-1-v1"}}
+    return SwarmRuntime._info(SwarmRuntime.__new__(SwarmRuntime), service, identity, t, crashed, nodes)
+
+
+def test_a_unit_whose_node_is_down_is_in_transit_not_crashed_and_not_routed():
+    """Swarm re-places it; the loop must neither count a crash nor start a second replacement, and the
+    router must drop it: it is running to the loop, but a new unit (no task) that is not up."""
+    t = task("a", "running", "2026-01-01T00:00:00Z")
+    up = info(t, {"N": node()})
+    assert (up.id, up.running, up.status, up.node) == ("S/a", True, "running", "n1")
+    moving = info(t, {"N": node(state="down")})
+    assert (moving.id, moving.running, moving.status, moving.node, moving.address) == ("S/", True, "moving", "", None)
+    assert not SwarmRuntime.is_up(moving, age=60.0)
+    crashed = info(task("a", "failed", "2026-01-01T00:00:00Z"), {"N": node()}, crashed=True)
+    assert not crashed.running
+
+
 def test_runtime_setting_is_checked(tmp_path):
     path = tmp_path / "bae.toml"
     path.write_text('[scheduler]\nruntime = "k8s"\n')

@@ -109,22 +109,32 @@ class Engine:
 
     # -- networks --------------------------------------------------------------------------
 
-    def ensure_network(self, name: str, labels: dict) -> str:
-        """A bridge network (traffic between its members allowed), created if missing, with a subnet
-        of its own configured explicitly (so members may get fixed addresses); its subnet (CIDR)."""
+    def ensure_network(self, name: str, labels: dict, overlay: bool = False) -> str:
+        """A network (traffic between its members allowed), created if missing, with a subnet of its
+        own configured explicitly (so members may get fixed addresses); its subnet (CIDR).
+
+        ``overlay``: an attachable Swarm overlay network (the swarm runtime): its add-on containers
+        on the manager and the app's Swarm services on every node join it; otherwise a bridge."""
+        driver = "overlay" if overlay else "bridge"
+        extra = {"attachable": True, "scope": "swarm"} if overlay else {}
         with translated(f"creating network {name}"):
             for net in self.api.networks(names=[name]):
                 if net.get("Name") == name:
                     return self._subnet(net["Id"])
-            # let Docker pick a free subnet, then make it the network's configured one
-            probe = self.api.create_network(name, driver="bridge", labels=labels, check_duplicate=True)["Id"]
+            # let Docker (the swarm's allocator for an overlay) pick a free subnet, then make it the
+            # network's configured one
+            probe = self.api.create_network(name, driver=driver, labels=labels, check_duplicate=True, **extra)["Id"]
             subnet = self._subnet(probe)
+            deadline = time.monotonic() + 10
+            while not subnet and time.monotonic() < deadline:  # the swarm allocates it a moment later
+                time.sleep(0.1)
+                subnet = self._subnet(probe)
             gateway = ((self.api.inspect_network(probe).get("IPAM") or {}).get("Config") or [{}])[0].get("Gateway")
             self.api.remove_network(probe)
             pool = docker.types.IPAMPool(subnet=subnet, gateway=gateway)
             try:
-                self.api.create_network(name, driver="bridge", labels=labels, check_duplicate=True,
-                                        ipam=docker.types.IPAMConfig(pool_configs=[pool]))
+                self.api.create_network(name, driver=driver, labels=labels, check_duplicate=True,
+                                        ipam=docker.types.IPAMConfig(pool_configs=[pool]), **extra)
             except docker.errors.APIError as exc:
                 if "already exists" not in str(exc):
                     raise

@@ -6,7 +6,9 @@ a directory ``data_dir/addons/APP/NAME`` (``data/`` the service's files,
 labels (``bae.role=addon``, ``bae.app``, ``bae.addon``, ``bae.generation``) and
 runs on the app's own network (``bae-INSTANCE-app-APP``), where the app's units
 and one-off units reach it by its name; no port is published on the host, and
-no other app's units are on that network. Called by the addons:* commands and by
+no other app's units are on that network. On the swarm runtime that network is an
+attachable overlay: the container stays on the manager (pinned where its data
+is) and the app's units reach it from every node. Called by the addons:* commands and by
 the healer (heal.py).
 """
 
@@ -59,6 +61,9 @@ class Services:
         self.settings = platform.settings
         self.instance = platform.instance
         self.root = Path(platform.data) / "addons"
+        # on the swarm runtime an add-on stays a container on the manager (where its data directory is),
+        # and its app's network is an attachable overlay that the app's services on every node join
+        self.on_swarm = self.settings.scheduler.runtime == "swarm"
 
     # -- names and places ------------------------------------------------------------------
 
@@ -120,7 +125,7 @@ class Services:
         (folder / "ready").unlink(missing_ok=True)  # bae-service writes it again once the password is set
         network = network_name(self.instance, addon.app)
         subnet = engine().ensure_network(network, {"bae.platform": self.instance, "bae.role": "app-network",
-                                                   "bae.app": addon.app})
+                                                   "bae.app": addon.app}, overlay=self.on_swarm)
         ip = self._address(addon, subnet)
         env = {"BAE_PASSWORD": addon.password, "BAE_MEMORY_MB": str(_mb(plan.memory)),
                "BAE_MAX_CONNECTIONS": str(max(20, min(500, plan.pids // 2)))}

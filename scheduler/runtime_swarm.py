@@ -493,7 +493,7 @@ class SwarmRuntime:
         with self._lock:
             self._creating.add(name)
         try:
-            service = self._create(name, work, env, labels, spec.unit, spec.stop_grace, ports=spec.web,
+            service = self._create(name, spec.app, work, env, labels, spec.unit, spec.stop_grace, ports=spec.web,
                                    constraints=self.placement(spec.app, spec.deployment, spec.process),
                                    restart=RestartPolicy(condition="any", delay=0, max_attempts=0))
             deadline = time.monotonic() + 10
@@ -507,19 +507,23 @@ class SwarmRuntime:
             with self._lock:
                 self._creating.discard(name)
 
-    def _create(self, name: str, work: Workload, env: dict, labels: dict, unit: str, grace: int, *, ports: bool,
-                constraints: list[str], restart: RestartPolicy, tty: bool = False) -> str:
+    def _create(self, name: str, app: str, work: Workload, env: dict, labels: dict, unit: str, grace: int, *,
+                ports: bool, constraints: list[str], restart: RestartPolicy, tty: bool = False) -> str:
         """A one-task service under the unit contract: the plan's limits (and a quarter of them reserved,
-        so that Swarm does not pack a node beyond its memory), user bae, no capabilities, the CA bundle."""
+        so that Swarm does not pack a node beyond its memory), user bae, no capabilities, the CA bundle;
+        on the app's overlay network with its add-ons in /etc/hosts if it has add-ons."""
         image = self.image_ref(work.image)
+        network = self.app_network(app)
         memory = memory_bytes(work.memory)
         resources = Resources(cpu_limit=int(work.cpu * 1e9), mem_limit=memory,
                               cpu_reservation=int(work.cpu * 1e9 / 4), mem_reservation=memory // 4)
         resources["Limits"]["Pids"] = work.pids
         container = ContainerSpec(image, args=[work.command], env=env, user=USER, labels=labels, tty=tty,
                                   hostname=unit.replace(".", "-"), stop_grace_period=int(grace * 1e9),
-                                  configs=self._ca(work.ca_bundle), cap_drop=["ALL"])
+                                  configs=self._ca(work.ca_bundle), cap_drop=["ALL"],
+                                  hosts=self.addon_hosts(app) if network else None)
         template = TaskTemplate(container, resources=resources, restart_policy=restart,
+                                networks=[network] if network else None,
                                 placement=Placement(constraints=["node.role==worker", *constraints]),
                                 log_driver={"Name": "json-file", "Options": {"max-size": "10m", "max-file": "3"}})
         endpoint = EndpointSpec(mode="dnsrr", ports=[{"Protocol": "tcp", "TargetPort": PORT, "PublishMode": "host"}]
@@ -531,6 +535,27 @@ class SwarmRuntime:
                 endpoint_spec=endpoint)["ID"]
         except ENGINE_ERRORS as exc:
             raise BaeError(f"starting {unit} failed: {getattr(exc, 'explanation', None) or exc}") from None
+
+    def app_network(self, app: str) -> str | None:
+        """The app's own overlay network (made by addons.service when the app got an add-on), or None.
+        An app without add-ons has none: its units stay on their node's default bridge."""
+        try:
+            rows = self.api.networks(filters={"label": [f"bae.platform={self.instance}", "bae.role=app-network",
+                                                        f"bae.app={app}"], "driver": "overlay"})
+        except ENGINE_ERRORS as exc:
+            raise Unavailable(f"looking up the network of {app} failed: {exc}") from None
+        return rows[0]["Name"] if rows else None
+
+    def addon_hosts(self, app: str) -> dict[str, str]:
+        """Name -> fixed address of the app's add-ons (containers on the manager, by label), for /etc/hosts
+        (the units need no DNS to find them)."""
+        try:
+            rows = self.api.containers(all=True, filters={"label": [
+                f"bae.platform={self.instance}", "bae.role=addon", f"bae.app={app}"]})
+        except ENGINE_ERRORS:
+            return {}
+        return {r["Labels"]["bae.addon"]: r["Labels"]["bae.ip"] for r in rows
+                if (r.get("Labels") or {}).get("bae.ip") and r["Labels"].get("bae.addon")}
 
     def stop(self, unit_id: str, grace: int) -> None:
         """Removing the service stops its task: SIGTERM, the grace period, SIGKILL (on its node)."""
@@ -638,7 +663,7 @@ class SwarmRuntime:
         labels = {"bae.platform": self.instance, "bae.role": "oneoff", "bae.app": job.app,
                   "bae.deployment": job.deployment, "bae.release": str(job.release)}
         name = f"bae-{self.instance}-{job.app}-{job.deployment}-{unit.replace('.', '-')}-{secrets.token_hex(3)}"
-        service = self._create(name, job.workload, env, labels, unit, 10, ports=False, constraints=[],
+        service = self._create(name, job.app, job.workload, env, labels, unit, 10, ports=False, constraints=[],
                                restart=RestartPolicy(condition="none"))
         try:
             yield _Attached(self, service)

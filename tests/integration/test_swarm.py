@@ -2,8 +2,9 @@
 
 One cluster per test run (the ``cluster`` session fixture) and one `bae serve` for
 this module with ``scheduler.runtime = "swarm"``. The tests build on each other in
-order: deploy web=4 over two nodes, kill a node under load, drain and activate,
-pin with a label, add a third node from `nodes:join-token`, restart `bae serve`.
+order: deploy web=4 over two nodes, an add-on reached from units on both nodes
+(and not from another app's), kill a node under load, drain and activate, pin with
+a label, add a third node from `nodes:join-token`, restart `bae serve`.
 """
 
 from __future__ import annotations
@@ -90,6 +91,56 @@ def app(server, dev, tmp_path_factory):
     return "fleet"
 
 
+def unit_containers(cluster, app) -> dict[str, list[str]]:
+    """node -> ids of the app's unit containers running in that node's engine."""
+    found = {}
+    for node in cluster.nodes:
+        if cluster.node_state(node) != "ready":
+            continue  # a killed node
+        code, out = cluster.exec(node, "docker", "ps", "-q", "--filter", f"label=bae.app={app}",
+                                 "--filter", "label=bae.role=unit", check=False)
+        if code == 0 and out.split():
+            found[node] = out.split()
+    return found
+
+
+# Run inside a unit (as its user, with its environment): AUTH and INCR on the app's Redis add-on
+# by its REDIS_URL, the way an app connects (the add-on's name, from /etc/hosts).
+REDIS_INCR = """
+import os, socket, urllib.parse
+url = urllib.parse.urlparse(os.environ["REDIS_URL"])
+conn = socket.create_connection((url.hostname, url.port), 5)
+conn.sendall(f"AUTH {url.password}\\r\\nINCR visits\\r\\n".encode())
+data = b""
+while data.count(b"\\r\\n") < 2:
+    data += conn.recv(100)
+print(" ".join(data.decode().split()))
+"""
+
+
+REDIS_PING = """
+import socket
+try:
+    conn = socket.create_connection(("ADDRESS", 6379), 3)
+    conn.settimeout(3)
+    conn.sendall(b"PING\\r\\n")
+    print(conn.recv(100))
+except OSError as exc:
+    print("no answer:", exc)
+"""
+
+
+def incr_from_every_unit(cluster, app) -> dict[str, list[int]]:
+    """node -> the counter each of the app's units there got back from its add-on."""
+    counts = {}
+    for node, cids in unit_containers(cluster, app).items():
+        for cid in cids:
+            code, out = cluster.exec(node, "docker", "exec", cid, "python3", "-c", REDIS_INCR, check=False)
+            assert code == 0 and out.startswith("+OK :"), f"unit {cid} on {node}: {out}"
+            counts.setdefault(node, []).append(int(out.split(":")[1]))
+    return counts
+
+
 def load(server, app):
     return Load(f"http://127.0.0.1:{server.router_port}/", f"{app}.bae.localhost", threads=2, rate=40)
 
@@ -101,6 +152,42 @@ def test_web_4_spreads_over_the_nodes(server, dev, app):
     assert set(placed.values()) == {"n1", "n2"}, placed
     nodes = dev.ssh("nodes").stdout
     assert re.search(r"n1\s+ready\s+active", nodes) and re.search(r"n2\s+ready\s+active", nodes), nodes
+
+
+def test_an_addon_on_the_manager_is_reached_from_units_on_every_node_and_not_by_other_apps(server, dev, app):
+    """The add-on stays a container on the manager (its data is there); the app's overlay network
+    brings it to the app's units on every node; another app's units are not on that network."""
+    cluster = server.cluster
+    server.plain_app(dev, "cache")
+    created = dev.ssh("addons:create", "cache", "redis")
+    assert created.returncode == 0, created.stdout + created.stderr
+    src = server.tmp / "cache-src"
+    shutil.copytree(APPS / "pyweb", src)
+    (src / "requirements.txt").unlink()
+    push = dev.push(make_repo(src, {}, "pyweb"), "cache", timeout=1200)
+    assert push.returncode == 0, push.stdout + push.stderr
+    assert dev.ssh("ps:scale", "cache", "web=2").returncode == 0
+    placed = wait_for(lambda: (lambda u: u if len(u) == 2 else None)(web_up(dev, "cache")), 300, what="cache web=2")
+    assert set(placed.values()) == {"n1", "n2"}, placed
+    counts = incr_from_every_unit(cluster, "cache")
+    assert set(counts) == {"n1", "n2"} and sorted(sum(counts.values(), [])) == [1, 2], counts
+
+    addon = [c for c in cluster.engine.api.containers(filters={"label": ["bae.role=addon", "bae.app=cache"]})]
+    assert len(addon) == 1, addon  # on the manager's engine
+    address = addon[0]["Labels"]["bae.ip"]
+    # a Redis answer, not only a TCP connection: outbound connections may be accepted by whatever
+    # routes the machine's traffic (a proxy here accepts any)
+    ping = REDIS_PING.replace("ADDRESS", address)
+    for node, cids in unit_containers(cluster, "cache").items():
+        code, out = cluster.exec(node, "docker", "exec", cids[0], "python3", "-c", ping, check=False)
+        assert "NOAUTH" in out, (node, out)  # the add-on itself, asking for its password
+    others = unit_containers(cluster, app)
+    assert set(others) == {"n1", "n2"}, others
+    for node, cids in others.items():  # the other app's units, on both nodes
+        code, out = cluster.exec(node, "docker", "exec", cids[0], "python3", "-c", ping, check=False)
+        assert code == 0 and "NOAUTH" not in out and "PONG" not in out, (node, out)
+        code, out = cluster.exec(node, "docker", "exec", cids[0], "getent", "hosts", "redis-1", check=False)
+        assert code != 0, (node, out)
 
 
 def test_a_one_off_unit_runs_on_a_node_and_returns_its_exit_code(server, dev, app):
@@ -131,6 +218,13 @@ def test_a_node_dies_under_load_and_its_units_run_elsewhere(server, dev, app):
         assert re.search(rf"{re.escape(unit)} lost with node n1 at \S+, running on n2 at \S+", ps), ps
     logs = dev.ssh("logs", app, "-n", "200").stdout
     assert f"{lost[0]} lost with node n1" in logs, logs[-2000:]
+
+
+def test_units_moved_off_the_dead_node_reach_their_addon_and_its_data(server, dev, app):
+    wait_for(lambda: (lambda u: u if len(u) == 2 and set(u.values()) == {"n2"} else None)(
+        web_up(dev, "cache")), 120, what="both cache units on n2")
+    counts = incr_from_every_unit(server.cluster, "cache")
+    assert set(counts) == {"n2"} and sorted(sum(counts.values(), [])) == [3, 4], counts  # the same data
 
 
 def test_drain_and_activate_move_units_without_failed_requests(server, dev, app):
@@ -179,3 +273,4 @@ def test_restarting_bae_serve_adopts_every_unit_without_duplicates(server, dev, 
     assert web_up(dev, app) == before
     services = server.cluster.engine.api.services(filters={"label": ["bae.app=" + app, "bae.role=unit"]})
     assert len(services) == len(before), [s["Spec"]["Name"] for s in services]
+

@@ -70,6 +70,19 @@ def phases(engine, services: set[str], killed_at: float) -> tuple[float, float]:
     return created, running
 
 
+def node_events(cluster, node: str, since: float) -> tuple[float, float]:
+    """When the node's engine created and started its last container after ``since`` (s after it)."""
+    code, out = cluster.exec(node, "docker", "events", "--since", f"{since:.3f}", "--until", f"{time.time():.3f}",
+                             "--filter", "type=container", "--filter", "event=create", "--filter", "event=start",
+                             "--format", "{{.Action}} {{.TimeNano}}", check=False)
+    last = {"create": 0.0, "start": 0.0}
+    for line in out.splitlines():
+        action, _, nano = line.partition(" ")
+        if action in last and nano.isdigit():
+            last[action] = max(last[action], int(nano) / 1e9 - since)
+    return last["create"], last["start"]
+
+
 def main(runs: int = 1) -> None:
     from scheduler.runtime_swarm import SwarmRuntime
 
@@ -130,9 +143,11 @@ def main(runs: int = 1) -> None:
                 print(f"heartbeat {heartbeat:.0f} s: {by_node[victim]} of 4 units on {victim}; down after "
                       f"{detected:.1f} s, all 4 running elsewhere after {replaced:.1f} s; requests "
                       f"{load.ok} ok, {load.resent} resent, {len(load.failures)} failed {load.failures[:3]}", flush=True)
-                print(f"  where the time went: replacement tasks created {created:.1f} s after the kill, "
-                      f"running (container started on the node) {running:.1f} s, accepting connections "
-                      f"{replaced:.1f} s", flush=True)
+                survivor = next(n for n in cluster.nodes if n != victim)
+                made, started = node_events(cluster, survivor, killed_at)
+                print(f"  where the time went: replacement tasks created {created:.1f} s after the kill; on "
+                      f"{survivor} the last container created {made:.1f} s and started {started:.1f} s; reported "
+                      f"running {running:.1f} s; accepting connections {replaced:.1f} s", flush=True)
                 cluster.revive(victim)
                 wait(lambda: cluster.node_state(victim) == "ready", 120, "node back")
         runtime.set_heartbeat(5.0)

@@ -146,11 +146,14 @@ def prune_images(platform: Platform, dep: Deployment) -> int:
 
     keep_n = platform.settings.scheduler.keep_releases
     releases = platform.store.releases(dep, limit=1000)
-    keep = {r.image for r in releases[:keep_n]} | {r.image for r in releases if r.status in ("active", "pending")}
+    releases_kept = {r.image for r in releases[:keep_n]} | {r.image for r in releases if r.status in ("active", "pending")}
+    keep = set(releases_kept)
     build = platform.store.last_successful_build(dep)
     if build and build.image:
-        keep.add(build.image)
-    return remove_images(platform.image_repository(dep), keep)
+        keep.add(build.image)  # the next build may reuse it (here only: nodes never build)
+    removed = remove_images(platform.image_repository(dep), keep)
+    platform.runtime.prune_nodes(platform.image_repository(dep), releases_kept)  # the swarm's nodes pulled them too
+    return removed
 
 
 # -- config changes and rollbacks ----------------------------------------------------------

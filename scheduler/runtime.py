@@ -169,6 +169,10 @@ class Runtime(Protocol):
     def remove_all_oneoffs(self) -> int:
         """Remove one-off units whose platform stopped while they ran; returns how many."""
 
+    def prune_nodes(self, repository: str, keep: set[str]) -> None:
+        """Remove ``repository``'s release images other than the ``keep`` tags from the other machines
+        the runtime pulled them to (in the background; this engine's are removed by the deploy)."""
+
     def is_up(self, info: UnitInfo, age: float) -> bool:
         """A running web unit is up once it accepts connections on $PORT; any other once it ran a moment."""
 

@@ -364,6 +364,9 @@ class DockerRuntime:
                 log.info("docker events stream ended (%s); reconnecting", exc.message)
                 stop.wait(1)
 
+    def prune_nodes(self, repository: str, keep: set[str]) -> None:
+        """Images on other machines: none (the deploy removes the old ones from this engine)."""
+
     def timeline(self, **labels: str) -> list[str]:
         """Units moved between machines: none on one machine (see SwarmRuntime.timeline)."""
         return []

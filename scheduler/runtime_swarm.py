@@ -44,7 +44,7 @@ from docker.types import (ConfigReference, ContainerSpec, EndpointSpec, Placemen
                           ServiceMode, TaskTemplate, UpdateConfig)
 
 from bae.errors import BaeError, Unavailable
-from bae.unit import CA_PATH, PORT, USER
+from bae.unit import CA_PATH, ENTRYPOINT, PORT, USER
 from scheduler.plans import memory_bytes
 from scheduler.runtime import OneOff, UnitIdentity, UnitInfo, UnitSpec, Workload
 from scheduler.runtime_docker import ENGINE_ERRORS, translate
@@ -54,6 +54,10 @@ __all__ = ["SwarmRuntime", "NodeInfo", "Lost"]
 log = logging.getLogger("bae.runtime")
 
 WORKER_SETTLE = 1.0
+# The unit's entrypoint with util-linux's setpriv (in every stack) between tini and the launcher: the
+# manager's Engine (20.10, API 1.41) stores no NoNewPrivileges in a service spec (Engine API 1.44 added it),
+# so the platform sets the flag itself; it is inherited by every process of the unit and cannot be unset.
+UNIT_ENTRYPOINT = [*ENTRYPOINT[:3], "/usr/bin/setpriv", "--no-new-privs", "--", *ENTRYPOINT[3:]]
 ALIVE = {"new", "pending", "assigned", "accepted", "preparing", "ready", "starting", "running"}
 EXITED = {"complete", "failed", "rejected", "shutdown"}
 
@@ -352,6 +356,66 @@ class SwarmRuntime:
             self._images[local["Id"]] = ref
         return ref
 
+    def prune_nodes(self, repository: str, keep: set[str]) -> None:
+        """Remove a deployment's release images from the worker nodes, as ``remove_images`` does on the
+        manager: every image pulled from ``repository`` in the platform's registry except those of the
+        ``keep`` tags (the releases kept for rollback) and those a container on the node still uses
+        (retried for a minute: the old units stop after a deploy). A global job on the workers talks to
+        each node's engine through its socket; it runs in the background and is removed once done."""
+        if self.registry is None:
+            return
+        ids, image, found = set(), None, None
+        for tag in sorted(keep):
+            try:
+                local = self.api.inspect_image(tag)["Id"]
+            except ENGINE_ERRORS:
+                continue
+            ids.add(local)
+            found = found or tag
+            with self._lock:
+                image = image or self._images.get(local)  # one that is in the registry already
+        try:
+            image = image or (self.image_ref(found) if found else None)
+        except BaeError as exc:
+            log.warning("pruning images on the nodes: %s", exc.message)
+            return
+        if image is None:
+            return
+        name = f"bae-{self.instance}-prune-{secrets.token_hex(3)}"
+        container = ContainerSpec(image, command=["/usr/bin/python3", "-I", "-S", "-c", PRUNE_SCRIPT,
+                                                  f"{self.registry.name}/{repository}@", ",".join(sorted(ids)), "60"],
+                                  user="0", mounts=["/var/run/docker.sock:/var/run/docker.sock:rw"], cap_drop=["ALL"],
+                                  labels={"bae.platform": self.instance, "bae.role": "prune"})
+        template = TaskTemplate(container, restart_policy=RestartPolicy(condition="none"),
+                                resources=Resources(mem_limit=64 * 2**20, cpu_limit=int(0.25e9)),
+                                placement=Placement(constraints=["node.role==worker"]))
+        try:
+            service = self.api.create_service(template, name=name, mode=ServiceMode("global-job"),
+                                              labels={"bae.platform": self.instance, "bae.role": "prune"})["ID"]
+        except ENGINE_ERRORS as exc:
+            log.warning("pruning images on the nodes failed: %s", getattr(exc, "explanation", None) or exc)
+            return
+
+        def reap() -> None:
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline:
+                try:
+                    tasks = self.api.tasks(filters={"service": service})
+                except ENGINE_ERRORS:
+                    break
+                if tasks and all(t["Status"]["State"] in (*EXITED, "orphaned") for t in tasks):
+                    break
+                time.sleep(1)
+            try:
+                text = b"".join(self.api.service_logs(service, stdout=True, stderr=True)).decode("utf-8", "replace")
+            except ENGINE_ERRORS:
+                text = ""
+            for line in text.splitlines()[-10:]:
+                log.info("pruning %s on the nodes: %s", repository, line)
+            self.remove(service)
+
+        threading.Thread(target=reap, name="prune-nodes", daemon=True).start()
+
     def _ca(self, path: str) -> list[ConfigReference]:
         """The platform's CA bundle as a Swarm config (nodes get it from the manager)."""
         if not path:
@@ -518,7 +582,8 @@ class SwarmRuntime:
         resources = Resources(cpu_limit=int(work.cpu * 1e9), mem_limit=memory,
                               cpu_reservation=int(work.cpu * 1e9 / 4), mem_reservation=memory // 4)
         resources["Limits"]["Pids"] = work.pids
-        container = ContainerSpec(image, args=[work.command], env=env, user=USER, labels=labels, tty=tty,
+        container = ContainerSpec(image, command=UNIT_ENTRYPOINT, args=[work.command], env=env, user=USER,
+                                  labels=labels, tty=tty,
                                   hostname=unit.replace(".", "-"), stop_grace_period=int(grace * 1e9),
                                   configs=self._ca(work.ca_bundle), cap_drop=["ALL"],
                                   hosts=self.addon_hosts(app) if network else None)
@@ -738,6 +803,53 @@ class SwarmRuntime:
                                    new_node.hostname if new_node and running else None,
                                    _epoch(after["Status"].get("Timestamp")) if running else None))
         return sorted(events, key=lambda e: e.lost_at)
+
+
+# Run by the prune job on each worker (the release image's /usr/bin/python3, isolated, as root with the
+# node's engine socket): argv = registry/repository@ prefix, image ids to keep, seconds to retry. Earlier
+# prune jobs' exited containers go too: Swarm leaves a finished job's containers on the nodes.
+PRUNE_SCRIPT = r"""
+import http.client, json, socket, sys, time, urllib.parse
+
+class Engine(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect("/var/run/docker.sock")
+
+def call(method, path):
+    conn = Engine("localhost", timeout=60)
+    conn.request(method, path)
+    response = conn.getresponse()
+    body = response.read()
+    return response.status, json.loads(body) if body[:1] in (b"[", b"{") else body
+
+prefix, keep = sys.argv[1], set(filter(None, sys.argv[2].split(",")))
+deadline, removed = time.time() + float(sys.argv[3]), 0
+while True:
+    used = set()
+    for c in call("GET", "/containers/json?all=1")[1]:
+        if (c.get("Labels") or {}).get("bae.role") == "prune" and c.get("State") == "exited":
+            call("DELETE", "/containers/" + c["Id"])  # an earlier prune job's (Swarm leaves them)
+        else:
+            used.add(c["ImageID"])
+    busy = kept = 0
+    for image in call("GET", "/images/json")[1]:
+        refs = [r for r in image.get("RepoDigests") or [] if r.startswith(prefix)]
+        if not refs:
+            continue
+        if image["Id"] in keep:
+            kept += 1
+            continue
+        if image["Id"] in used:
+            busy += 1
+            continue
+        for ref in refs:
+            removed += call("DELETE", "/images/" + urllib.parse.quote(ref, safe=""))[0] == 200
+    if not busy or time.time() > deadline:
+        break
+    time.sleep(2)
+print(f"removed {removed} image(s), kept {kept}, {busy} still in use", flush=True)
+"""
 
 
 def _exited(task: dict, nodes: dict[str, NodeInfo]) -> bool:

@@ -736,10 +736,13 @@ class SwarmRuntime:
             self.remove(service)
 
     def remove_all_oneoffs(self) -> int:
-        try:
-            rows = self.api.services(filters={"label": [f"bae.platform={self.instance}", "bae.role=oneoff"]})
-        except ENGINE_ERRORS:
-            return 0
+        """One-off units, and prune jobs, whose platform stopped while they ran."""
+        rows = []
+        for role in ("oneoff", "prune"):
+            try:
+                rows += self.api.services(filters={"label": [f"bae.platform={self.instance}", f"bae.role={role}"]})
+            except ENGINE_ERRORS:
+                return 0
         for row in rows:
             self.remove(row["ID"])
         return len(rows)

@@ -188,6 +188,10 @@ class Scheduler:
             busy = False
             try:
                 busy = self.tick()
+            except BaeError as exc:  # e.g. dockerd restarting: said in one line, not as a traceback
+                log.warning("reconcile pass failed: %s; retrying", exc.message)
+                busy = False
+                self._stop.wait(1)
             except Exception:
                 log.exception("reconcile pass failed; retrying")
                 busy = False
@@ -328,6 +332,8 @@ class Scheduler:
         for a in actions:
             try:
                 self._handlers[type(a)](a, this)
+            except BaeError as exc:  # the engine went away meanwhile: the next pass decides again
+                log.warning("applying %s failed: %s", type(a).__name__, exc.message)
             except Exception:
                 log.exception("applying %s failed", type(a).__name__)
 

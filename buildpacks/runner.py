@@ -293,6 +293,8 @@ def _seed_tarballs(req: BuildRequest) -> None:
     """Before a build: the registry tarballs other deployments' builds fetched, in this one's npm cache."""
     if req.tarball_store is None or not req.tarball_store.is_dir():
         return
+    if req.source.read("package.json") is None:  # no npm here: a Python app's cache stays as it is
+        return
     started = time.monotonic()
     try:
         added = tarballs.seed(req.tarball_store, req.cache_dir / NPM_CACHE, UID)

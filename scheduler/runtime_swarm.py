@@ -225,6 +225,7 @@ class SwarmRuntime:
         self.address = state.get("NodeAddr", "")
         self._lock = threading.Lock()
         self._images: dict[str, str] = {}  # local image id -> registry reference by digest
+        self._pushing = threading.Lock()  # one push at a time: units of a release start together
         self._nodes: tuple[float, dict[str, NodeInfo]] = (0.0, {})
         self._ca_config: tuple[str, str] | None = None
         self.report: Callable[[str, str, str], None] | None = None  # (app, deployment, text): the failover timeline
@@ -327,15 +328,25 @@ class SwarmRuntime:
             ref = self._images.get(local["Id"])
         if ref:
             return ref
+        # The units of a release start at once and each needs the reference: pushing the same image
+        # (and removing its push tag) from several threads made the registry answer 500. One pushes;
+        # the others wait and take its reference.
+        with self._pushing:
+            with self._lock:
+                ref = self._images.get(local["Id"])
+            return ref or self._push(image, local["Id"])
+
+    def _push(self, image: str, image_id: str) -> str:
+        """Push the local image ``image_id`` (named ``image``) to the platform's registry; its reference by digest."""
         repo = image.rsplit(":", 1)[0] if "/" in image and ":" in image.rsplit("/", 1)[-1] else image
         if repo.startswith("sha256"):
             repo = "bae/" + self.instance + "/image"
         target = f"{self.registry.name}/{repo}"
-        tag = "i" + local["Id"].split(":")[-1][:12]
+        tag = "i" + image_id.split(":")[-1][:12]
         digest = None
         started = time.monotonic()
         try:
-            self.api.tag(local["Id"], target, tag)
+            self.api.tag(image_id, target, tag)
             for chunk in self.api.push(target, tag, stream=True, decode=True):
                 if "error" in chunk:
                     raise BaeError(f"pushing {image} to the platform's registry failed: {chunk['error']}",
@@ -353,7 +364,7 @@ class SwarmRuntime:
         ref = f"{target}@{digest}"
         log.info("image %s pushed as %s in %.1f s", image, ref, time.monotonic() - started)
         with self._lock:
-            self._images[local["Id"]] = ref
+            self._images[image_id] = ref
         return ref
 
     def prune_nodes(self, repository: str, keep: set[str]) -> None:

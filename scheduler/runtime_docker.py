@@ -31,7 +31,7 @@ from bae.errors import BaeError, Gone, Unavailable
 from bae.unit import CA_PATH, PORT, USER
 from scheduler.runtime import OneOff, UnitIdentity, UnitInfo, UnitSpec, Workload
 
-__all__ = ["DockerRuntime", "translate", "ENGINE_ERRORS"]
+__all__ = ["DockerRuntime", "translate", "ENGINE_ERRORS", "addon_hosts"]
 
 log = logging.getLogger("bae.runtime")
 
@@ -265,13 +265,7 @@ class DockerRuntime:
 
     def addon_hosts(self, app: str) -> dict[str, str]:
         """Name -> fixed address of the app's add-ons (their labels), for the unit's /etc/hosts."""
-        try:
-            rows = self.api.containers(all=True, filters={"label": [
-                f"bae.platform={self.instance}", "bae.role=addon", f"bae.app={app}"]})
-        except ENGINE_ERRORS:
-            return {}
-        return {r["Labels"]["bae.addon"]: r["Labels"]["bae.ip"] for r in rows
-                if (r.get("Labels") or {}).get("bae.ip") and r["Labels"].get("bae.addon")}
+        return addon_hosts(self.api, self.instance, app)
 
     def network(self, app: str) -> str:
         """Where units live, with no traffic between them (the router reaches them from the host).
@@ -429,3 +423,15 @@ class DockerRuntime:
         for info in units:
             self.remove(info.id)
         return len(units)
+
+
+def addon_hosts(api, instance: str, app: str) -> dict[str, str]:
+    """Name -> fixed address of ``app``'s add-on containers on this engine, from their labels
+    (``bae.addon``, ``bae.ip``); empty when the engine does not answer. Both runtimes use it."""
+    try:
+        rows = api.containers(all=True, filters={"label": [
+            f"bae.platform={instance}", "bae.role=addon", f"bae.app={app}"]})
+    except ENGINE_ERRORS:
+        return {}
+    return {r["Labels"]["bae.addon"]: r["Labels"]["bae.ip"] for r in rows
+            if (r.get("Labels") or {}).get("bae.ip") and r["Labels"].get("bae.addon")}

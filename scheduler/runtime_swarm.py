@@ -47,7 +47,7 @@ from bae.errors import BaeError, Unavailable
 from bae.unit import CA_PATH, ENTRYPOINT, PORT, USER
 from scheduler.plans import memory_bytes
 from scheduler.runtime import OneOff, UnitIdentity, UnitInfo, UnitSpec, Workload
-from scheduler.runtime_docker import ENGINE_ERRORS, translate
+from scheduler.runtime_docker import ENGINE_ERRORS, addon_hosts, translate
 
 __all__ = ["SwarmRuntime", "NodeInfo", "Lost"]
 
@@ -625,13 +625,7 @@ class SwarmRuntime:
     def addon_hosts(self, app: str) -> dict[str, str]:
         """Name -> fixed address of the app's add-ons (containers on the manager, by label), for /etc/hosts
         (the units need no DNS to find them)."""
-        try:
-            rows = self.api.containers(all=True, filters={"label": [
-                f"bae.platform={self.instance}", "bae.role=addon", f"bae.app={app}"]})
-        except ENGINE_ERRORS:
-            return {}
-        return {r["Labels"]["bae.addon"]: r["Labels"]["bae.ip"] for r in rows
-                if (r.get("Labels") or {}).get("bae.ip") and r["Labels"].get("bae.addon")}
+        return addon_hosts(self.api, self.instance, app)
 
     def stop(self, unit_id: str, grace: int) -> None:
         """Removing the service stops its task: SIGTERM, the grace period, SIGKILL (on its node)."""

@@ -16,7 +16,6 @@ import logging
 import threading
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Iterator
 
 from addons.engine import engine

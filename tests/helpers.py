@@ -62,6 +62,28 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.2, what: str 
         time.sleep(interval)
 
 
+def ok(result) -> str:
+    """The stdout of a command that must have succeeded; its exit code and both outputs otherwise."""
+    assert result.returncode == 0, f"exit {result.returncode}\nstdout:{result.stdout}\nstderr:{result.stderr}"
+    return result.stdout
+
+
+def until(check, timeout: float = 90.0, what: str = "condition", interval: float = 0.2):
+    """Like wait_for, for checks that may raise while the thing they watch is coming up (a
+    request refused, a container not there yet): the last value or error is in the failure."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except (requests.RequestException, KeyError, ValueError, docker.errors.DockerException) as exc:
+            last = exc
+        time.sleep(interval)
+    raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")
+
+
 def routed_units(http_port: int, host: str, requests_: int = 12) -> int:
     """How many units the router sends ``host``'s traffic to, seen from a burst of requests
     (the pyweb sample answers with its BAE_UNIT); 0 when any request fails."""

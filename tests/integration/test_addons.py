@@ -12,7 +12,7 @@ import docker
 import pytest
 import requests
 
-from helpers import APPS, make_repo
+from helpers import APPS, make_repo, ok, until
 
 pytestmark = pytest.mark.integration
 
@@ -35,25 +35,6 @@ def addon_images():
 @pytest.fixture(scope="module")
 def dev(server, addon_images):
     return server.user("dev")
-
-
-def ok(result):
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
-
-
-def until(check, timeout=90.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-            if last:
-                return last
-        except (requests.RequestException, KeyError, ValueError) as exc:
-            last = exc
-        time.sleep(0.2)
-    raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")
 
 
 class Answer(ValueError):

@@ -9,14 +9,9 @@ import time
 
 import pytest
 
-from helpers import BAE, free_port, run
+from helpers import BAE, free_port, ok, run
 
 pytestmark = pytest.mark.integration
-
-
-def ok(result):
-    assert result.returncode == 0, f"exit {result.returncode}\nstdout:{result.stdout}\nstderr:{result.stderr}"
-    return result.stdout
 
 
 def fails(result, *needles, code=None):

@@ -15,35 +15,15 @@ import subprocess
 import time
 from pathlib import Path
 
-import docker
 import pytest
 import requests
 
-from helpers import APPS, make_repo
+from helpers import APPS, make_repo, ok, until
 
 pytestmark = [pytest.mark.integration, pytest.mark.restarts_dockerd]
 
 SETTINGS = {"scheduler": {"boot_timeout": 60, "stop_grace": 5}}
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def ok(result):
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
-
-
-def until(check, timeout=180.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-            if last:
-                return last
-        except (requests.RequestException, KeyError, ValueError, docker.errors.DockerException) as exc:
-            last = exc
-        time.sleep(0.5)
-    raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")
 
 
 def answers() -> bool:
@@ -86,7 +66,7 @@ def test_units_and_addons_come_back_with_their_data_after_dockerd_restarts(serve
     push = dev.push(make_repo(src, {"marker.txt": str(time.time())}, "deploy"), "keep")
     assert push.returncode == 0, push.stderr[-3000:]
     for name in ("alpha", "beta"):
-        assert until(lambda: get(server, f"/rows/DATABASE_URL?name={name}", "POST").status_code == 200)
+        assert until(lambda: get(server, f"/rows/DATABASE_URL?name={name}", "POST").status_code == 200, timeout=180)
     assert get(server, "/visits").json()["visits"] == 1
 
     before = cmdline(dockerd_pid())
@@ -98,9 +78,9 @@ def test_units_and_addons_come_back_with_their_data_after_dockerd_restarts(serve
     assert cmdline(dockerd_pid()) == before  # started exactly as before
 
     # the units and both add-ons come back, on the same data
-    rows = until(lambda: get(server, "/rows/DATABASE_URL").json()["rows"], what="rows served again")
+    rows = until(lambda: get(server, "/rows/DATABASE_URL").json()["rows"], timeout=180, what="rows served again")
     assert rows == ["alpha", "beta"]
-    assert until(lambda: get(server, "/visits").json()["visits"], what="visits served again") == 2
+    assert until(lambda: get(server, "/visits").json()["visits"], timeout=180, what="visits served again") == 2
     logs = ok(dev.ssh("logs", "keep", "-n", "300"))
     assert "bae[addons]: postgres-1 restarted" in logs and "bae[addons]: redis-1 restarted" in logs, logs[-3000:]
     ps = ok(dev.ssh("ps", "keep"))

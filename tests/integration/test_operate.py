@@ -12,7 +12,7 @@ import threading
 import pytest
 import requests
 
-from helpers import APPS, Load, make_repo, wait_for
+from helpers import APPS, Load, make_repo, ok, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -46,11 +46,6 @@ def get(server, host, path="/"):
 
 def env_of(server, host, key):
     return get(server, host, f"/env/{key}").json()["value"]
-
-
-def ok(result):
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 def test_shared_and_overridden_config(server, dev, shop):

@@ -10,9 +10,7 @@ Commands that change an add-on's container hold its lock, so the healer in
 
 from __future__ import annotations
 
-import os
 import re
-import sys
 import time
 
 import click
@@ -278,32 +276,21 @@ def addons_connect(inv: Invocation, app: str, name: str) -> int:
     if info is None or not info.running:
         raise BaeError(f"{addon.name} is not running", f"See `addons:info {found.name} {addon.name}`.")
     kind = services.kind(addon)
-    if inv.request is not None:
-        tty, size, read = inv.request.tty, inv.request.size, inv.request.read
-        resize = inv.request.watch_resize if tty else None
-    else:
-        tty = sys.stdin.isatty() and sys.stdout.isatty()
-        size = os.get_terminal_size()[:2] if tty else None
-        read, resize = (lambda n: os.read(0, n)), None
     from addons.engine import engine
-    from control.commands.run import _raw_mode
+    from control.commands.run import raw_mode, terminal
 
-    old = _raw_mode() if tty and not inv.remote else None
-    try:
-        client = list(kind.client)
-        if tty and size:
-            # the terminal's size before the client starts: Docker's resize of an exec comes after its
-            # start, and a line editor that asks first (redis-cli's) would otherwise see 0 columns
-            client = ["sh", "-c", 'stty cols "$1" rows "$2" 2>/dev/null; shift 2; exec "$@"', "sh", str(size[0]),
-                      str(size[1]), *client]
+    term = terminal(inv)
+    client = list(kind.client)
+    if term.tty and term.size:
+        # the terminal's size before the client starts: Docker's resize of an exec comes after its
+        # start, and a line editor that asks first (redis-cli's) would otherwise see 0 columns
+        client = ["sh", "-c", 'stty cols "$1" rows "$2" 2>/dev/null; shift 2; exec "$@"', "sh", str(term.size[0]),
+                  str(term.size[1]), *client]
+    with raw_mode(inv, term):
         return engine().exec_interactive(
             info.id, client, env={**kind.client_env(addon.password), "HOME": "/tmp", "TERM": "xterm"},
-            user="nobody", tty=tty, size=size, stdin=read, stdout=inv.console.raw, resize=resize, alive=inv.alive)
-    finally:
-        if old is not None:
-            import termios
-
-            termios.tcsetattr(0, termios.TCSADRAIN, old)
+            user="nobody", tty=term.tty, size=term.size, stdin=term.read, stdout=inv.console.raw,
+            resize=term.resize, alive=inv.alive)
 
 
 # -- backups ---------------------------------------------------------------------------------

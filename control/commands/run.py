@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
 import sys
 import termios
 import tty as tty_
+from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import click
 
@@ -30,22 +33,12 @@ def run(inv: Invocation, target: str, cmd: tuple[str, ...]) -> int:
         raise Invalid("say what to run", f"For example: run {dep.slug} python manage.py migrate (or bash, with ssh -t)")
     release = inv.current_release(dep)
     command_line = _command_line(inv, target, cmd)
-    if inv.request is not None:
-        tty, size, read = inv.request.tty, inv.request.size, inv.request.read
-        resize = inv.request.watch_resize if tty else None
-    else:
-        tty = sys.stdin.isatty() and sys.stdout.isatty()
-        size = os.get_terminal_size()[:2] if tty else None
-        read, resize = (lambda n: os.read(0, n)), None
-    job = OneOff.for_release(inv.platform.settings, dep, release, command_line, tty=tty, size=size)
+    term = terminal(inv)
+    job = OneOff.for_release(inv.platform.settings, dep, release, command_line, tty=term.tty, size=term.size)
     inv.platform.logs.event(dep.app, dep.name, "run", f"one-off unit started by {inv.caller.name}: {command_line[:200]}")
-    old_tty = _raw_mode() if tty and not inv.remote else None
-    try:
-        code = run_oneoff(inv.platform.runtime, job, stdin=read, stdout=inv.console.raw, stderr=inv.console.raw_err,
-                          resize=resize, alive=inv.alive)
-    finally:
-        if old_tty is not None:
-            termios.tcsetattr(0, termios.TCSADRAIN, old_tty)
+    with raw_mode(inv, term):
+        code = run_oneoff(inv.platform.runtime, job, stdin=term.read, stdout=inv.console.raw,
+                          stderr=inv.console.raw_err, resize=term.resize, alive=inv.alive)
     inv.platform.logs.event(dep.app, dep.name, "run", f"one-off unit exited {code}: {command_line[:200]}")
     return code
 
@@ -62,7 +55,35 @@ def _command_line(inv: Invocation, target: str, cmd: tuple[str, ...]) -> str:
     return cmd[0] if len(cmd) == 1 else shlex.join(cmd)
 
 
-def _raw_mode() -> list:
+@dataclass(frozen=True)
+class Terminal:
+    """Where an interactive command's input comes from: the SSH channel (its pty, size, input and
+    window changes) or, run locally, this process's own stdin."""
+
+    tty: bool
+    size: tuple[int, int] | None
+    read: Callable[[int], bytes]
+    resize: Callable | None
+
+
+def terminal(inv: Invocation) -> Terminal:
+    if inv.request is not None:
+        tty = inv.request.tty
+        return Terminal(tty, inv.request.size, inv.request.read, inv.request.watch_resize if tty else None)
+    tty = sys.stdin.isatty() and sys.stdout.isatty()
+    return Terminal(tty, os.get_terminal_size()[:2] if tty else None, lambda n: os.read(0, n), None)
+
+
+@contextlib.contextmanager
+def raw_mode(inv: Invocation, term: Terminal) -> Iterator[None]:
+    """A local terminal in raw mode while an interactive command runs, restored however it ends
+    (over SSH the client's own terminal is the raw one)."""
+    if not term.tty or inv.remote:
+        yield
+        return
     old = termios.tcgetattr(0)
     tty_.setraw(0)
-    return old
+    try:
+        yield
+    finally:
+        termios.tcsetattr(0, termios.TCSADRAIN, old)

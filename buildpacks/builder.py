@@ -80,6 +80,19 @@ def declared_inputs(bp, so_far):
     return None if "*" in names else so_far | names
 
 
+def reported_toolchain(bp):
+    """The Node.js + npm pair a buildpack installed itself (``bae-toolchain.json``: versions and
+    sha512s), which bae may make into a toolchain image for later builds (buildpacks/toolchain.py)."""
+    path = os.path.join(bp["dir"], "bae-toolchain.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except ValueError:
+        return None
+
+
 def detect(bp):
     cmd = script(bp, "detect")
     if cmd is None:
@@ -117,6 +130,7 @@ def main():
             fail(*lines)
     defaults = {}
     inputs: set | None = set()
+    toolchain = None
     for bp, display in chosen:
         say(f"{display} app detected")
         compile_cmd = script(bp, "compile")
@@ -128,6 +142,7 @@ def main():
             fail(f"the {bp['name']} buildpack failed to compile this app (exit {result.returncode}); see above.")
         source_export(bp)
         inputs = declared_inputs(bp, inputs)
+        toolchain = reported_toolchain(bp) or toolchain
         release_cmd = script(bp, "release")
         if release_cmd:
             released = run(release_cmd + [BUILD], bp["dir"], capture=True)
@@ -154,7 +169,7 @@ def main():
         else:
             os.unlink(target)
     result = {"buildpacks": [d for _, d in chosen], "default_process_types": defaults, "procfile": procfile,
-              "inputs": sorted(inputs) if inputs is not None else None}
+              "inputs": sorted(inputs) if inputs is not None else None, "toolchain": toolchain}
     print(plan["nonce"] + json.dumps(result), flush=True)
 
 

@@ -37,7 +37,7 @@ from buildpacks.engine import client, translated
 from buildpacks.procfile import parse_procfile
 from buildpacks.reuse import fingerprint, inputs_digest, plan_reuse
 from buildpacks.slugignore import slugignore_filter
-from buildpacks import tarballs
+from buildpacks import tarballs, toolchain
 
 __all__ = ["BuildRequest", "BuildResult", "run_build", "remove_stale_build_containers", "remove_stale_workdirs",
            "remove_images"]
@@ -112,7 +112,7 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) 
     tar.addfile(info, io.BytesIO(data))
 
 
-def _build_env(req: BuildRequest) -> dict[str, str]:
+def _build_env(req: BuildRequest, toolchain_home: str = "") -> dict[str, str]:
     s = req.settings
     env = {
         "HOME": HOME, "STACK": f"bae-{req.stack_name}", "LANG": "C.UTF-8",
@@ -129,10 +129,12 @@ def _build_env(req: BuildRequest) -> dict[str, str]:
     if registry:
         env["npm_config_registry"] = registry
     env["npm_config_cache"] = f"/cache/{NPM_CACHE}"
+    if toolchain_home:  # the Node.js + npm the build image holds (buildpacks/toolchain.py)
+        env["BAE_NODE_TOOLCHAIN"] = toolchain_home
     return env
 
 
-def _plan_archive(req: BuildRequest, packs: list[Buildpack], nonce: str) -> bytes:
+def _plan_archive(req: BuildRequest, packs: list[Buildpack], nonce: str, toolchain_home: str = "") -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         dirs = []
@@ -141,7 +143,7 @@ def _plan_archive(req: BuildRequest, packs: list[Buildpack], nonce: str) -> byte
             _add_tree(tar, bp.path, arc)
             dirs.append({"name": bp.name, "dir": "/" + arc, "looks_for": bp.looks_for})
         plan = {"mode": "configured" if req.buildpacks else "auto", "buildpacks": dirs, "nonce": nonce,
-                "env": _build_env(req)}
+                "env": _build_env(req, toolchain_home)}
         _add_bytes(tar, "tmp/bae/plan.json", json.dumps(plan).encode())
         _add_bytes(tar, "tmp/bae/builder.py", BUILDER.read_bytes(), 0o755)
         info = tarfile.TarInfo("tmp/bae/env")
@@ -341,6 +343,9 @@ def run_build(req: BuildRequest, out) -> BuildResult:
         req.cache_dir.mkdir(parents=True, exist_ok=True)
         os.chown(req.cache_dir, UID, UID)
         _seed_tarballs(req)
+        # a Node.js app whose engines an earlier build installed: the stack + that Node.js and npm
+        chain = toolchain.lookup(req.tarball_store.parent, req.instance, req.stack, req.source.read) \
+            if req.tarball_store is not None else None
         nonce = "@@bae-result-" + secrets.token_hex(8) + "@@"
         # Mounts, not volumes: the docker SDK's volumes= also declares image
         # volumes, which docker commit would copy into the release image.
@@ -352,14 +357,14 @@ def run_build(req: BuildRequest, out) -> BuildResult:
             mounts.append(Mount(CA_PATH, req.settings.ca_bundle, type="bind", read_only=True))
         with translated("creating the build container"):
             container = docker.containers.create(
-                req.stack, command=["/usr/bin/tini", "-g", "--", "python3", "/tmp/bae/builder.py"],
+                chain.image if chain else req.stack, command=["/usr/bin/tini", "-g", "--", "python3", "/tmp/bae/builder.py"],
                 user=USER, working_dir=APP_DIR, mounts=mounts,
                 **req.container_args(),
                 mem_limit=req.settings.memory, memswap_limit=req.settings.memory,
                 pids_limit=4096, security_opt=["no-new-privileges"], cap_drop=["ALL"],
             )
             container.put_archive("/", req.source.tar(APP_DIR.lstrip("/"), UID, keep))
-            container.put_archive("/", _plan_archive(req, packs, nonce))
+            container.put_archive("/", _plan_archive(req, packs, nonce, chain.home if chain else ""))
             container.start()
         watch = _Watch(container, req.settings.timeout, out)
         watch.start()
@@ -400,6 +405,9 @@ def run_build(req: BuildRequest, out) -> BuildResult:
         _remove_container(container)
         container = None
         _merge_tarballs(req)
+        if req.tarball_store is not None and outcome.get("toolchain"):  # store: data_dir/build-store
+            toolchain.record(req.tarball_store.parent, req.instance, req.stack, req.source.read,
+                             outcome["toolchain"], out.step)
         reuse = None
         if outcome.get("inputs") is not None:
             reuse = {"fingerprint": fp, "inputs": outcome["inputs"], "digest": inputs_digest(req.source, outcome["inputs"]),

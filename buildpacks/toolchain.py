@@ -33,6 +33,7 @@ import os
 import re
 import tarfile
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -186,13 +187,13 @@ def _layer(npm_store: Path, pair: dict, home: str, out) -> None:
     """Write the toolchain's files as an uncompressed tar to ``out``: Node.js's bin/node and
     include/ (headers for native addons), npm at lib/node_modules/npm, bin/npm and bin/npx, and
     the manifest; every entry root's, 0755 or 0644."""
-    total = 0
+    total, now = 0, int(time.time())
     names: dict[str, str] = {}
     prefix = home.lstrip("/")
 
     def add_dir(tar: tarfile.TarFile, path: str) -> None:
         info = tarfile.TarInfo(path)
-        info.type, info.mode = tarfile.DIRTYPE, 0o755
+        info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, now
         tar.addfile(info)
 
     with tarfile.open(fileobj=out, mode="w") as layer:
@@ -232,11 +233,11 @@ def _layer(npm_store: Path, pair: dict, home: str, out) -> None:
         for name, target in (("npm", "../lib/node_modules/npm/bin/npm-cli.js"),
                              ("npx", "../lib/node_modules/npm/bin/npx-cli.js")):
             link = tarfile.TarInfo(f"{prefix}/bin/{name}")
-            link.type, link.linkname, link.mode = tarfile.SYMTYPE, target, 0o777
+            link.type, link.linkname, link.mode, link.mtime = tarfile.SYMTYPE, target, 0o777, now
             layer.addfile(link)
         manifest = json.dumps(pair, indent=1).encode()
         info = tarfile.TarInfo(f"{prefix}/{MANIFEST}")
-        info.size, info.mode = len(manifest), 0o644
+        info.size, info.mode, info.mtime = len(manifest), 0o644, now
         layer.addfile(info, io.BytesIO(manifest))
 
 
@@ -259,7 +260,7 @@ def _build_image(npm_store: Path, stack: str, pair: dict, tag: str, home: str, l
         container = None
         try:
             with translated("making a toolchain image"):
-                container = client().containers.create(stack, labels=labels)
+                container = client().containers.create(stack, command=["true"], labels=labels)
                 container.put_archive("/", layer)
                 repository, _, version = tag.rpartition(":")
                 container.commit(repository=repository, tag=version,

@@ -244,8 +244,7 @@ def _commit(container, req: BuildRequest, out) -> str:
     tag = f"b{req.number}"
     with translated("saving the release image"):
         image = container.commit(repository=req.repository, tag=tag, changes=COMMIT_CHANGES + [
-            f"LABEL bae.build={req.number}"])
-        image.reload()
+            f"LABEL bae.build={req.number}"])  # (the SDK inspects the new image: attrs are current)
         layer = image.history()[0].get("Size", 0)
     out.step(f"Built image {req.repository}:{tag} ({_mb(image.attrs['Size'])}, this build's layer {_mb(layer)})")
     return f"{req.repository}:{tag}"

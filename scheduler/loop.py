@@ -347,8 +347,11 @@ class Scheduler:
         try:
             if self.before_stop:
                 self.before_stop()
-            self.runtime.stop(unit_id, self.settings.stop_grace)
-            self._remove_now(unit_id)
+            stopped = self.runtime.stop(unit_id, self.settings.stop_grace) or unit_id
+            if stopped != unit_id:  # the runtime chose another unit of the same shape (a swarm scale-in):
+                with self._lock:  # that one is not a crash; this one stays and is routed again
+                    self._removed[stopped] = time.monotonic()
+            self._remove_now(stopped)
         finally:
             with self._lock:  # if it is still listed, the next pass decides again
                 self._stopping.discard(unit_id)

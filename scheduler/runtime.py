@@ -2,7 +2,8 @@
 
 ``Runtime`` is what the reconcile loop, ``ps``, the log collector and one-off
 units use; they never see the engine behind it. Backends are sibling modules
-(``runtime_docker.py``: the local Docker Engine) and are the only modules that
+(``runtime_docker.py``: the local Docker Engine, ``runtime_swarm.py``: the tasks of
+Swarm services) and are the only modules that
 touch an engine's SDK for units. They translate the engine's errors into
 ``BaeError`` (a unit that vanished is ``bae.errors.Gone``) once, at their edge.
 
@@ -153,8 +154,10 @@ class Runtime(Protocol):
     def start(self, spec: UnitSpec) -> str:
         """Create and start a unit under the unit contract; returns its id."""
 
-    def stop(self, unit_id: str, grace: int) -> None:
-        """SIGTERM, up to ``grace`` seconds, SIGKILL; the unit stays listed until ``remove``. Gone units are ignored."""
+    def stop(self, unit_id: str, grace: int) -> str:
+        """SIGTERM, up to ``grace`` seconds, SIGKILL; the unit stays listed until ``remove``. Gone units are ignored.
+        Returns the id of the unit that stops: ``unit_id``, or another unit of its process type, release,
+        plan and generation where the engine chooses which one goes (a swarm service's scale-in)."""
 
     def remove(self, unit_id: str) -> None:
         """Remove a unit (stopped or not); gone units are ignored."""

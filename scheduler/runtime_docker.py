@@ -305,9 +305,10 @@ class DockerRuntime:
             self._network = name
         return name
 
-    def stop(self, unit_id: str, grace: int) -> None:
-        """SIGTERM, up to ``grace`` seconds, SIGKILL (the container stays until ``remove``)."""
+    def stop(self, unit_id: str, grace: int) -> str:
+        """SIGTERM, up to ``grace`` seconds, SIGKILL (the container stays until ``remove``); always this unit."""
         _quietly(f"stopping {unit_id[:12]}", lambda: self.api.stop(unit_id, timeout=grace))
+        return unit_id
 
     def remove(self, unit_id: str) -> None:
         _quietly(f"removing {unit_id[:12]}", lambda: self.api.remove_container(unit_id, force=True))

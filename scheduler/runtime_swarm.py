@@ -1,28 +1,30 @@
 """Docker Swarm as the scheduler's runtime: units run on the nodes of a cluster.
 
 Selected by ``[scheduler] runtime = "swarm"`` (``SwarmRuntime.applies``); the host's
-Docker Engine must be a Swarm manager. Each unit is a replicated Swarm service with
-one task, labelled like a unit container (``bae.platform``, ``bae.role=unit``,
-``bae.app`` ... ``bae.generation``): the reconcile loop decides which units exist
-(its rollouts, backoff and zero-downtime rules hold as on one machine) and Swarm
-keeps each one running somewhere: when a node dies its tasks are re-created on
-another node after the dispatcher heartbeat notices (``swarm.heartbeat``).
-
-Why one service per unit and not one per process type: a Swarm service has one
-image and one spec for all its tasks, and its own rolling update stops old tasks
-without waiting until the router stopped sending them requests (the 502s CapRover's
-users fight). Per-unit services keep the loop's router-first rollouts, batch limits,
-crash attribution and backoff, and Swarm still re-places every unit.
+Docker Engine must be a Swarm manager. Each (deployment, process type) runs as a
+replicated Swarm service per release, plan and restart generation, labelled like a
+unit container (``bae.platform``, ``bae.role=unit``, ``bae.app`` ... ``bae.generation``);
+its tasks are the units, the task slot the unit's index (``web.3`` is slot 3). The
+reconcile loop still decides which units exist: a deploy, resize or restart starts a
+new service whose tasks must accept connections before the router switches and the
+old service's units stop (new tasks before old ones stop, never a Swarm rolling
+update, which stops old tasks without waiting for the router); scaling changes the
+replicas, and on scale-in Swarm picks the task that stops, whose slot is no longer
+listed from that moment (out of the router at once; nginx retries idempotent
+requests). Swarm keeps every task running somewhere: its restart policy restarts a
+crashed unit at once, and when a node dies its tasks are re-created on another node
+after the dispatcher heartbeat notices (``swarm.heartbeat``).
 
 The unit contract as a service: user ``bae``, the image's tini as PID 1, the BAE_*
-variables, the plan's memory/CPU limits and reservations and pids limit, all
+variables (``BAE_UNIT``/``DYNO`` and the hostname from the task slot, by Swarm's
+templates), the plan's memory/CPU limits and reservations and pids limit, all
 capabilities dropped, the platform's CA bundle as a Swarm config at CA_PATH,
 ``restart_policy`` any (so units keep running even while ``bae serve`` is down),
-start-first updates, and the web port published in host mode on the node the task
-runs on (``ADDRESS:PORT`` of that node is where the router sends requests).
-Units run on worker nodes only: a host-mode port on the manager would listen on
-all of the platform host's interfaces. Images reach the nodes through the
-platform's registry (``scheduler.registry``), referenced by digest.
+and the web port published in host mode on the node each task runs on (``ADDRESS:PORT``
+of that node is where the router sends requests). Units run on worker nodes only:
+a host-mode port on the manager would listen on all of the platform host's
+interfaces. Images reach the nodes through the platform's registry
+(``scheduler.registry``), referenced by digest.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from typing import Callable, Iterator
 import docker
 import docker.errors
 from docker.types import (ConfigReference, ContainerSpec, EndpointSpec, Placement, Resources, RestartPolicy,
-                          ServiceMode, TaskTemplate, UpdateConfig)
+                          ServiceMode, TaskTemplate)
 
 from bae.errors import BaeError, Unavailable
 from bae.unit import CA_PATH, ENTRYPOINT, PORT, USER
@@ -178,7 +180,7 @@ class _Attached:
 
 
 class SwarmRuntime:
-    """Units as one-task Swarm services on the cluster the host's engine manages."""
+    """Units as the tasks of one Swarm service per process type, on the cluster the host's engine manages."""
 
     name = "swarm"
 
@@ -229,8 +231,11 @@ class SwarmRuntime:
         self._nodes: tuple[float, dict[str, NodeInfo]] = (0.0, {})
         self._ca_config: tuple[str, str] | None = None
         self.report: Callable[[str, str, str], None] | None = None  # (app, deployment, text): the failover timeline
-        self._creating: set[str] = set()  # service names start() is creating
-        self._last: dict[str, _Seen] = {}  # service id -> its task when last listed
+        self._scaling = threading.Lock()  # one change of a service's replicas at a time (and knowing its effect)
+        self._wanted: dict[tuple, set[int]] = {}  # (app, deployment, process, release, plan, generation) -> indexes
+        self._starting: set[tuple[str, int]] = set()  # (service id, slot) start() has not returned yet
+        self._acked: set[str] = set()  # ids of exited tasks the loop is done with (remove_exited)
+        self._last: dict[tuple[str, int], _Seen] = {}  # (service id, slot) -> its task when last listed
 
     # -- the cluster --------------------------------------------------------------
 
@@ -484,32 +489,44 @@ class SwarmRuntime:
         return by_service
 
     def list_units(self, **labels: str) -> list[UnitInfo]:
-        """Every unit of this installation, one per service: its current task (see _current)."""
+        """Every unit of this installation: one per task slot of each process type's service, its
+        current task (see _current). A slot whose newest task is no longer desired (Swarm stops it on
+        scale-in, or the service is being removed) is not listed: out of the router at once."""
         services = self._services(**labels)
         tasks = self._tasks(services)
         nodes = self.nodes()
         units = []
         with self._lock:
-            creating = set(self._creating)
+            starting, acked = set(self._starting), set(self._acked)
         for service in services:
-            if service["Spec"]["Name"] in creating:
-                continue  # start() has not returned yet: the loop still counts it as its placeholder
-            labels_ = service["Spec"].get("Labels") or {}
             try:
-                identity = UnitIdentity.from_labels(labels_)
+                identity = UnitIdentity.from_labels(service["Spec"].get("Labels") or {})
             except (KeyError, ValueError):
                 continue
-            task, crashed = self._current(tasks.get(service["ID"], []), nodes)
-            self._observe(service, identity, task, nodes)
-            units.append(self._info(service, identity, task, crashed, nodes))
+            slots = _slots(tasks.get(service["ID"], []), acked)
+            # nodes:drain pauses a node first: a service with a unit there counts as outdated, so the
+            # loop starts a new service for the type elsewhere and stops this one's units once those are
+            # up (a plain Swarm drain would stop them first; one task of a service cannot be moved alone)
+            retired = any(_on_paused(rows, nodes) for rows in slots.values())
+            for slot, rows in sorted(slots.items()):
+                if (service["ID"], slot) in starting or not rows:
+                    continue  # start() has not returned yet: the loop still counts it as its placeholder
+                task, crashed = self._current(rows, nodes)
+                unit = {**identity, "index": slot}
+                self._observe(service, unit, task, nodes)
+                info = self._info(service, unit, task, crashed, nodes)
+                if retired and info.running:
+                    info.generation = -1
+                units.append(info)
         return units
 
     def _current(self, tasks: list[dict], nodes: dict[str, NodeInfo]) -> tuple[dict | None, bool]:
-        """The task that stands for the unit now, and whether the unit crashed.
+        """The task that stands for a unit (a slot) now, and whether the unit crashed.
 
         A task that exited by itself (non-zero or zero, on a node that is up) is a crash the
-        loop must see, even if Swarm already started the next one; a task lost with its node
-        (down, or drained) is not: the newest task, the one Swarm re-placed, stands for the unit.
+        loop must see, even if Swarm already restarted the slot (until the loop removed the
+        crashed unit: ``remove_exited``); a task lost with its node (down, or drained) is not:
+        the newest task, the one Swarm re-placed, stands for the unit.
         """
         if not tasks:
             return None, False
@@ -531,16 +548,12 @@ class SwarmRuntime:
             # Until the new task exists the unit is in transit: running as far as the loop is concerned
             # (no crash, no second replacement racing Swarm's, no backoff), but a new unit without a
             # task, so it is neither routed nor up until its new task accepts connections
-            task_id, state, node = "", "moving", None
+            task_id, state, node = f"@{identity['index']}", "moving", None
         # the id names the task too: a unit re-placed on another node is a new unit to the loop (not up
-        # until it accepts connections there), while stop/remove act on the service
+        # until it accepts connections there), while scaling acts on the service
         info = UnitInfo(id=f"{service['ID']}/{task_id}", name=service["Spec"]["Name"], **identity,
                         running=not crashed and state in (*ALIVE, "moving"), status=state)
         info.node = node.hostname if node else ""
-        if node and node.availability == "pause" and info.running:
-            # nodes:drain pauses a node first: its units count as outdated, so the loop starts their
-            # replacements elsewhere and stops them only once those are up (no failed requests)
-            info.generation = -1
         container = status.get("ContainerStatus") or {}
         if not info.running:
             info.exit_code = container.get("ExitCode")
@@ -556,37 +569,95 @@ class SwarmRuntime:
                 info.address = f"{info.ip}:{info.host_port}"
         return info
 
-    def start(self, spec: UnitSpec) -> str:
-        """Create a one-task service for the unit; returns the unit's id (service/task)."""
-        work = spec.workload
-        env = {**work.env, "BAE_APP": spec.app, "BAE_DEPLOYMENT": spec.deployment, "BAE_UNIT": spec.unit,
-               "DYNO": spec.unit, "BAE_RELEASE": f"v{spec.release}"}
-        if spec.web:
-            env["PORT"] = str(PORT)
-        labels = {"bae.platform": self.instance, "bae.role": "unit", **spec.labels()}
-        name = f"bae-{self.instance}-{spec.app}-{spec.deployment}-{spec.process}-{spec.index}-v{spec.release}-{secrets.token_hex(3)}"
+    def _shape_service(self, spec: UnitSpec) -> dict | None:
+        """The service that runs ``spec``'s release, plan and generation of its process type (not one
+        retired by nodes:drain), or None."""
+        services = self._services(app=spec.app, deployment=spec.deployment, process=spec.process,
+                                  release=str(spec.release), plan=spec.plan, generation=str(spec.generation))
+        if not services:
+            return None
+        tasks, nodes = self._tasks(services), self.nodes()
         with self._lock:
-            self._creating.add(name)
+            acked = set(self._acked)
+        usable = [s for s in services if not any(_on_paused(rows, nodes) for rows in
+                                                 _slots(tasks.get(s["ID"], []), acked).values())]
+        return max(usable, key=lambda s: s.get("CreatedAt", ""), default=None)
+
+    def _live_slots(self, service_id: str) -> dict[int, str]:
+        """Slot -> its newest task's id, for the slots the service still wants."""
+        with self._lock:
+            acked = set(self._acked)
+        return {slot: rows[-1]["ID"] if rows else ""
+                for slot, rows in _slots(self._tasks([{"ID": service_id}]).get(service_id, []), acked).items()}
+
+    def _scale(self, service_id: str, replicas: int) -> None:
+        spec = self.api.inspect_service(service_id)
+        self.api.update_service(service_id, spec["Version"]["Index"], mode=ServiceMode("replicated", replicas=replicas),
+                                fetch_current_spec=True)
+
+    def start(self, spec: UnitSpec) -> str:
+        """Unit ``spec.index`` of its process type: task slot N of the type's service for this release,
+        plan and generation. The first unit creates the service, the next ones raise its replicas (Swarm
+        fills the lowest free slot, as the loop picks the lowest free index); starts that come together
+        become one change. Returns the unit's id (service/task)."""
+        work = spec.workload
+        self.image_ref(work.image)  # pushed before the lock: units of other types start meanwhile
+        key = (spec.app, spec.deployment, spec.process, spec.release, spec.plan, spec.generation)
+        with self._lock:
+            self._wanted.setdefault(key, set()).add(spec.index)
+        with self._scaling:
+            with self._lock:
+                wanted = self._wanted.pop(key, set())
+            service = self._shape_service(spec)
+            try:
+                if service is None:
+                    service_id = self._create_units(spec, max(1, len(wanted)))
+                    new = wanted
+                else:
+                    service_id = service["ID"]
+                    new = wanted - set(self._live_slots(service_id))
+                    if new:
+                        self._scale(service_id, service["Spec"]["Mode"]["Replicated"]["Replicas"] + len(new))
+            except docker.errors.APIError as exc:
+                raise BaeError(f"starting {spec.unit} failed: {exc.explanation or exc}") from None
+            except ENGINE_ERRORS as exc:
+                raise Unavailable(f"starting {spec.unit} failed: {exc}") from None
+            with self._lock:
+                self._starting.update((service_id, i) for i in new | {spec.index})
         try:
-            service = self._create(name, spec.app, work, env, labels, spec.unit, spec.stop_grace, ports=spec.web,
-                                   constraints=self.placement(spec.app, spec.deployment, spec.process),
-                                   restart=RestartPolicy(condition="any", delay=0, max_attempts=0))
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:  # the orchestrator makes the task at once; the unit's id names it
-                tasks = self._tasks([{"ID": service}]).get(service)
-                if tasks:
-                    return f"{service}/{tasks[-1]['ID']}"
+                task = self._live_slots(service_id).get(spec.index)
+                if task:
+                    return f"{service_id}/{task}"
                 time.sleep(0.05)
-            return f"{service}/"
+            return f"{service_id}/@{spec.index}"
         finally:
             with self._lock:
-                self._creating.discard(name)
+                self._starting.discard((service_id, spec.index))
+
+    def _create_units(self, spec: UnitSpec, replicas: int) -> str:
+        """The process type's service for ``spec``'s release, plan and generation: each task a unit, its
+        slot the unit's index (BAE_UNIT, DYNO and the hostname say it through Swarm's templates)."""
+        unit = f"{spec.process}.{{{{.Task.Slot}}}}"
+        env = {**spec.workload.env, "BAE_APP": spec.app, "BAE_DEPLOYMENT": spec.deployment, "BAE_UNIT": unit,
+               "DYNO": unit, "BAE_RELEASE": f"v{spec.release}"}
+        if spec.web:
+            env["PORT"] = str(PORT)
+        labels = {"bae.platform": self.instance, "bae.role": "unit", **spec.labels(), "bae.index": "0"}
+        name = _name(f"bae-{self.instance}-{spec.app}-{spec.deployment}-{spec.process}-v{spec.release}-"
+                     f"{secrets.token_hex(3)}")
+        return self._create(name, spec.app, spec.workload, env, labels, unit, spec.stop_grace, ports=spec.web,
+                            constraints=self.placement(spec.app, spec.deployment, spec.process),
+                            restart=RestartPolicy(condition="any", delay=0, max_attempts=0), replicas=replicas,
+                            hostname=f"{spec.process}-{{{{.Task.Slot}}}}")
 
     def _create(self, name: str, app: str, work: Workload, env: dict, labels: dict, unit: str, grace: int, *,
-                ports: bool, constraints: list[str], restart: RestartPolicy, tty: bool = False) -> str:
-        """A one-task service under the unit contract: the plan's limits (and a quarter of them reserved,
-        so that Swarm does not pack a node beyond its memory), user bae, no capabilities, the CA bundle;
-        on the app's overlay network with its add-ons in /etc/hosts if it has add-ons."""
+                ports: bool, constraints: list[str], restart: RestartPolicy, replicas: int = 1,
+                hostname: str = "") -> str:
+        """A service under the unit contract: the plan's limits (and a quarter of them reserved, so that
+        Swarm does not pack a node beyond its memory), user bae, no capabilities, the CA bundle; on the
+        app's overlay network with its add-ons in /etc/hosts if it has add-ons."""
         image = self.image_ref(work.image)
         network = self.app_network(app)
         memory = memory_bytes(work.memory)
@@ -594,10 +665,9 @@ class SwarmRuntime:
                               cpu_reservation=int(work.cpu * 1e9 / 4), mem_reservation=memory // 4)
         resources["Limits"]["Pids"] = work.pids
         container = ContainerSpec(image, command=UNIT_ENTRYPOINT, args=[work.command], env=env, user=USER,
-                                  labels=labels, tty=tty,
-                                  hostname=unit.replace(".", "-"), stop_grace_period=int(grace * 1e9),
-                                  configs=self._ca(work.ca_bundle), cap_drop=["ALL"],
-                                  hosts=self.addon_hosts(app) if network else None)
+                                  labels=labels, hostname=hostname or unit.replace(".", "-"),
+                                  stop_grace_period=int(grace * 1e9), configs=self._ca(work.ca_bundle),
+                                  cap_drop=["ALL"], hosts=self.addon_hosts(app) if network else None)
         template = TaskTemplate(container, resources=resources, restart_policy=restart,
                                 networks=[network] if network else None,
                                 placement=Placement(constraints=["node.role==worker", *constraints]),
@@ -606,8 +676,7 @@ class SwarmRuntime:
                                 if ports else None)
         try:
             return self.api.create_service(
-                template, name=name, labels=labels, mode=ServiceMode("replicated", replicas=1),
-                update_config=UpdateConfig(parallelism=1, order="start-first", failure_action="rollback"),
+                template, name=name, labels=labels, mode=ServiceMode("replicated", replicas=replicas),
                 endpoint_spec=endpoint)["ID"]
         except ENGINE_ERRORS as exc:
             raise BaeError(f"starting {unit} failed: {getattr(exc, 'explanation', None) or exc}") from None
@@ -627,21 +696,75 @@ class SwarmRuntime:
         (the units need no DNS to find them)."""
         return addon_hosts(self.api, self.instance, app)
 
-    def stop(self, unit_id: str, grace: int) -> None:
-        """Removing the service stops its task: SIGTERM, the grace period, SIGKILL (on its node)."""
-        self.remove(unit_id)
+    def stop(self, unit_id: str, grace: int) -> str:
+        """One unit fewer in the unit's service: its replicas lowered by one (the last unit removes the
+        service). Swarm chooses which task stops (it prefers tasks that do not run, then the nodes with
+        the most tasks of the service), SIGTERM, the grace period, SIGKILL on its node; its slot is no
+        longer listed from that moment, so it leaves the router at once. Returns the unit that stops."""
+        service_id, task_id = _service(unit_id), _task(unit_id)
+        if not task_id and "/" not in unit_id:
+            self.remove(unit_id)  # a one-off unit's service
+            return unit_id
+        with self._scaling:
+            try:
+                spec = self.api.inspect_service(service_id)
+                before = self._live_slots(service_id)
+                replicas = spec["Spec"]["Mode"]["Replicated"]["Replicas"]
+                if replicas <= 1:
+                    self.api.remove_service(service_id)
+                    return unit_id
+                self._scale(service_id, replicas - 1)
+            except docker.errors.NotFound:
+                return unit_id
+            except ENGINE_ERRORS as exc:
+                raise Unavailable(f"stopping {unit_id[:12]} failed: {exc}") from None
+            # which one Swarm chose: the slot whose newest task is no longer desired (at once, as a rule)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                try:
+                    now = self._live_slots(service_id)
+                except BaeError:
+                    break
+                gone = [t for slot, t in before.items() if slot not in now]
+                if gone:
+                    chosen = task_id if task_id in gone else gone[0]
+                    if chosen != task_id:
+                        log.info("scaling in %s: Swarm stops task %s rather than %s", service_id[:12], chosen[:12],
+                                 task_id[:12])
+                    return f"{service_id}/{chosen}"
+                time.sleep(0.05)
+        return unit_id
 
     def remove_exited(self, unit_id: str) -> bool:
-        self.remove(unit_id)  # a service's task is not started again by hand
+        """A task that exited is done with (its crash was seen): the unit's slot stays in the service,
+        whose restart policy already started a new task there (the next unit of that index)."""
+        task = _task(unit_id)
+        if task:
+            with self._lock:
+                self._acked.add(task)
         return True
 
     def remove(self, unit_id: str) -> None:
+        """A one-off unit's service goes; a unit (a task) goes with ``stop`` (no-op once its slot is no
+        longer wanted or its service is gone)."""
+        if "/" not in unit_id:
+            self._remove_service(unit_id)
+            return
+        task = _task(unit_id)
         try:
-            self.api.remove_service(_service(unit_id))
+            live = self._live_slots(_service(unit_id))
+        except BaeError:
+            return
+        if task and task in live.values():
+            self.stop(unit_id, 0)
+
+    def _remove_service(self, service_id: str) -> None:
+        try:
+            self.api.remove_service(service_id)
         except docker.errors.NotFound:
             pass
         except ENGINE_ERRORS as exc:
-            log.warning("removing %s failed: %s", unit_id[:12], exc)
+            log.warning("removing %s failed: %s", service_id[:12], exc)
 
     @classmethod
     def is_up(cls, info: UnitInfo, age: float) -> bool:
@@ -676,7 +799,7 @@ class SwarmRuntime:
 
     def _task_logs(self, unit_id: str, **params):
         """GET /tasks/ID/logs (the SDK has service logs only; a unit is one task of its service)."""
-        task = unit_id.split("/", 1)[1] if "/" in unit_id else ""
+        task = _task(unit_id)
         if not task:
             raise BaeError(f"the unit {unit_id[:12]} has no task yet")
         query = {"stdout": 1, "stderr": 1, **params}
@@ -692,8 +815,8 @@ class SwarmRuntime:
         except (BaeError, *ENGINE_ERRORS):
             text = ""
         try:
-            status = self.api.inspect_task(unit_id.split("/", 1)[1])["Status"] if "/" in unit_id else {}
-        except (IndexError, *ENGINE_ERRORS):
+            status = self.api.inspect_task(_task(unit_id))["Status"] if _task(unit_id) else {}
+        except ENGINE_ERRORS:
             status = {}
         if status.get("Err") and status.get("State") not in ("running", "complete"):
             text += f"[swarm] task {status.get('State')}: {status['Err']}\n"
@@ -773,8 +896,9 @@ class SwarmRuntime:
         here = node.hostname if node else "?"
         running = task.get("Status", {}).get("State") == "running"
         app, deployment = identity["app"], identity["deployment"]
+        key = (service["ID"], identity["index"])
         with self._lock:
-            last = self._last.get(service["ID"])
+            last = self._last.get(key)
             lost = last.lost if last and last.task == task["ID"] else None
             if last and last.task != task["ID"] and last.running:
                 # a running task replaced by Swarm without exiting (the loop sees crashes): its node is gone
@@ -785,7 +909,7 @@ class SwarmRuntime:
                 self.report(app, deployment, f"{unit} lost with node {lost[0]} at {_clock(lost[1])}, running on "
                             f"{here} at {_clock(time.time())} ({time.time() - lost[1]:.1f} s later)")
                 lost = None
-            self._last[service["ID"]] = _Seen(task["ID"], here, task.get("NodeID", ""), running, lost)
+            self._last[key] = _Seen(task["ID"], here, task.get("NodeID", ""), running, lost)
 
     def history(self, **labels: str) -> list[Lost]:
         """Units that lost their task with a node and where they run now (oldest first)."""
@@ -798,19 +922,25 @@ class SwarmRuntime:
                 identity = UnitIdentity.from_labels(service["Spec"].get("Labels") or {})
             except (KeyError, ValueError):
                 continue
-            rows = tasks.get(service["ID"], [])
-            for task, after in zip(rows, rows[1:]):
-                if _crash_restarted(task, after, nodes) or task["Status"].get("State") == "rejected":
-                    continue  # a crash Swarm restarted, or a start that failed: no failover
-                node = nodes.get(task.get("NodeID", ""))
-                new_node = nodes.get(after.get("NodeID", ""))
-                running = after.get("Status", {}).get("State") == "running"
-                events.append(Lost(identity["app"], identity["deployment"], f"{identity['process']}.{identity['index']}",
-                                   node.hostname if node else task.get("NodeID", "?")[:10],
-                                   _epoch(after.get("CreatedAt")) or 0.0,
-                                   new_node.hostname if new_node and running else None,
-                                   _epoch(after["Status"].get("Timestamp")) if running else None))
+            by_slot: dict[int, list[dict]] = {}
+            for task in tasks.get(service["ID"], []):
+                by_slot.setdefault(int(task.get("Slot") or 0), []).append(task)
+            for slot, rows in by_slot.items():
+                for task, after in zip(rows, rows[1:]):
+                    if _ended_before(task, after) or task["Status"].get("State") == "rejected":
+                        continue  # a crash Swarm restarted, a slot refilled after a scale-in, a failed start
+                    events.append(_lost(identity, slot, task, after, nodes))
         return sorted(events, key=lambda e: e.lost_at)
+
+
+def _lost(identity: dict, slot: int, task: dict, after: dict, nodes: dict[str, NodeInfo]) -> Lost:
+    node = nodes.get(task.get("NodeID", ""))
+    new_node = nodes.get(after.get("NodeID", ""))
+    running = after.get("Status", {}).get("State") == "running"
+    return Lost(identity["app"], identity["deployment"], f"{identity['process']}.{slot}",
+                node.hostname if node else task.get("NodeID", "?")[:10], _epoch(after.get("CreatedAt")) or 0.0,
+                new_node.hostname if new_node and running else None,
+                _epoch(after["Status"].get("Timestamp")) if running else None)
 
 
 # Run by the prune job on each worker (the release image's /usr/bin/python3, isolated, as root with the
@@ -885,8 +1015,46 @@ def _crash_restarted(old: dict, new: dict, nodes: dict[str, NodeInfo]) -> bool:
         (_epoch(old["Status"].get("Timestamp")) or 0) <= (_epoch(new.get("CreatedAt")) or 0) + 0.5
 
 
+def _ended_before(old: dict, new: dict) -> bool:
+    """Had ``old`` ended before ``new`` took its slot (a crash, a scale-in)? A task lost with its node
+    reports no end, or reports it after its replacement was made (when the node comes back)."""
+    return old.get("Status", {}).get("State") in EXITED and \
+        (_epoch(old["Status"].get("Timestamp")) or 0) <= (_epoch(new.get("CreatedAt")) or 0) + 0.5
+
+
 def _service(unit_id: str) -> str:
     return unit_id.split("/", 1)[0]
+
+
+def _task(unit_id: str) -> str:
+    """The task of a unit id (SERVICE/TASK); "" for a one-off's service id and a unit in transit (SERVICE/@SLOT)."""
+    task = unit_id.split("/", 1)[1] if "/" in unit_id else ""
+    return "" if task.startswith("@") else task
+
+
+def _slots(tasks: list[dict], acked: set[str]) -> dict[int, list[dict]]:
+    """A service's tasks by slot (oldest first, without those the loop is done with), for the slots the
+    service still wants: a slot whose newest task is no longer desired running is stopping (scale-in)."""
+    by_slot: dict[int, list[dict]] = {}
+    for task in tasks:
+        by_slot.setdefault(int(task.get("Slot") or 0), []).append(task)
+    return {slot: [t for t in rows if t["ID"] not in acked] for slot, rows in by_slot.items()
+            if rows[-1].get("DesiredState") in ("ready", "running")}
+
+
+def _on_paused(rows: list[dict], nodes: dict[str, "NodeInfo"]) -> bool:
+    """Does the slot's task run on a paused node (nodes:drain)?"""
+    if not rows or rows[-1].get("Status", {}).get("State") not in ALIVE:
+        return False
+    node = nodes.get(rows[-1].get("NodeID", ""))
+    return bool(node and node.availability == "pause")
+
+
+def _name(name: str) -> str:
+    """A service name Swarm takes (at most 63 characters): long ones keep a hash of the rest."""
+    if len(name) <= 63:
+        return name
+    return name[:54] + "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
 
 
 def _stamp(raw: str) -> str:

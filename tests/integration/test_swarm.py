@@ -2,9 +2,9 @@
 
 One cluster per test run (the ``cluster`` session fixture) and one `bae serve` for
 this module with ``scheduler.runtime = "swarm"``. The tests build on each other in
-order: deploy web=4 over two nodes, an add-on reached from units on both nodes
+order: deploy web=4 over two nodes (one service, four tasks), an add-on reached from units on both nodes
 (and not from another app's), kill a node under load, drain and activate, pin with
-a label, add a third node from `nodes:join-token`, restart `bae serve`, prune old
+a label, add a third node from `nodes:join-token`, restart `bae serve`, scale in under load, prune old
 release images on the nodes.
 """
 
@@ -155,6 +155,29 @@ def test_web_4_spreads_over_the_nodes(server, dev, app):
     assert re.search(r"n1\s+ready\s+active", nodes) and re.search(r"n2\s+ready\s+active", nodes), nodes
 
 
+def web_services(cluster, app) -> list[dict]:
+    return cluster.engine.api.services(filters={"label": ["bae.app=" + app, "bae.role=unit", "bae.process=web"]})
+
+
+def test_a_process_type_is_one_service_whose_tasks_are_the_units(server, dev, app):
+    """web=4 is one replicated service with 4 tasks; the task slot is the unit's index (BAE_UNIT, DYNO)."""
+    cluster = server.cluster
+    services = web_services(cluster, app)
+    assert len(services) == 1, [s["Spec"]["Name"] for s in services]
+    assert services[0]["Spec"]["Mode"]["Replicated"]["Replicas"] == 4
+    tasks = cluster.engine.api.tasks(filters={"service": services[0]["ID"], "desired-state": "running"})
+    assert sorted(t["Slot"] for t in tasks) == [1, 2, 3, 4], tasks
+    seen = set()
+    for node, cids in unit_containers(cluster, app).items():
+        for cid in cids:
+            code, out = cluster.exec(node, "docker", "exec", cid, "sh", "-c", "echo $BAE_UNIT $DYNO $(hostname)")
+            assert code == 0, out
+            unit, dyno, hostname = out.split()
+            assert unit == dyno and hostname == unit.replace(".", "-"), out
+            seen.add(unit)
+    assert seen == {"web.1", "web.2", "web.3", "web.4"}, seen
+
+
 def test_an_addon_on_the_manager_is_reached_from_units_on_every_node_and_not_by_other_apps(server, dev, app):
     """The add-on stays a container on the manager (its data is there); the app's overlay network
     brings it to the app's units on every node; another app's units are not on that network."""
@@ -288,8 +311,26 @@ def test_restarting_bae_serve_adopts_every_unit_without_duplicates(server, dev, 
     wait_for(lambda: web_up(dev, app) == before, 60, what="the same units after the restart")
     assert dev.ssh("ps:scale", app, "web=6").returncode == 0  # a no-op that wakes the loop for another pass
     assert web_up(dev, app) == before
-    services = server.cluster.engine.api.services(filters={"label": ["bae.app=" + app, "bae.role=unit"]})
-    assert len(services) == len(before), [s["Spec"]["Name"] for s in services]
+    services = web_services(server.cluster, app)
+    assert len(services) == 1 and services[0]["Spec"]["Mode"]["Replicated"]["Replicas"] == len(before), services
+
+
+def test_scale_in_under_load_drops_the_tasks_swarm_stops_from_the_router(server, dev, app):
+    """web=6 → 2: Swarm picks the tasks that stop; their slots leave the unit list (and the router) at
+    once, and nginx retries the idempotent requests a stopping task refused."""
+    with load(server, app) as traffic:
+        wait_for(lambda: traffic.ok > 20, 30, what="traffic")
+        assert dev.ssh("ps:scale", app, "web=2").returncode == 0
+        left = wait_for(lambda: (lambda u: u if len(u) == 2 else None)(web_up(dev, app)), 120, what="web=2")
+        services = wait_for(lambda: (lambda s: s if len(s) == 1 and len(server.cluster.engine.api.tasks(
+            filters={"service": s[0]["ID"], "desired-state": "running"})) == 2 else None)(web_services(server.cluster, app)),
+            60, what="2 tasks wanted")
+        served = traffic.ok
+        wait_for(lambda: traffic.ok > served + 20, 30, what="traffic after the scale-in")
+    print(f"scale-in 6→2 under load: {traffic.ok} ok, {traffic.resent} resent, {len(traffic.failures)} failed:",
+          traffic.failures[:5], "left:", sorted(left))
+    assert services[0]["Spec"]["Mode"]["Replicated"]["Replicas"] == 2
+    assert traffic.failures == [], traffic.failures[:10]
 
 
 def test_old_release_images_are_pruned_on_the_nodes(server, dev, app):

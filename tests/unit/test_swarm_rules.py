@@ -1,4 +1,5 @@
-"""The swarm runtime's pure rules: which task stands for a unit, crash or lost with its node."""
+"""The swarm runtime's pure rules: which task stands for a unit (a slot of its process type's service),
+crash, scale-in or lost with its node."""
 
 from __future__ import annotations
 
@@ -9,15 +10,15 @@ import pytest
 from bae.config import load
 from bae.errors import ConfigError
 from scheduler.registry import _ca_and_cert
-from scheduler.runtime_swarm import NodeInfo, SwarmRuntime, _exited
+from scheduler.runtime_swarm import NodeInfo, SwarmRuntime, _ended_before, _exited, _name, _slots, _task
 
 
 def node(state="ready", availability="active") -> NodeInfo:
     return NodeInfo("N", "n1", "worker", state, availability, "10.0.0.2", {}, 1 << 30, 1.0)
 
 
-def task(tid, state, created, stamp=None, node_id="N", desired="running"):
-    return {"ID": tid, "NodeID": node_id, "CreatedAt": created, "DesiredState": desired,
+def task(tid, state, created, stamp=None, node_id="N", desired="running", slot=1):
+    return {"ID": tid, "NodeID": node_id, "CreatedAt": created, "DesiredState": desired, "Slot": slot,
             "Status": {"State": state, "Timestamp": stamp or created}}
 
 
@@ -62,10 +63,42 @@ def test_a_unit_whose_node_is_down_is_in_transit_not_crashed_and_not_routed():
     up = info(t, {"N": node()})
     assert (up.id, up.running, up.status, up.node) == ("S/a", True, "running", "n1")
     moving = info(t, {"N": node(state="down")})
-    assert (moving.id, moving.running, moving.status, moving.node, moving.address) == ("S/", True, "moving", "", None)
+    assert (moving.id, moving.running, moving.status, moving.node, moving.address) == ("S/@1", True, "moving", "", None)
     assert not SwarmRuntime.is_up(moving, age=60.0)
     crashed = info(task("a", "failed", "2026-01-01T00:00:00Z"), {"N": node()}, crashed=True)
     assert not crashed.running
+
+
+def test_units_are_the_slots_a_service_still_wants():
+    """Scale-in: Swarm no longer wants the slot it picked (desired remove or shutdown): not listed, so
+    out of the router at once. A crash the loop is done with (acked) gives way to Swarm's restart."""
+    t1 = task("a", "running", "2026-01-01T00:00:00Z", slot=1)
+    t2 = task("b", "running", "2026-01-01T00:00:00Z", slot=2, desired="remove")
+    t3 = task("c", "running", "2026-01-01T00:00:00Z", slot=3, desired="shutdown")
+    assert _slots([t1, t2, t3], set()) == {1: [t1]}
+    crashed = task("d", "failed", "2026-01-01T00:00:00Z", "2026-01-01T00:00:05Z", slot=4, desired="shutdown")
+    restart = task("e", "starting", "2026-01-01T00:00:05.1Z", slot=4, desired="ready")
+    assert _slots([crashed, restart], set()) == {4: [crashed, restart]}
+    assert current(_slots([crashed, restart], set())[4], {"N": node()}) == (crashed, True)
+    assert _slots([crashed, restart], {"d"}) == {4: [restart]}
+    assert current([restart], {"N": node()}) == (restart, False)
+    assert _task("S/T") == "T" and _task("S/@3") == "" and _task("S") == ""
+
+
+def test_a_slot_refilled_after_a_scale_in_is_no_failover_but_a_task_lost_with_its_node_is():
+    scaled = task("a", "shutdown", "2026-01-01T00:00:00Z", "2026-01-01T00:01:00Z", desired="remove")
+    refill = task("b", "running", "2026-01-01T00:05:00Z")
+    assert _ended_before(scaled, refill)
+    lost = task("c", "running", "2026-01-01T00:00:00Z", node_id="DEAD", desired="shutdown")
+    assert not _ended_before(lost, refill)
+    back = task("c", "shutdown", "2026-01-01T00:00:00Z", "2026-01-01T00:09:00Z", node_id="DEAD", desired="shutdown")
+    assert not _ended_before(back, refill)
+
+
+def test_service_names_fit_swarm():
+    long = "bae-0123456789ab-" + "a" * 30 + "-" + "b" * 30 + "-web-v12-abcdef"
+    assert len(_name(long)) == 63 and _name(long) != _name(long.replace("web", "wrk"))
+    assert _name("bae-x-a-default-web-v1-abcdef") == "bae-x-a-default-web-v1-abcdef"
 
 
 def test_runtime_setting_is_checked(tmp_path):

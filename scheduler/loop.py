@@ -349,8 +349,9 @@ class Scheduler:
                 self.before_stop()
             stopped = self.runtime.stop(unit_id, self.settings.stop_grace) or unit_id
             if stopped != unit_id:  # the runtime chose another unit of the same shape (a swarm scale-in):
-                with self._lock:  # that one is not a crash; this one stays and is routed again
+                with self._lock:  # that one is not a crash; this one stays and is routed again, at once
                     self._removed[stopped] = time.monotonic()
+                    self._stopping.discard(unit_id)
             self._remove_now(stopped)
         finally:
             with self._lock:  # if it is still listed, the next pass decides again

@@ -231,7 +231,10 @@ class SwarmRuntime:
         self._nodes: tuple[float, dict[str, NodeInfo]] = (0.0, {})
         self._ca_config: tuple[str, str] | None = None
         self.report: Callable[[str, str, str], None] | None = None  # (app, deployment, text): the failover timeline
-        self._scaling = threading.Lock()  # one change of a service's replicas at a time (and knowing its effect)
+        # one change of a service's replicas at a time, and no unit list while Swarm's choice of the task a
+        # scale-in stops is not known yet (the loop would miss both units: the one it asked to stop, and
+        # the one that stops)
+        self._scaling = threading.RLock()
         self._wanted: dict[tuple, set[int]] = {}  # (app, deployment, process, release, plan, generation) -> indexes
         self._starting: set[tuple[str, int]] = set()  # (service id, slot) start() has not returned yet
         self._acked: set[str] = set()  # ids of exited tasks the loop is done with (remove_exited)
@@ -492,8 +495,9 @@ class SwarmRuntime:
         """Every unit of this installation: one per task slot of each process type's service, its
         current task (see _current). A slot whose newest task is no longer desired (Swarm stops it on
         scale-in, or the service is being removed) is not listed: out of the router at once."""
-        services = self._services(**labels)
-        tasks = self._tasks(services)
+        with self._scaling:
+            services = self._services(**labels)
+            tasks = self._tasks(services)
         nodes = self.nodes()
         units = []
         with self._lock:
@@ -608,30 +612,34 @@ class SwarmRuntime:
         with self._scaling:
             with self._lock:
                 wanted = self._wanted.pop(key, set())
-            service = self._shape_service(spec)
             try:
+                service = self._shape_service(spec)
                 if service is None:
-                    service_id = self._create_units(spec, max(1, len(wanted)))
-                    new = wanted
+                    new = wanted | {spec.index}
+                    service_id = self._create_units(spec, len(new))
                 else:
                     service_id = service["ID"]
                     new = wanted - set(self._live_slots(service_id))
                     if new:
                         self._scale(service_id, service["Spec"]["Mode"]["Replicated"]["Replicas"] + len(new))
-            except docker.errors.APIError as exc:
-                raise BaeError(f"starting {spec.unit} failed: {exc.explanation or exc}") from None
-            except ENGINE_ERRORS as exc:
-                raise Unavailable(f"starting {spec.unit} failed: {exc}") from None
+            except BaseException as exc:
+                with self._lock:  # the other starts this one took over start their own units
+                    self._wanted.setdefault(key, set()).update(wanted - {spec.index})
+                if isinstance(exc, docker.errors.APIError):
+                    raise BaeError(f"starting {spec.unit} failed: {exc.explanation or exc}") from None
+                if isinstance(exc, ENGINE_ERRORS):
+                    raise Unavailable(f"starting {spec.unit} failed: {exc}") from None
+                raise
             with self._lock:
                 self._starting.update((service_id, i) for i in new | {spec.index})
         try:
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 30
             while time.monotonic() < deadline:  # the orchestrator makes the task at once; the unit's id names it
                 task = self._live_slots(service_id).get(spec.index)
                 if task:
                     return f"{service_id}/{task}"
                 time.sleep(0.05)
-            return f"{service_id}/@{spec.index}"
+            raise BaeError(f"Swarm made no task for {spec.unit} within 30 s")
         finally:
             with self._lock:
                 self._starting.discard((service_id, spec.index))

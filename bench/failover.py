@@ -8,6 +8,7 @@
 (2) Scale web 0→10 until every unit accepts connections, against one
     `docker service create --replicas 10` of the same image by digest, host-mode
     port, on the workers, timed the same way in the same run. Target: ratio ≤ 1.3.
+    Then scale 10→3 under load (Swarm picks the tasks that stop): failed requests.
 
 Run: .venv/bin/python -m bench.failover [RUNS]
 """
@@ -47,9 +48,9 @@ def wait(predicate, timeout: float, what: str):
     raise TimeoutError(what)
 
 
-def phases(engine, services: set[str], killed_at: float) -> tuple[float, float]:
-    """When the last replacement task of the dead node's units was created by the manager and when it
-    reported running (container started on its new node), in seconds after the kill."""
+def phases(engine, slots: set[tuple[str, int]], killed_at: float) -> tuple[float, float]:
+    """When the last replacement task of the dead node's units (service, slot) was created by the manager
+    and when it reported running (container started on its new node), in seconds after the kill."""
     from datetime import datetime
 
     def epoch(stamp: str) -> float:
@@ -58,11 +59,14 @@ def phases(engine, services: set[str], killed_at: float) -> tuple[float, float]:
     import docker.errors
 
     created, running = 0.0, 0.0
-    for service in services:
+    for service, slot in slots:
         try:
-            tasks = sorted(engine.api.tasks(filters={"service": service}), key=lambda t: t.get("CreatedAt", ""))
-        except docker.errors.NotFound:  # the unit was replaced by a new service, not re-placed by Swarm
-            print(f"  ({service[:10]} was removed: a unit replaced by the scheduler, not re-placed by Swarm)")
+            tasks = sorted((t for t in engine.api.tasks(filters={"service": service}) if t.get("Slot") == slot),
+                           key=lambda t: t.get("CreatedAt", ""))
+        except docker.errors.NotFound:  # the service was replaced by a new one, not re-placed by Swarm
+            print(f"  ({service[:10]} was removed: units replaced by the scheduler, not re-placed by Swarm)")
+            continue
+        if not tasks:
             continue
         newest = tasks[-1]
         created = max(created, epoch(newest["CreatedAt"]) - killed_at)
@@ -132,7 +136,7 @@ def main(runs: int = 1) -> None:
                 for u in web():
                     by_node[u.node] = by_node.get(u.node, 0) + 1
                 victim = min(by_node, key=lambda n: by_node[n]) if len(by_node) > 1 else next(iter(by_node))
-                lost_services = {u.id.split("/")[0] for u in web() if u.node == victim}
+                lost_slots = {(u.id.split("/")[0], u.index) for u in web() if u.node == victim}
                 with Load(f"http://127.0.0.1:{server.http_port}/", "fo.bae.localhost", threads=2, rate=50) as load:
                     time.sleep(1)
                     killed_at = time.time()
@@ -143,7 +147,7 @@ def main(runs: int = 1) -> None:
                     wait(lambda: all_up(4, avoid=victim), 300, "units elsewhere")
                     replaced = time.perf_counter() - killed
                     time.sleep(1)
-                created, running = phases(engine, lost_services, killed_at)
+                created, running = phases(engine, lost_slots, killed_at)
                 rows.append((heartbeat, by_node[victim], detected, replaced, load.ok, load.resent, len(load.failures)))
                 print(f"heartbeat {heartbeat:.0f} s: {by_node[victim]} of 4 units on {victim}; down after "
                       f"{detected:.1f} s, all 4 running elsewhere after {replaced:.1f} s; requests "
@@ -158,7 +162,7 @@ def main(runs: int = 1) -> None:
         runtime.set_heartbeat(5.0)
 
         image = engine.api.inspect_service(web()[0].id.split("/")[0])["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
-        ours, theirs = [], []
+        ours, theirs, scale_in = [], [], []
         for _ in range(max(runs, 1)):
             client.ssh("ps:scale", "fo", "web=0")
             wait(lambda: not web(), 120, "web=0")
@@ -166,6 +170,15 @@ def main(runs: int = 1) -> None:
             assert client.ssh("ps:scale", "fo", "web=10", "--no-wait").returncode == 0
             wait(lambda: all_up(10), 600, "web=10")
             ours.append(time.perf_counter() - started)
+            # scale-in under load: Swarm picks the tasks that stop; the router must not fail requests
+            with Load(f"http://127.0.0.1:{server.http_port}/", "fo.bae.localhost", threads=2, rate=50) as load:
+                time.sleep(1)
+                client.ssh("ps:scale", "fo", "web=3")
+                wait(lambda: len(web()) == 3, 120, "web=3")
+                time.sleep(2)
+            scale_in.append((load.ok, load.resent, len(load.failures)))
+            print(f"scale-in 10→3 under load: {load.ok} ok, {load.resent} resent, {len(load.failures)} failed "
+                  f"{load.failures[:3]}", flush=True)
             client.ssh("ps:scale", "fo", "web=0")
             wait(lambda: not web(), 120, "web=0")
 
@@ -202,6 +215,8 @@ def main(runs: int = 1) -> None:
             print(f"{hb:>8.0f} s{lost:>11}{detected:>10.1f}s{replaced:>12.1f}s{failed:>7} of {ok + failed:<5} {target}, 0 failed")
         print(f"\n{'scale web 0→10 on the cluster':<44}{median(ours):>8.2f}s{median(theirs):>11.2f}s"
               f"{median(ours) / median(theirs):>8.2f}  ≤ 1.3 (vs docker service create --replicas 10)")
+        print(f"{'scale web 10→3 under load: failed requests':<44}"
+              + ", ".join(f"{failed} of {ok + failed}" for ok, _, failed in scale_in) + "  (goal 0)")
     finally:
         server.stop()
         server.cleanup()

@@ -753,18 +753,10 @@ class SwarmRuntime:
         return True
 
     def remove(self, unit_id: str) -> None:
-        """A one-off unit's service goes; a unit (a task) goes with ``stop`` (no-op once its slot is no
-        longer wanted or its service is gone)."""
+        """A one-off unit's (or a prune job's) service goes. A unit, a task, went with ``stop``: Swarm
+        removes a task's container itself once its slot is scaled away or its service removed."""
         if "/" not in unit_id:
             self._remove_service(unit_id)
-            return
-        task = _task(unit_id)
-        try:
-            live = self._live_slots(_service(unit_id))
-        except BaeError:
-            return
-        if task and task in live.values():
-            self.stop(unit_id, 0)
 
     def _remove_service(self, service_id: str) -> None:
         try:

@@ -595,9 +595,15 @@ class SwarmRuntime:
                 for slot, rows in _slots(self._tasks([{"ID": service_id}]).get(service_id, []), acked).items()}
 
     def _scale(self, service_id: str, replicas: int) -> None:
-        spec = self.api.inspect_service(service_id)
-        self.api.update_service(service_id, spec["Version"]["Index"], mode=ServiceMode("replicated", replicas=replicas),
-                                fetch_current_spec=True)
+        """The service's spec as stored, with only its replicas changed (as `docker service scale` does):
+        the task template stays byte for byte, so no task is replaced (docker-py's update_service would
+        send the spec with the engine's defaults filled in)."""
+        row = self.api.inspect_service(service_id)
+        spec = row["Spec"]
+        spec["Mode"] = {"Replicated": {"Replicas": replicas}}
+        response = self.api._post_json(self.api._url("/services/{0}/update", service_id), data=spec,
+                                       params={"version": row["Version"]["Index"]})
+        self.api._raise_for_status(response)
 
     def start(self, spec: UnitSpec) -> str:
         """Unit ``spec.index`` of its process type: task slot N of the type's service for this release,

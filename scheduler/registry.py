@@ -7,12 +7,19 @@ A node trusts it with that CA at ``/etc/docker/certs.d/ADDRESS:PORT/ca.crt`` (do
 reads that directory on each pull: no daemon restart, no insecure-registries); the
 manager gets the file written here, other nodes by the commands ``nodes:join-token``
 prints. Images are stored under ``data_dir/registry/storage``.
+
+Old release images leave it too (``delete_images`` + ``collect_garbage``, run by the
+swarm runtime's prune after a deploy): their manifests are deleted through the API,
+then ``registry garbage-collect`` removes the blobs no manifest references any more,
+while the registry is briefly stopped and no push runs (the caller holds its push lock).
 """
 
 from __future__ import annotations
 
 import datetime
+import http.client
 import ipaddress
+import json
 import logging
 import os
 import shutil
@@ -29,6 +36,9 @@ __all__ = ["Registry", "CERTS_D"]
 log = logging.getLogger("bae.registry")
 
 CERTS_D = Path("/etc/docker/certs.d")  # where a Docker Engine looks for a registry's CA
+MANIFEST_TYPES = ", ".join([
+    "application/vnd.docker.distribution.manifest.v2+json", "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.manifest.v1+json", "application/vnd.oci.image.index.v1+json"])
 
 
 def _ca_and_cert(directory: Path, address: str) -> None:
@@ -159,6 +169,62 @@ class Registry:
                     return tls.recv(64).startswith(b"HTTP/1.1 200")
         except (OSError, ssl.SSLError):
             return False
+
+    def _call(self, method: str, path: str, headers: dict | None = None) -> tuple[int, dict[str, str], bytes]:
+        context = ssl.create_default_context(cafile=str(self.directory / "ca.crt"))
+        conn = http.client.HTTPSConnection(self.address, self.port, context=context, timeout=30)
+        try:
+            conn.request(method, path, headers=headers or {})
+            response = conn.getresponse()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        except (OSError, ssl.SSLError, http.client.HTTPException) as exc:
+            raise Unavailable(f"the image registry on {self.name} does not answer ({exc.__class__.__name__})") from None
+        finally:
+            conn.close()
+
+    def delete_images(self, repository: str, keep_tags: set[str], keep_digests: set[str]) -> int:
+        """Delete the manifests of ``repository``'s tags other than ``keep_tags``, unless a kept tag or
+        ``keep_digests`` (what services still reference) names the same manifest. Returns how many went."""
+        status, _, body = self._call("GET", f"/v2/{repository}/tags/list")
+        if status == 404:
+            return 0
+        if status != 200:
+            raise BaeError(f"listing {repository} in the image registry failed (HTTP {status})")
+        digests = {}
+        for tag in json.loads(body).get("tags") or []:
+            status, headers, _ = self._call("HEAD", f"/v2/{repository}/manifests/{tag}", {"Accept": MANIFEST_TYPES})
+            if status == 200 and headers.get("docker-content-digest"):
+                digests[tag] = headers["docker-content-digest"]
+        kept = {d for t, d in digests.items() if t in keep_tags} | keep_digests
+        deleted = 0
+        for digest in sorted({d for t, d in digests.items() if t not in keep_tags} - kept):
+            status, _, body = self._call("DELETE", f"/v2/{repository}/manifests/{digest}")
+            if status in (202, 404):
+                deleted += status == 202
+            else:
+                log.warning("deleting %s@%s from the image registry: HTTP %d %s", repository, digest, status, body[:200])
+        return deleted
+
+    def collect_garbage(self, timeout: float = 300) -> str:
+        """``registry garbage-collect``: the blobs no manifest references go. The registry is stopped
+        meanwhile (a node pulling then retries) and started again; the caller holds the push lock.
+        Returns the tool's summary ("" when this process did not start the registry)."""
+        if self.proc is None:
+            return ""
+        config = self.directory / "config.yml"
+        self.stop()
+        try:
+            done = subprocess.run([shutil.which(self.binary) or self.binary, "garbage-collect", str(config)],
+                                  capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise BaeError(f"the image registry's garbage collection failed: {exc}") from None
+        finally:
+            self.start()
+        lines = [line for line in (done.stdout + done.stderr).splitlines() if "eligible for deletion" in line]
+        if done.returncode != 0:
+            tail = (done.stdout + done.stderr).strip().splitlines()[-3:]
+            raise BaeError("the image registry's garbage collection failed: " + " / ".join(tail))
+        return lines[-1].strip() if lines else "nothing to delete"
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -350,7 +350,7 @@ class SwarmRuntime:
         if repo.startswith("sha256"):
             repo = "bae/" + self.instance + "/image"
         target = f"{self.registry.name}/{repo}"
-        tag = "i" + image_id.split(":")[-1][:12]
+        tag = _push_tag(image_id)
         digest = None
         started = time.monotonic()
         try:
@@ -380,7 +380,8 @@ class SwarmRuntime:
         manager: every image pulled from ``repository`` in the platform's registry except those of the
         ``keep`` tags (the releases kept for rollback) and those a container on the node still uses
         (retried for a minute: the old units stop after a deploy). A global job on the workers talks to
-        each node's engine through its socket; it runs in the background and is removed once done."""
+        each node's engine through its socket; it runs in the background and is removed once done.
+        Then the platform's registry drops the other images of ``repository`` too (``_prune_registry``)."""
         if self.registry is None:
             return
         ids, image, found = set(), None, None
@@ -400,6 +401,16 @@ class SwarmRuntime:
             return
         if image is None:
             return
+        service = self._prune_job(image, repository, ids)
+
+        def reap() -> None:
+            if service:
+                self._reap(service, repository)
+            self._prune_registry(repository, ids)  # after the job: its nodes may have pulled its image
+
+        threading.Thread(target=reap, name="prune-nodes", daemon=True).start()
+
+    def _prune_job(self, image: str, repository: str, ids: set[str]) -> str | None:
         name = f"bae-{self.instance}-prune-{secrets.token_hex(3)}"
         container = ContainerSpec(image, command=["/usr/bin/python3", "-I", "-S", "-c", PRUNE_SCRIPT,
                                                   f"{self.registry.name}/{repository}@", ",".join(sorted(ids)), "60"],
@@ -409,31 +420,58 @@ class SwarmRuntime:
                                 resources=Resources(mem_limit=64 * 2**20, cpu_limit=int(0.25e9)),
                                 placement=Placement(constraints=["node.role==worker"]))
         try:
-            service = self.api.create_service(template, name=name, mode=ServiceMode("global-job"),
-                                              labels={"bae.platform": self.instance, "bae.role": "prune"})["ID"]
+            return self.api.create_service(template, name=name, mode=ServiceMode("global-job"),
+                                           labels={"bae.platform": self.instance, "bae.role": "prune"})["ID"]
         except ENGINE_ERRORS as exc:
             log.warning("pruning images on the nodes failed: %s", getattr(exc, "explanation", None) or exc)
-            return
+            return None
 
-        def reap() -> None:
-            deadline = time.monotonic() + 180
-            while time.monotonic() < deadline:
-                try:
-                    tasks = self.api.tasks(filters={"service": service})
-                except ENGINE_ERRORS:
-                    break
-                if tasks and all(t["Status"]["State"] in (*EXITED, "orphaned") for t in tasks):
-                    break
-                time.sleep(1)
+    def _reap(self, service: str, repository: str) -> None:
+        """Wait for the prune job's end (at most 3 minutes), log what it did, remove it."""
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
             try:
-                text = b"".join(self.api.service_logs(service, stdout=True, stderr=True)).decode("utf-8", "replace")
+                tasks = self.api.tasks(filters={"service": service})
             except ENGINE_ERRORS:
-                text = ""
-            for line in text.splitlines()[-10:]:
-                log.info("pruning %s on the nodes: %s", repository, line)
-            self.remove(service)
+                break
+            if tasks and all(t["Status"]["State"] in (*EXITED, "orphaned") for t in tasks):
+                break
+            time.sleep(1)
+        try:
+            text = b"".join(self.api.service_logs(service, stdout=True, stderr=True)).decode("utf-8", "replace")
+        except ENGINE_ERRORS:
+            text = ""
+        for line in text.splitlines()[-10:]:
+            log.info("pruning %s on the nodes: %s", repository, line)
+        self.remove(service)
 
-        threading.Thread(target=reap, name="prune-nodes", daemon=True).start()
+    def _prune_registry(self, repository: str, ids: set[str]) -> None:
+        """Delete ``repository``'s images other than those of ``ids`` (the kept releases' local images)
+        from the platform's registry, never one a service of this installation still names, then let
+        ``registry garbage-collect`` remove the blobs left unreferenced, holding the push lock (no push
+        runs meanwhile)."""
+        if not ids:
+            return  # no kept image found here: nothing tells which registry images are old
+        try:
+            services = self.api.services(filters={"label": f"bae.platform={self.instance}"})
+        except ENGINE_ERRORS as exc:
+            log.warning("pruning the image registry: listing services failed: %s", exc)
+            return
+        named = {s["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"].split("@", 1)[1] for s in services
+                 if "@" in s["Spec"]["TaskTemplate"]["ContainerSpec"].get("Image", "")}
+        try:
+            with self._pushing:
+                deleted = self.registry.delete_images(repository, {_push_tag(i) for i in ids}, named)
+                summary = self.registry.collect_garbage() if deleted else ""
+        except BaeError as exc:
+            log.warning("pruning the image registry: %s", exc.message)
+            return
+        prefix = f"{self.registry.name}/{repository}@"
+        with self._lock:  # a deleted image is pushed again if it is ever needed
+            self._images = {k: v for k, v in self._images.items() if k in ids or not v.startswith(prefix)}
+        if deleted:
+            log.info("image registry: %d old image(s) of %s deleted; garbage collection: %s", deleted, repository,
+                     summary or "not run (the registry was started by another process)")
 
     def _ca(self, path: str) -> list[ConfigReference]:
         """The platform's CA bundle as a Swarm config (nodes get it from the manager)."""
@@ -1026,6 +1064,11 @@ def _ended_before(old: dict, new: dict) -> bool:
     reports no end, or reports it after its replacement was made (when the node comes back)."""
     return old.get("Status", {}).get("State") in EXITED and \
         (_epoch(old["Status"].get("Timestamp")) or 0) <= (_epoch(new.get("CreatedAt")) or 0) + 0.5
+
+
+def _push_tag(image_id: str) -> str:
+    """The tag a local image is pushed to the platform's registry under (its id's first 12 hex digits)."""
+    return "i" + image_id.split(":")[-1][:12]
 
 
 def _service(unit_id: str) -> str:

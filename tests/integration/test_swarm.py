@@ -349,6 +349,8 @@ def test_old_release_images_are_pruned_on_the_nodes(server, dev, app):
 
     before = images()
     assert all(len(ids) == 1 for ids in before.values() if ids) and any(before.values()), before
+    old_manifest = web_services(cluster, app)[0]["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"].split("@")[1]
+    old_blobs = registry_blobs(old_manifest)
     src = server.tmp / "fleet-v2"
     shutil.copytree(APPS / "pyweb", src)
     (src / "requirements.txt").unlink()
@@ -358,3 +360,28 @@ def test_old_release_images_are_pruned_on_the_nodes(server, dev, app):
     after = wait_for(lambda: (lambda i: i if not old & set().union(*i.values()) else None)(images()), 180,
                      interval=2, what="the old release's image gone from every node")
     assert any(after.values()), after  # the new one stays
+
+    # and from the platform's registry: the old manifest is deleted, garbage collection removes its blobs
+    new_manifest = web_services(cluster, app)[0]["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"].split("@")[1]
+    new_blobs = registry_blobs(new_manifest)
+    only_old = old_blobs - new_blobs
+    assert only_old and old_manifest in only_old, (old_blobs, new_blobs)
+    wait_for(lambda: not any(blob_path(b).exists() for b in only_old), 120, interval=1,
+             what="the old release's blobs gone from the registry's storage")
+    assert all(blob_path(b).exists() for b in new_blobs), new_blobs
+    assert "garbage collection:" in server.log()
+
+
+def blob_path(digest: str):
+    from pathlib import Path
+
+    hexa = digest.split(":")[1]
+    return Path(REGISTRY_DIR) / "storage/docker/registry/v2/blobs/sha256" / hexa[:2] / hexa / "data"
+
+
+def registry_blobs(manifest: str) -> set[str]:
+    """A manifest's digest and those of its config and layers, read from the registry's storage."""
+    import json
+
+    data = json.loads(blob_path(manifest).read_bytes())
+    return {manifest, data["config"]["digest"], *(layer["digest"] for layer in data["layers"])}

@@ -38,14 +38,14 @@ def accepts(address: str) -> bool:
         return False
 
 
-def wait(predicate, timeout: float, what: str):
+def wait(predicate, timeout: float, what: str, describe=None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(0.05)
-    raise TimeoutError(what)
+    raise TimeoutError(what + (f": {describe()}" if describe else ""))
 
 
 def phases(engine, slots: set[tuple[str, int]], killed_at: float) -> tuple[float, float]:
@@ -144,7 +144,8 @@ def main(runs: int = 1) -> None:
                     cluster.kill(victim)
                     wait(lambda: cluster.node_state(victim) == "down", 120, "node down")
                     detected = time.perf_counter() - killed
-                    wait(lambda: all_up(4, avoid=victim), 300, "units elsewhere")
+                    wait(lambda: all_up(4, avoid=victim), 300, "units elsewhere",
+                         lambda: [(u.unit, u.id, u.status, u.running, u.node, u.address) for u in web()])
                     replaced = time.perf_counter() - killed
                     time.sleep(1)
                 created, running = phases(engine, lost_slots, killed_at)
@@ -217,6 +218,9 @@ def main(runs: int = 1) -> None:
               f"{median(ours) / median(theirs):>8.2f}  ≤ 1.3 (vs docker service create --replicas 10)")
         print(f"{'scale web 10→3 under load: failed requests':<44}"
               + ", ".join(f"{failed} of {ok + failed}" for ok, _, failed in scale_in) + "  (goal 0)")
+    except BaseException:
+        print("the server's log (end):\n" + server.log()[-6000:], flush=True)
+        raise
     finally:
         server.stop()
         server.cleanup()

@@ -56,6 +56,10 @@ __all__ = ["SwarmRuntime", "NodeInfo", "Lost"]
 log = logging.getLogger("bae.runtime")
 
 WORKER_SETTLE = 1.0
+# How long a crash stays the unit's state once Swarm's restart of its slot runs, unless the loop is done
+# with it sooner (remove_exited): long enough for any pass to count it, short enough that another
+# process (`ps` elsewhere, a benchmark) or a restarted `bae serve` does not see an old crash for ever
+CRASH_SHOWN = 30.0
 # The unit's entrypoint with util-linux's setpriv (in every stack) between tini and the launcher: the
 # manager's Engine (20.10, API 1.41) stores no NoNewPrivileges in a service spec (Engine API 1.44 added it),
 # so the platform sets the flag itself; it is inherited by every process of the unit and cannot be unset.
@@ -575,7 +579,7 @@ class SwarmRuntime:
         newest = tasks[-1]
         if _exited(newest, nodes):
             return newest, True
-        if len(tasks) > 1 and _crash_restarted(tasks[-2], newest, nodes):
+        if len(tasks) > 1 and _crash_restarted(tasks[-2], newest, nodes) and not _settled(newest):
             return tasks[-2], True  # Swarm already restarted it: still a crash the loop must see
         return tasks[-1], False
 
@@ -1040,6 +1044,13 @@ def _exited(task: dict, nodes: dict[str, NodeInfo]) -> bool:
         return False
     node = nodes.get(task.get("NodeID", ""))
     return node is None or node.state == "ready"
+
+
+def _settled(task: dict) -> bool:
+    """Has the task been running for CRASH_SHOWN seconds?"""
+    status = task.get("Status", {})
+    since = _epoch(status.get("Timestamp")) if status.get("State") == "running" else None
+    return since is not None and time.time() - since >= CRASH_SHOWN
 
 
 def _epoch(stamp: str | None) -> float | None:

@@ -636,6 +636,14 @@ class SwarmRuntime:
         return {slot: rows[-1]["ID"] if rows else ""
                 for slot, rows in _slots(self._tasks([{"ID": service_id}]).get(service_id, []), acked).items()}
 
+    def _settle(self, service_id: str, replicas: int, timeout: float = 5.0) -> None:
+        """Wait (holding the scaling lock) until the orchestrator made the tasks of ``replicas`` slots, so
+        that the next change counts the slots that exist, not those about to (Swarm fills the lowest
+        free slots: a slot made for one start may be the index another asked for)."""
+        deadline = time.monotonic() + timeout
+        while len(self._live_slots(service_id)) < replicas and time.monotonic() < deadline:
+            time.sleep(0.05)
+
     def _scale(self, service_id: str, replicas: int) -> None:
         """The service's spec as stored, with only its replicas changed (as `docker service scale` does):
         the task template stays byte for byte, so no task is replaced (docker-py's update_service would
@@ -665,11 +673,18 @@ class SwarmRuntime:
                 if service is None:
                     new = wanted | {spec.index}
                     service_id = self._create_units(spec, len(new))
+                    self._settle(service_id, len(new))
                 else:
                     service_id = service["ID"]
-                    new = wanted - set(self._live_slots(service_id))
-                    if new:
-                        self._scale(service_id, service["Spec"]["Mode"]["Replicated"]["Replicas"] + len(new))
+                    live = set(self._live_slots(service_id))
+                    new = wanted - live
+                    with self._lock:  # indexes asked for whose slots are not made yet: a slot made for one
+                        # start can be another's index (Swarm fills the lowest free slots), so count them all
+                        waiting = {i for sid, i in self._starting if sid == service_id}
+                    target = len(live | waiting | new)
+                    if target > service["Spec"]["Mode"]["Replicated"]["Replicas"]:
+                        self._scale(service_id, target)
+                        self._settle(service_id, target)
             except BaseException as exc:
                 with self._lock:  # the other starts this one took over start their own units
                     self._wanted.setdefault(key, set()).update(wanted - {spec.index})
@@ -681,13 +696,13 @@ class SwarmRuntime:
             with self._lock:
                 self._starting.update((service_id, i) for i in new | {spec.index})
         try:
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 15
             while time.monotonic() < deadline:  # the orchestrator makes the task at once; the unit's id names it
                 task = self._live_slots(service_id).get(spec.index)
                 if task:
                     return f"{service_id}/{task}"
-                time.sleep(0.05)
-            raise BaeError(f"Swarm made no task for {spec.unit} within 30 s")
+                time.sleep(0.1)
+            raise BaeError(f"Swarm made no task for {spec.unit} within 15 s")
         finally:
             with self._lock:
                 self._starting.discard((service_id, spec.index))

@@ -172,6 +172,12 @@ def main(runs: int = 1, only_scale: bool = False) -> None:
             wait(lambda: all_up(10), 600, "web=10")
             ours.append(time.perf_counter() - started)
             if only_scale:
+                for svc in engine.api.services(filters={"label": "bae.app=fo"}):
+                    print(svc["Spec"]["Name"], svc["Spec"]["Mode"], svc["Version"], svc.get("UpdateStatus"))
+                    for t in sorted(engine.api.tasks(filters={"service": svc["ID"]}), key=lambda t: t["CreatedAt"]):
+                        print(" ", t["Slot"], t["ID"][:8], t["CreatedAt"][11:23], t["DesiredState"], t["Status"]["State"],
+                              t["Status"]["Timestamp"][11:23], t["Status"].get("Err", ""), t["Status"].get("Message", ""),
+                              t.get("NodeID", "")[:6])
                 print("\n".join(line for line in server.log().splitlines()[-400:] if "web." in line or "scal" in line
                                  or "runtime" in line)[-8000:], flush=True)
             # scale-in under load: Swarm picks the tasks that stop; the router must not fail requests

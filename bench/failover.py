@@ -162,6 +162,9 @@ def main(runs: int = 1, only_scale: bool = False) -> None:
                 wait(lambda: cluster.node_state(victim) == "ready", 120, "node back")
         runtime.set_heartbeat(5.0)
 
+        if only_scale:  # the release image on every node first, as after the failover runs
+            client.ssh("ps:scale", "fo", "web=4")
+            wait(lambda: all_up(4) and len({u.node for u in web()}) == 2, 600, "web=4 on both nodes")
         image = engine.api.inspect_service(web()[0].id.split("/")[0])["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
         ours, theirs, scale_in = [], [], []
         for _ in range(max(runs, 1)):

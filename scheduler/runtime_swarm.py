@@ -56,6 +56,7 @@ __all__ = ["SwarmRuntime", "NodeInfo", "Lost"]
 log = logging.getLogger("bae.runtime")
 
 WORKER_SETTLE = 1.0
+GATHER = 0.05  # seconds a start waits for the other starts of its pass: one service change for all
 # How long a crash stays the unit's state once Swarm's restart of its slot runs, unless the loop is done
 # with it sooner (remove_exited): long enough for any pass to count it, short enough that another
 # process (`ps` elsewhere, a benchmark) or a restarted `bae serve` does not see an old crash for ever
@@ -661,10 +662,11 @@ class SwarmRuntime:
         fills the lowest free slot, as the loop picks the lowest free index); starts that come together
         become one change. Returns the unit's id (service/task)."""
         work = spec.workload
-        self.image_ref(work.image)  # pushed before the lock: units of other types start meanwhile
         key = (spec.app, spec.deployment, spec.process, spec.release, spec.plan, spec.generation)
         with self._lock:
             self._wanted.setdefault(key, set()).add(spec.index)
+        self.image_ref(work.image)  # pushed before the lock: units of other types start meanwhile
+        time.sleep(GATHER)  # the loop hands over a pass's starts together: let them all ask before one acts
         with self._scaling:
             with self._lock:
                 wanted = self._wanted.pop(key, set())

@@ -107,6 +107,14 @@ def run(cmd, *, cwd=None, env=None, input=None, timeout=600, check=False) -> sub
     return result
 
 
+def drop_firewall_rules(instance: str) -> None:
+    """Remove the DOCKER-USER rules bae made for this installation's units (scheduler.firewall)."""
+    listed = subprocess.run(["iptables", "-w", "-S", "DOCKER-USER"], capture_output=True, text=True)
+    for line in listed.stdout.splitlines():
+        if f"--comment bae:{instance}:" in line:
+            subprocess.run(["iptables", "-w", "-D", *line.split()[1:]], capture_output=True)
+
+
 class Server:
     """A `bae serve` process with its own data directory, ports and config."""
 
@@ -212,6 +220,7 @@ class Server:
                 engine.api.remove_network(net["Id"])
             except docker.errors.APIError:
                 pass
+        drop_firewall_rules(instance)
         images = engine.images.list(name=f"bae/{instance}/*/*")
         for image in sorted(images, key=lambda i: i.attrs.get("Created", ""), reverse=True):
             for tag in image.tags:

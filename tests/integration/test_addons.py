@@ -66,6 +66,12 @@ def service_container(server, app, name):
     return rows[0] if rows else None
 
 
+def unit_containers(server, app, process="web"):
+    instance = (server.data / "instance-id").read_text().strip()
+    return docker.from_env().api.containers(filters={"label": [f"bae.platform={instance}", "bae.role=unit",
+                                                               f"bae.app={app}", f"bae.process={process}"]})
+
+
 def test_bad_input(dev):
     ok(dev.ssh("apps:create", "bad"))
     r = dev.ssh("addons:create", "bad", "mongodb")
@@ -231,6 +237,16 @@ def test_worker_deployment_consumes_queue_and_other_apps_cannot_connect(server, 
         assert seen["reachable"] is True, seen
     with pytest.raises(Answer, match="HTTP 500"):
         get(server, "intruder", "/visits")
+    # on an engine started as `make up` starts it, the units stay on Docker's default bridge (no
+    # traffic between containers) and each has its own opening to its app's add-ons only
+    bridge = docker.from_env().api.inspect_network("bridge")
+    if bridge["Options"].get("com.docker.network.bridge.enable_icc") == "false":
+        (jobs_web,) = unit_containers(server, "jobs")
+        assert set(jobs_web["NetworkSettings"]["Networks"]) == {"bridge"}
+    # nor does a unit reach another app's unit (add-on or not)
+    (intruder_web,) = unit_containers(server, "intruder")
+    other = next(iter(intruder_web["NetworkSettings"]["Networks"].values()))["IPAddress"]
+    assert get(server, "jobs", f"/connect?host={other}&port=5000").json()["reachable"] is False
     # one-off units of the app reach it too
     out = ok(dev.ssh("run", "jobs", "python", "-c",
                      "'import os,redis; print(redis.from_url(os.environ[\"REDIS_URL\"]).ping())'"))

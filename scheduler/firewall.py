@@ -1,0 +1,131 @@
+"""Openings from a unit to its app's add-ons in the host's firewall (docker runtime, local engine).
+
+Units start on the installation's unit network (Docker's default bridge when dockerd runs with
+``--icc=false``): a user-defined network of the app's own cost every container start ~47 ms of
+Docker's embedded DNS (see README, Add-ons). An app's add-ons keep a network of their own at a
+fixed address (addons.service); Docker drops all traffic between networks (its
+DOCKER-ISOLATION chains). Before a unit starts, ``open`` inserts into the DOCKER-USER chain,
+which Docker evaluates before those, one ACCEPT rule per add-on: from the unit's MAC address
+(chosen by bae at create, so the rule exists before the unit's first instruction; a unit has no
+capabilities, so it cannot change it) to the add-on's address on its app's bridge. Another
+app's unit matches no rule and stays dropped, as does any unit of an app without add-ons.
+Replies go back through one rule for established connections towards the unit network.
+
+Rules carry the comment ``bae:INSTANCE:CONTAINER``; ``sweep`` deletes those whose container is
+gone (any installation's: container names are unique on an engine). A stale rule opens
+nothing: its MAC left with its container. The replies rule (``bae:replies``) stays: it only
+lets through packets of connections whose first packet was accepted. Used by runtime_docker only.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import subprocess
+import threading
+import time
+from typing import Callable, Iterable
+
+from bae.errors import BaeError
+
+__all__ = ["Firewall", "new_mac"]
+
+log = logging.getLogger("bae.firewall")
+
+CHAIN = "DOCKER-USER"
+REPLIES = "bae:replies"
+
+
+def new_mac() -> str:
+    """A locally administered unicast MAC outside Docker's own 02:42 range."""
+    return "02:ba:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(4))
+
+
+def _iptables(*args: str, stdin: str | None = None, restore: bool = False) -> subprocess.CompletedProcess:
+    cmd = ["iptables-restore", "-w", "--noflush"] if restore else ["iptables", "-w", *args]
+    return subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=30)
+
+
+class Firewall:
+    """The DOCKER-USER rules of one installation (``instance``), units on ``unit_bridge``."""
+
+    def __init__(self, instance: str, unit_bridge: str) -> None:
+        self.instance = instance
+        self.unit_bridge = unit_bridge
+        self._replies = 0.0  # when the replies rule was last seen in place
+        self._swept = 0.0
+        self._lock = threading.Lock()
+
+    @classmethod
+    def detect(cls, instance: str, api, unit_bridge: str) -> "Firewall | None":
+        """A Firewall when this process can edit the host's iptables and the engine is local with a
+        DOCKER-USER chain (dockerd made it); None otherwise (units then join their app's network)."""
+        if not str(getattr(api, "base_url", "")).startswith("http+docker://"):
+            return None  # a remote engine: this host's firewall is not its firewall
+        try:
+            listed = _iptables("-S", CHAIN)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        if listed.returncode != 0:
+            log.info("no iptables chain %s here (%s): units join their app's network",
+                     CHAIN, listed.stderr.strip()[:200])
+            return None
+        return cls(instance, unit_bridge)
+
+    def _rule(self, container: str, mac: str, ip: str, bridge: str) -> str:
+        return (f"{CHAIN} -o {bridge} -d {ip}/32 -m mac --mac-source {mac} "
+                f"-m comment --comment bae:{self.instance}:{container} -j ACCEPT")
+
+    def _ensure_replies(self) -> None:
+        if time.monotonic() - self._replies < 30:
+            return
+        spec = ["-o", self.unit_bridge, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED",
+                "-m", "comment", "--comment", REPLIES, "-j", "ACCEPT"]
+        if _iptables("-C", CHAIN, *spec).returncode != 0:
+            made = _iptables("-I", CHAIN, *spec)
+            if made.returncode != 0:
+                raise BaeError(f"opening the way back from add-ons failed: {made.stderr.strip()[:300]}",
+                               "bae edits the host's iptables as root; see README, Add-ons.")
+        self._replies = time.monotonic()
+
+    def open(self, container: str, mac: str, targets: Iterable[tuple[str, str]]) -> None:
+        """Let the unit ``container`` (MAC ``mac``) reach each (add-on address, its bridge)."""
+        targets = list(targets)
+        if not targets:
+            return
+        self._ensure_replies()
+        lines = "".join(f"-I {self._rule(container, mac, ip, bridge)}\n" for ip, bridge in targets)
+        done = _iptables(stdin=f"*filter\n{lines}COMMIT\n", restore=True)
+        if done.returncode != 0:
+            raise BaeError(f"opening {container}'s way to its add-ons failed: {done.stderr.strip()[:300]}",
+                           "bae edits the host's iptables as root; see README, Add-ons.")
+
+    def sweep(self, names: Callable[[], set[str]], every: float = 0.0) -> int:
+        """Delete the rules (of any installation) whose container is not among ``names()``, called
+        after the rules are listed, so a unit created meanwhile keeps its rule. At most once per
+        ``every`` seconds. The replies rule stays (another process may be about to rely on it)."""
+        with self._lock:
+            now = time.monotonic()
+            if every and now - self._swept < every:
+                return 0
+            self._swept = now
+        listed = _iptables("-S", CHAIN)
+        if listed.returncode != 0:
+            return 0
+        ours = [line for line in listed.stdout.splitlines() if " --comment bae:" in line]
+        if not ours:
+            return 0
+        live = names()
+        stale = []
+        for line in ours:
+            comment = line.split(" --comment ", 1)[1].split()[0].strip('"')
+            if comment != REPLIES and comment.split(":", 2)[-1] not in live:
+                stale.append(line)
+        if not stale:
+            return 0
+        deletes = "".join("-D" + line[2:] + "\n" for line in stale)
+        if _iptables(stdin=f"*filter\n{deletes}COMMIT\n", restore=True).returncode != 0:
+            for line in stale:  # another process deleted some meanwhile: one by one
+                _iptables(*("-D" + line[2:]).split())
+        log.info("removed %d firewall rule(s) of units that are gone", len(stale))
+        return len(stale)

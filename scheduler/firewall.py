@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import shlex
 import subprocess
 import threading
 import time
@@ -112,20 +113,20 @@ class Firewall:
         listed = _iptables("-S", CHAIN)
         if listed.returncode != 0:
             return 0
-        ours = [line for line in listed.stdout.splitlines() if " --comment bae:" in line]
-        if not ours:
+        ours = []
+        for line in listed.stdout.splitlines():
+            words = shlex.split(line)  # iptables -S quotes comments
+            if "--comment" in words and words[words.index("--comment") + 1].startswith("bae:"):
+                ours.append((line, words[words.index("--comment") + 1]))
+        if all(comment == REPLIES for _line, comment in ours):
             return 0
         live = names()
-        stale = []
-        for line in ours:
-            comment = line.split(" --comment ", 1)[1].split()[0].strip('"')
-            if comment != REPLIES and comment.split(":", 2)[-1] not in live:
-                stale.append(line)
+        stale = [line for line, comment in ours if comment != REPLIES and comment.split(":", 2)[-1] not in live]
         if not stale:
             return 0
         deletes = "".join("-D" + line[2:] + "\n" for line in stale)
         if _iptables(stdin=f"*filter\n{deletes}COMMIT\n", restore=True).returncode != 0:
             for line in stale:  # another process deleted some meanwhile: one by one
-                _iptables(*("-D" + line[2:]).split())
+                _iptables(*shlex.split("-D" + line[2:]))
         log.info("removed %d firewall rule(s) of units that are gone", len(stale))
         return len(stale)

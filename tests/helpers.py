@@ -10,6 +10,7 @@ import contextlib
 import http.client
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -111,8 +112,9 @@ def drop_firewall_rules(instance: str) -> None:
     """Remove the DOCKER-USER rules bae made for this installation's units (scheduler.firewall)."""
     listed = subprocess.run(["iptables", "-w", "-S", "DOCKER-USER"], capture_output=True, text=True)
     for line in listed.stdout.splitlines():
-        if f"--comment bae:{instance}:" in line:
-            subprocess.run(["iptables", "-w", "-D", *line.split()[1:]], capture_output=True)
+        words = shlex.split(line)  # iptables -S quotes comments
+        if "--comment" in words and words[words.index("--comment") + 1].startswith(f"bae:{instance}:"):
+            subprocess.run(["iptables", "-w", "-D", *words[1:]], capture_output=True)
 
 
 class Server:

@@ -1,6 +1,7 @@
 """scheduler.firewall's rules and its sweep, with iptables replaced by a list (no host firewall touched)."""
 
 import re
+import shlex
 import subprocess
 
 import pytest
@@ -24,10 +25,11 @@ class FakeTables:
                 if line.startswith("-I "):
                     self.rules.insert(0, "-A " + line[3:])
                 elif line.startswith("-D "):
-                    self.rules.remove("-A " + line[3:])
+                    self.rules.remove("-A " + " ".join(shlex.split(line[3:])))
             return ok
-        if args[0] == "-S":
-            return subprocess.CompletedProcess(args, 0, "".join(r + "\n" for r in self.rules), "")
+        if args[0] == "-S":  # as iptables prints them: comments quoted
+            shown = [re.sub(r"--comment (\S+)", r'--comment "\1"', r) for r in self.rules]
+            return subprocess.CompletedProcess(args, 0, "".join(r + "\n" for r in shown), "")
         rule = "-A " + " ".join(args[1:])
         if args[0] == "-C":
             return ok if rule in self.rules else subprocess.CompletedProcess(args, 1, "", "no such rule")

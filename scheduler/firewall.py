@@ -35,11 +35,12 @@ log = logging.getLogger("bae.firewall")
 
 CHAIN = "DOCKER-USER"
 REPLIES = "bae:replies"
+MAC_PREFIX = "02:ba:"
 
 
 def new_mac() -> str:
     """A locally administered unicast MAC outside Docker's own 02:42 range."""
-    return "02:ba:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(4))
+    return MAC_PREFIX + ":".join(f"{b:02x}" for b in secrets.token_bytes(4))
 
 
 def _iptables(*args: str, stdin: str | None = None, restore: bool = False) -> subprocess.CompletedProcess:
@@ -101,10 +102,35 @@ class Firewall:
             raise BaeError(f"opening {container}'s way to its add-ons failed: {done.stderr.strip()[:300]}",
                            "bae edits the host's iptables as root; see README, Add-ons.")
 
-    def sweep(self, names: Callable[[], set[str]], every: float = 0.0) -> int:
-        """Delete the rules (of any installation) whose container is not among ``names()``, called
-        after the rules are listed, so a unit created meanwhile keeps its rule. At most once per
-        ``every`` seconds. The replies rule stays (another process may be about to rely on it)."""
+    def announce(self, ip: str, mac: str) -> None:
+        """Tell the host's neighbour table that ``ip`` is now at ``mac`` (right after the unit starts).
+
+        Docker derives a container's MAC from its IP, so an IP that goes to a new container keeps its
+        MAC; a unit's own MAC breaks that, and the host would go on sending to the MAC of the IP's
+        previous container until its neighbour entry times out (connections to the unit then hung
+        for ~25 s here). ``sweep`` also drops entries of units that are gone."""
+        done = subprocess.run(["ip", "-4", "neigh", "replace", ip, "lladdr", mac, "dev", self.unit_bridge,
+                               "nud", "reachable"], capture_output=True, text=True, timeout=30)
+        if done.returncode != 0:
+            log.warning("setting the neighbour entry of %s failed: %s", ip, done.stderr.strip()[:200])
+
+    def _forget_neighbours(self, live_macs: set[str]) -> None:
+        shown = subprocess.run(["ip", "-4", "neigh", "show", "dev", self.unit_bridge], capture_output=True,
+                               text=True, timeout=30)
+        for line in shown.stdout.splitlines():
+            words = line.split()
+            if "lladdr" in words:
+                mac = words[words.index("lladdr") + 1].lower()
+                if mac.startswith(MAC_PREFIX) and mac not in live_macs:
+                    subprocess.run(["ip", "-4", "neigh", "del", words[0], "dev", self.unit_bridge],
+                                   capture_output=True, timeout=30)
+
+    def sweep(self, names: Callable[[], tuple[set[str], set[str]]], every: float = 0.0) -> int:
+        """Delete the rules (of any installation) whose container is not among the names ``names()``
+        returns (with the MACs of live containers), called after the rules are listed, so a unit
+        created meanwhile keeps its rule; and the host's neighbour entries of bae MACs no container
+        has. At most once per ``every`` seconds. The replies rule stays (another process may be
+        about to rely on it)."""
         with self._lock:
             now = time.monotonic()
             if every and now - self._swept < every:
@@ -118,9 +144,8 @@ class Firewall:
             words = shlex.split(line)  # iptables -S quotes comments
             if "--comment" in words and words[words.index("--comment") + 1].startswith("bae:"):
                 ours.append((line, words[words.index("--comment") + 1]))
-        if all(comment == REPLIES for _line, comment in ours):
-            return 0
-        live = names()
+        live, macs = names()
+        self._forget_neighbours(macs)
         stale = [line for line, comment in ours if comment != REPLIES and comment.split(":", 2)[-1] not in live]
         if not stale:
             return 0

@@ -40,10 +40,36 @@ class FakeTables:
         return ok
 
 
+class FakeNeighbours:
+    """The host's neighbour table of the unit bridge, as `ip -4 neigh` shows and changes it."""
+
+    def __init__(self):
+        self.entries = {"172.17.0.2": "02:42:ac:11:00:02", "172.17.0.3": "02:ba:00:00:00:09",
+                        "172.17.0.4": "02:ba:00:00:00:01"}
+
+    def __call__(self, cmd, **kw):
+        assert cmd[:3] == ["ip", "-4", "neigh"]
+        if cmd[3] == "show":
+            out = "".join(f"{ip} lladdr {mac} STALE\n" for ip, mac in self.entries.items())
+            return subprocess.CompletedProcess(cmd, 0, out, "")
+        if cmd[3] == "replace":
+            self.entries[cmd[4]] = cmd[6]
+        if cmd[3] == "del":
+            del self.entries[cmd[4]]
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+
 @pytest.fixture
 def tables(monkeypatch):
     fake = FakeTables()
     monkeypatch.setattr(firewall, "_iptables", fake)
+    return fake
+
+
+@pytest.fixture
+def neighbours(monkeypatch):
+    fake = FakeNeighbours()
+    monkeypatch.setattr(firewall.subprocess, "run", fake)
     return fake
 
 
@@ -72,7 +98,7 @@ def test_open_inserts_one_rule_per_addon_and_the_replies_rule_once(tables):
     assert len(tables.calls) == calls
 
 
-def test_sweep_removes_rules_of_gone_containers_of_any_installation_only(tables):
+def test_sweep_removes_rules_of_gone_containers_of_any_installation_only(tables, neighbours):
     mine, theirs = Firewall("inst", "docker0"), Firewall("other", "docker0")
     mine.open("keep-me", "02:ba:00:00:00:01", [("10.1.0.9", "br-a")])
     mine.open("gone-1", "02:ba:00:00:00:02", [("10.1.0.9", "br-a")])
@@ -82,10 +108,17 @@ def test_sweep_removes_rules_of_gone_containers_of_any_installation_only(tables)
 
     def names():
         listed_before_names.append(sum(1 for c in tables.calls if c == ("-S", "DOCKER-USER")))
-        return {"keep-me", "unrelated"}
+        return {"keep-me", "unrelated"}, {"02:ba:00:00:00:01", "02:42:ac:11:00:05"}
     assert mine.sweep(names) == 2
     assert listed_before_names == [1]  # the rules are listed before the containers (a new unit keeps its rule)
     left = "\n".join(tables.rules)
     assert "keep-me" in left and "gone-" not in left and "10.9.9.9" in left and "bae:replies" in left
+    # the host forgets where a gone unit's MAC was (the next container at that IP has another MAC)
+    assert neighbours.entries == {"172.17.0.2": "02:42:ac:11:00:02", "172.17.0.4": "02:ba:00:00:00:01"}
     assert mine.sweep(names, every=60) == 0  # throttled: no listing at all
     assert sum(1 for c in tables.calls if c == ("-S", "DOCKER-USER")) == 1
+
+
+def test_announce_replaces_the_hosts_neighbour_entry(neighbours):
+    Firewall("inst", "docker0").announce("172.17.0.2", "02:ba:00:00:00:07")
+    assert neighbours.entries["172.17.0.2"] == "02:ba:00:00:00:07"

@@ -114,6 +114,11 @@ class Firewall:
         if done.returncode != 0:
             log.warning("setting the neighbour entry of %s failed: %s", ip, done.stderr.strip()[:200])
 
+    def forget(self, ip: str) -> None:
+        """Drop the host's neighbour entry of ``ip`` (its unit stopped: the IP's next container has
+        another MAC)."""
+        subprocess.run(["ip", "-4", "neigh", "del", ip, "dev", self.unit_bridge], capture_output=True, timeout=30)
+
     def _forget_neighbours(self, live_macs: set[str]) -> None:
         shown = subprocess.run(["ip", "-4", "neigh", "show", "dev", self.unit_bridge], capture_output=True,
                                text=True, timeout=30)

@@ -168,6 +168,7 @@ class DockerRuntime:
         self._network: str | None = None
         self._firewall: Firewall | None = None  # decided with the unit network
         self._macs: dict[str, str] = {}  # created, not yet started units with a MAC of bae's -> it
+        self._announced: dict[str, str] = {}  # started units with a MAC of bae's -> their IP
         self._lock = threading.Lock()
 
     def _filters(self, **labels: str) -> dict:
@@ -291,6 +292,16 @@ class DockerRuntime:
         for found in net.values():
             if found.get("IPAddress") and (found.get("MacAddress") or "").lower() == mac:
                 self._firewall.announce(found["IPAddress"], mac)
+                with self._lock:
+                    self._announced[cid] = found["IPAddress"]
+
+    def _forget(self, cid: str) -> None:
+        """A unit ``_announce`` announced stopped: its IP is free for the next container, whose MAC
+        differs, so the host forgets the unit's (at once; ``sweep`` catches what this misses)."""
+        with self._lock:
+            ip = self._announced.pop(cid, None)
+        if ip and self._firewall is not None:
+            self._firewall.forget(ip)
 
     def addon_hosts(self, app: str) -> dict[str, str]:
         """Name -> fixed address of the app's add-ons (their labels), for the unit's /etc/hosts."""
@@ -361,10 +372,12 @@ class DockerRuntime:
     def stop(self, unit_id: str, grace: int) -> str:
         """SIGTERM, up to ``grace`` seconds, SIGKILL (the container stays until ``remove``); always this unit."""
         _quietly(f"stopping {unit_id[:12]}", lambda: self.api.stop(unit_id, timeout=grace))
+        self._forget(unit_id)
         return unit_id
 
     def remove(self, unit_id: str) -> None:
         _quietly(f"removing {unit_id[:12]}", lambda: self.api.remove_container(unit_id, force=True))
+        self._forget(unit_id)
         self.sweep(every=1.0)
 
     def sweep(self, every: float = 0.0) -> int:
@@ -397,6 +410,8 @@ class DockerRuntime:
                     raise
                 running_again = True
         _quietly(f"removing {unit_id[:12]}", call)
+        if not running_again:
+            self._forget(unit_id)
         return not running_again
 
     @classmethod
@@ -426,7 +441,10 @@ class DockerRuntime:
                         if stop.is_set():
                             stream.close()
                             return
-                        on_event(event.get("Action", ""), event.get("id") or (event.get("Actor") or {}).get("ID", ""))
+                        action, cid = event.get("Action", ""), event.get("id") or (event.get("Actor") or {}).get("ID", "")
+                        if action in ("die", "destroy"):
+                            self._forget(cid)  # a crash frees its IP too
+                        on_event(action, cid)
             except BaeError as exc:  # dockerd restarted: reconnect
                 log.info("docker events stream ended (%s); reconnecting", exc.message)
                 stop.wait(1)

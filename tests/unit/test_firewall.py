@@ -122,3 +122,8 @@ def test_sweep_removes_rules_of_gone_containers_of_any_installation_only(tables,
 def test_announce_replaces_the_hosts_neighbour_entry(neighbours):
     Firewall("inst", "docker0").announce("172.17.0.2", "02:ba:00:00:00:07")
     assert neighbours.entries["172.17.0.2"] == "02:ba:00:00:00:07"
+
+
+def test_forget_drops_the_entry_of_a_stopped_units_ip(neighbours):
+    Firewall("inst", "docker0").forget("172.17.0.3")
+    assert "172.17.0.3" not in neighbours.entries

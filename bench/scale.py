@@ -66,7 +66,7 @@ def main(runs: int = 3, addons: bool = False) -> None:
         src = tmp / "pyweb"
         shutil.copytree(ROOT / "tests" / "apps" / "pyweb", src)
         repo = make_repo(src, {}, "pyweb")
-        apps = [f"scale-{i}" for i in range(runs)]
+        apps = [f"scale-{i}" for i in range(max(runs, 2) if addons else runs)]  # --addons compares with scale-1
         for app in apps:
             client.ssh("apps:create", app)
             push = client.push(repo, app)

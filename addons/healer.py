@@ -23,7 +23,7 @@ from addons.plan import Failed, Remove, Reset, Seen, Start, Wanted, backup_due, 
 from addons.service import Services
 from bae.errors import BaeError
 
-__all__ = ["Healer", "lock", "app_event"]
+__all__ = ["Healer", "lock", "app_event", "settled"]
 
 log = logging.getLogger("bae.addons.healer")
 
@@ -56,6 +56,16 @@ def app_event(platform, app: str, text: str) -> None:
         return
     for dep in deps:
         platform.logs.event(dep.app, dep.name, "addons", text)
+
+
+def settled(before: list, after: list, addons: dict) -> list:
+    """The containers a healing pass works on: those of the look taken with the add-ons' locks held
+    (``after``), except a container of an add-on without a row that the first look (``before``, taken
+    before the rows were read) did not have: its row may be newer than the rows read, so it is no
+    orphan yet; the next pass sees it with its row."""
+    known = {info.id for info in before}
+    return [info for info in after
+            if info.id in known or (info.labels.get("bae.app", ""), info.labels.get("bae.addon", "")) in addons]
 
 
 def _epoch(stamp: str | None) -> float:
@@ -112,9 +122,9 @@ class Healer:
         store = self.platform.store
         # containers first, then the store: a container seen here has its row already (addons:create
         # inserts the row before it starts one), so a new add-on is never taken for an orphan
-        containers = self.services.containers()
+        before = self.services.containers()
         addons = {(a.app, a.name): a for a in store.addons()}
-        if not addons and not containers:
+        if not addons and not before:
             return
         wanted = []
         held = []
@@ -126,6 +136,10 @@ class Healer:
             wanted.append(Wanted(addon.app, addon.name, addon.generation, addon.failures,
                                  _epoch(addon.not_before), busy=not got))
         try:
+            # and again once the locks are held: a command that held one (addons:create, restart,
+            # rotate) may have replaced that add-on's container since the first look, and the old
+            # view would have the healer start it a second time over the new one
+            containers = settled(before, self.services.containers(), addons)
             seen = [Seen(i.id, i.labels.get("bae.app", ""), i.labels.get("bae.addon", ""),
                          int(i.labels.get("bae.generation", "0") or 0), i.running, i.started_at, i.finished_at,
                          i.exit_code, i.oom) for i in containers]

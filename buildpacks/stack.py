@@ -14,7 +14,6 @@ the pusher) and by the build runner, which needs the tag.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import hashlib
 import io
@@ -28,9 +27,10 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 from bae.errors import BaeError, Gone, Invalid, Unavailable
+from bae.hostlock import host_lock
 from bae.unit import UID
 from bae import mirrors
 from buildpacks.engine import client, translated
@@ -218,17 +218,6 @@ def _context(build) -> io.BytesIO:
     return buf
 
 
-@contextlib.contextmanager
-def _locked(tag: str) -> Iterator[None]:
-    """One build of a stack at a time on this host, across platform processes (they share the engine)."""
-    path = Path(tempfile.gettempdir()) / f"bae-stack-{tag.replace('/', '-').replace(':', '-')}.lock"
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
 
 def build_stack(build, out: Callable[[str], None], name: str = DEFAULT, *, force: bool = False) -> str:
     """Build stack ``name`` unless it exists; return its tag. Failures name the step that failed."""
@@ -240,7 +229,7 @@ def build_stack(build, out: Callable[[str], None], name: str = DEFAULT, *, force
     if not force and stack_exists(tag):
         out(f"Stack image {tag} is up to date")
         return tag
-    with _locked(tag):
+    with host_lock("stack", tag):
         if not force and stack_exists(tag):  # another process built it while we waited
             out(f"Stack image {tag} is up to date")
             return tag

@@ -24,7 +24,6 @@ integrity. Called by the build runner: ``lookup`` before a build, ``record`` aft
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import io
 import json
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from bae.errors import BaeError, Gone
+from bae.hostlock import host_lock
 from buildpacks.engine import client, translated
 from buildpacks.tarballs import MAX_SIZE
 
@@ -241,17 +241,6 @@ def _layer(npm_store: Path, pair: dict, home: str, out) -> None:
         layer.addfile(info, io.BytesIO(manifest))
 
 
-@contextlib.contextmanager
-def _locked(ident: str) -> Iterator[None]:
-    """One build of a toolchain image at a time (pushes of two apps may finish together)."""
-    path = Path(tempfile.gettempdir()) / f"bae-toolchain-{ident}.lock"
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
 
 def _build_image(npm_store: Path, stack: str, pair: dict, tag: str, home: str, labels: dict) -> None:
     with tempfile.TemporaryFile() as layer:
@@ -283,7 +272,7 @@ def record(store: Path, instance: str, stack: str, read: Callable[[str], bytes |
     tag, home = _tag(instance, ident), f"{HOME_ROOT}/{ident}"
     npm_store = store / "npm"
     try:
-        with _locked(ident):
+        with host_lock("toolchain", ident):
             if not _image_exists(tag):
                 step(f"Making a toolchain image with Node.js {pair['node']['version']} and npm "
                      f"{pair['npm']['version']} for the next builds (once per platform)")

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from bae import config
-from bae.errors import BaeError, Unavailable
+from bae.errors import Unavailable
 from bae.logstore import router_log_name
 from bae.model import Route
 from router import tls as tls_conf
@@ -289,9 +289,11 @@ class Nginx:
         """Start nginx with ``routes`` (after ``adopt`` found none running)."""
         self.check_port()
         text = self.render(routes, tls)
-        problem = self._write_checked(text)
-        if problem:
-            raise BaeError(f"nginx refused bae's configuration: {problem}")
+        # No `nginx -t` here: it binds and listens on the router's port for a moment, so a
+        # client arriving then is accepted and reset. nginx checks the file itself as it starts.
+        candidate = self.prefix / "nginx.conf.new"
+        candidate.write_text(text)
+        os.replace(candidate, self.conf)
         self.current = text
         errors = self.prefix / "logs" / "stderr.log"
         with open(errors, "wb") as stderr:  # not a pipe: nginx outlives this process
@@ -303,7 +305,8 @@ class Nginx:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self._child.poll() is not None:
-                raise Unavailable(f"nginx exited at start: {errors.read_text(errors='replace').strip()}")
+                raise Unavailable(f"nginx refused to start: {errors.read_text(errors='replace').strip()}",
+                                  "Fix what nginx names above (the router settings are in the TOML config file).")
             try:
                 with socket.create_connection(("127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host, self.port), 0.2):
                     break

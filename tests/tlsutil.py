@@ -20,6 +20,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
+from helpers import free_port, listening
+
 
 def _pem_key(key) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
@@ -111,12 +113,6 @@ def served(port: int, sni: str) -> x509.Certificate | None:
         return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Pebble:
     """The Debian-packaged Pebble ACME server on loopback, with pebble-challtestsrv as its DNS
     (every name resolves to 127.0.0.1) and HTTP-01 validation sent to ``http_port`` (the router).
@@ -127,8 +123,8 @@ class Pebble:
     def __init__(self, tmp: Path, http_port: int, validity: int = 3600) -> None:
         self.tmp = Path(tmp)
         self.tmp.mkdir(parents=True, exist_ok=True)
-        self.port, self.management, self.dns_port = _free_port(), _free_port(), _free_port()
-        self.dns_management = _free_port()
+        self.port, self.management, self.dns_port = free_port(), free_port(), free_port()
+        self.dns_management = free_port()
         self.http_port = http_port
         self.validity = validity
         ca = make_ca("pebble listener test CA")
@@ -153,7 +149,7 @@ class Pebble:
         self.config.write_text(json.dumps({"pebble": {
             "listenAddress": f"127.0.0.1:{self.port}", "managementListenAddress": f"127.0.0.1:{self.management}",
             "certificate": str(self.tmp / "cert.pem"), "privateKey": str(self.tmp / "key.pem"),
-            "httpPort": http_port, "tlsPort": _free_port(), "ocspResponderURL": "",
+            "httpPort": http_port, "tlsPort": free_port(), "ocspResponderURL": "",
             "externalAccountBindingRequired": False, "certificateValidityPeriod": validity}}))
         self.procs: list[subprocess.Popen] = []
         self.pebble: subprocess.Popen | None = None
@@ -183,15 +179,11 @@ class Pebble:
         self.procs.append(self.pebble)
         deadline = time.monotonic() + 20
         while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5), \
-                        socket.create_connection(("127.0.0.1", self.management), timeout=0.5), \
-                        socket.create_connection(("127.0.0.1", self.dns_management), timeout=0.5):
-                    break
-            except OSError:
-                assert self.pebble.poll() is None, (self.tmp / "pebble.log").read_text()
-                assert time.monotonic() < deadline, "pebble did not start"
-                time.sleep(0.05)
+            if all(listening(port) for port in (self.port, self.management, self.dns_management)):
+                break
+            assert self.pebble.poll() is None, (self.tmp / "pebble.log").read_text()
+            assert time.monotonic() < deadline, "pebble did not start"
+            time.sleep(0.05)
 
     def servfail(self, host: str) -> None:
         """Make the mock DNS answer SERVFAIL for ``host`` (a broken DNS record)."""

@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import threading
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ import docker
 import pytest
 import requests
 
-from helpers import APPS, Load, Server, make_repo, routed_units, wait_for
+from helpers import APPS, Load, Server, listening, make_repo, routed_units, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -125,16 +124,15 @@ def test_a_router_started_afresh_routes_every_up_unit_from_its_first_request(tmp
             workers = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
             for victim in [pid, *map(int, workers)]:
                 os.kill(victim, signal.SIGKILL)
-        wait_for(lambda: not srv.router_pids(), what="nginx gone")
+        # kill() returns before a process is gone: a worker that still holds the listening
+        # socket would take the prober's first connection, then drop it as it exits
+        wait_for(lambda: not srv.router_pids() and not listening(srv.http_port), what="nginx gone")
         statuses: list[int] = []
         done = threading.Event()
 
         def first_answers() -> None:  # from the moment the port accepts, the first answers must be 200
             while not done.is_set() and len(statuses) < 20:
-                try:
-                    with socket.create_connection(("127.0.0.1", srv.http_port), timeout=1):
-                        pass
-                except OSError:
+                if not listening(srv.http_port, timeout=1):
                     time.sleep(0.01)
                     continue
                 statuses.append(requests.get(f"http://127.0.0.1:{srv.http_port}/", headers={"Host": host},

@@ -23,11 +23,12 @@ import io
 import logging
 import secrets
 import tarfile
-import time
 
 import docker
 import docker.errors
 import docker.types
+
+from helpers import wait_for
 
 __all__ = ["Cluster", "node_image", "LABEL"]
 
@@ -91,17 +92,6 @@ def node_image(engine: docker.DockerClient | None = None) -> str:
         if "error" in chunk:
             raise RuntimeError(f"building the node image failed: {chunk['error']}")
     return tag
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.2)
 
 
 class Cluster:
@@ -177,7 +167,7 @@ class Cluster:
         api.start(cid)
         container = self.engine.containers.get(cid)
         self.nodes[hostname] = name
-        wait_for(lambda: self.exec(hostname, "docker", "info", check=False)[0] == 0, 60, f"dockerd in {hostname}")
+        wait_for(lambda: self.exec(hostname, "docker", "info", check=False)[0] == 0, 60, what=f"dockerd in {hostname}")
         return container
 
     def add_node(self, hostname: str | None = None, join: bool = True) -> str:
@@ -185,7 +175,7 @@ class Cluster:
         self.start_node(hostname)
         if join:
             self.exec(hostname, "docker", "swarm", "join", "--token", self.join_token, f"{self.address}:2377")
-            wait_for(lambda: self.node_state(hostname) == "ready", 60, f"{hostname} to be ready in the swarm")
+            wait_for(lambda: self.node_state(hostname) == "ready", 60, what=f"{hostname} to be ready in the swarm")
         return hostname
 
     def exec(self, hostname: str, *cmd: str, check: bool = True, stdin: bytes | None = None) -> tuple[int, str]:
@@ -224,7 +214,7 @@ class Cluster:
 
     def revive(self, hostname: str) -> None:
         self.engine.containers.get(self.nodes[hostname]).start()
-        wait_for(lambda: self.exec(hostname, "docker", "info", check=False)[0] == 0, 60, f"dockerd in {hostname}")
+        wait_for(lambda: self.exec(hostname, "docker", "info", check=False)[0] == 0, 60, what=f"dockerd in {hostname}")
 
     def close(self) -> None:
         """Remove the nodes, their volumes and the network; leave the swarm if we initialised it."""

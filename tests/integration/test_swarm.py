@@ -12,27 +12,15 @@ from __future__ import annotations
 
 import re
 import shutil
-import time
 
 import pytest
 
-from helpers import APPS, Load, Server, make_repo
+from helpers import APPS, Load, Server, make_repo, wait_for
 
 pytestmark = pytest.mark.integration
 
 REGISTRY_DIR = "/var/tmp/bae-test-registry"  # shared by test runs: the stack's layers are pushed once per machine
 REGISTRY_PORT = 45213  # fixed with the cluster's subnet, so the host's engine knows which layers it pushed before
-
-
-def wait_for(predicate, timeout=60.0, interval=0.3, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; last value: {value!r}")
-        time.sleep(interval)
 
 
 @pytest.fixture(scope="module")

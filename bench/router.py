@@ -5,9 +5,20 @@ default kind) runs as 2 web units of the default plan. In one run, ROUNDS times:
   (a) wrk straight to the two units' own ports (one wrk per unit, half the
       connections each, run together; requests/s summed),
   (b) wrk through the router (Host: APP.bae.localhost) with all the connections,
+      (a) and (b) in turn, the order swapped every round; the throughput ratio is
+      the median of the rounds' ratios (each round's pair saw the same machine),
   (c) at low load (one connection), p50 latency straight vs through the router.
 Prints requests/s, p50 and p99 for each, the throughput ratio (target ≥ 0.9) and
 the router's added p50 latency at low load (target ≤ 0.2 ms).
+
+How (c) is timed: one request at a time, alternating straight to a unit (the two
+in turn) and through the router, so that both see the same machine, which other
+work keeps busy. Straight requests are timed from the connect: a gunicorn sync
+worker closes every connection, so a client going straight to a unit opens one
+per request, while through the router it keeps its connection to nginx and nginx
+opens the one to the unit inside the timed request. wrk starts its clock only
+once the connection is open, which leaves exactly that step out of the straight
+figure and in the routed one; its figures at one connection are printed too.
 
 HTTPS, in the same run and rounds (a wildcard certificate for *.bae.localhost
 uploaded with certs:add --platform, ECDSA P-256):
@@ -29,6 +40,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -66,6 +78,67 @@ def wrk_result(proc) -> dict:
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {"rps": rps, "p50": p50, "p99": p99, "errors": (errors.group(1) if errors else ""),
             "non2xx": int(non2xx.group(1)) if non2xx else 0}
+
+
+def _exchange(sock: socket.socket, request: bytes) -> bool:
+    """Send ``request`` and read one whole response (Content-Length). False if the peer closed first."""
+    sock.sendall(request)
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return False
+        data += chunk
+        head, sep, body = data.partition(b"\r\n\r\n")
+        if sep:
+            length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            if len(body) >= length:
+                return True
+
+
+def latency_pairs(units: list[tuple[str, int]], router: tuple[str, int], host: str, pairs: int,
+                  warmup: int = 200) -> tuple[list[float], list[float]]:
+    """Milliseconds of ``pairs`` requests straight to ``units`` (in turn; each timed from its connect)
+    and as many through ``router`` (one keep-alive connection, as wrk keeps), one at a time and
+    alternating, the order swapped every pair. Returns (straight, routed)."""
+    request = f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    straight, routed = [], []
+    kept: list[socket.socket | None] = [None]
+
+    def direct(unit) -> float:
+        started = time.perf_counter()
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.connect(unit)
+            assert _exchange(sock, request), f"{unit} closed the connection before answering"
+            return (time.perf_counter() - started) * 1000
+
+    def through() -> float:
+        for _ in range(3):
+            if kept[0] is None:  # opened outside the timed request, as wrk does
+                kept[0] = socket.create_connection(router)
+                kept[0].setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            started = time.perf_counter()
+            if _exchange(kept[0], request):
+                return (time.perf_counter() - started) * 1000
+            kept[0].close()  # nginx closed an idle keep-alive connection (a reload): again, not timed
+            kept[0] = None
+        raise AssertionError("the router closed the connection three times in a row")
+
+    try:
+        for i in range(warmup + pairs):
+            unit = units[i % len(units)]
+            first, second = ((lambda: direct(unit)), through) if i % 2 == 0 else (through, (lambda: direct(unit)))
+            a, b = first(), second()
+            if i >= warmup:
+                d, r = (a, b) if i % 2 == 0 else (b, a)
+                straight.append(d)
+                routed.append(r)
+    finally:
+        if kept[0] is not None:
+            kept[0].close()
+    return straight, routed
 
 
 def install_wildcard(server, client) -> str:
@@ -136,16 +209,27 @@ def main(seconds: int = 8, connections: int = 64, rounds: int = 3, plan: str = "
         load_before = os.getloadavg()
 
         direct, routed, low_direct, low_routed = [], [], [], []
+        straight_ms, routed_ms = [], []
         routed_tls, low_routed_tls, close_http, close_tls, page_http, page_tls = [], [], [], [], [], []
-        for _ in range(rounds):
+
+        def run_direct():
             runs = [wrk_result(p) for p in [wrk_start(f"http://{ip}:5000/", connections // 2, seconds) for ip in ips]]
             direct.append({"rps": sum(r["rps"] for r in runs), "p50": statistics.mean(r["p50"] for r in runs),
                            "p99": max(r["p99"] for r in runs), "errors": ", ".join(r["errors"] for r in runs if r["errors"])})
-            time.sleep(1)
+
+        def run_routed():
             routed.append(wrk_result(wrk_start(router_url, connections, seconds, threads=2, host=host)))
-            time.sleep(1)
+
+        for round_ in range(rounds):
+            for run in ((run_direct, run_routed) if round_ % 2 == 0 else (run_routed, run_direct)):
+                run()
+                time.sleep(1)
             low_direct.append(wrk_result(wrk_start(f"http://{ips[0]}:5000/", 1, seconds // 2)))
             low_routed.append(wrk_result(wrk_start(router_url, 1, seconds // 2, host=host)))
+            straight, through = latency_pairs([(ip, 5000) for ip in ips], ("127.0.0.1", server.http_port), host,
+                                              pairs=500 * seconds)
+            straight_ms += straight
+            routed_ms += through
             time.sleep(1)
             routed_tls.append(wrk_result(wrk_start(tls_url, connections, seconds, threads=2, host=host)))
             time.sleep(1)
@@ -172,10 +256,16 @@ def main(seconds: int = 8, connections: int = 64, rounds: int = 3, plan: str = "
             non2xx = sum(r.get("non2xx", 0) for r in rows)
             print(f"{name:<30}{med(rows, 'rps'):>12.0f}{med(rows, 'p50'):>9.2f}{med(rows, 'p99'):>9.2f}  {errors}"
                   + (f", {non2xx} non-2xx" if non2xx else ""))
-        print(f"throughput ratio router/direct: {med(routed, 'rps') / med(direct, 'rps'):.2f}   (target ≥ 0.9)")
+        ratios = [r["rps"] / d["rps"] for d, r in zip(direct, routed)]
+        print(f"throughput ratio router/direct: {statistics.median(ratios):.2f}   (target ≥ 0.9; "
+              f"rounds {', '.join(f'{x:.2f}' for x in ratios)}; ratio of the medians "
+              f"{med(routed, 'rps') / med(direct, 'rps'):.2f})")
+        sd, sr = statistics.median(straight_ms), statistics.median(routed_ms)
+        print(f"low load (1 connection) p50, {len(routed_ms)} requests each way, interleaved: straight {sd:.3f} ms "
+              f"(from the connect), router {sr:.3f} ms, added {sr - sd:.3f} ms   (target ≤ 0.2 ms)")
         ld, lr = med(low_direct, "p50"), med(low_routed, "p50")
-        print(f"low load (1 connection) p50: direct {ld:.3f} ms, router {lr:.3f} ms, added {lr - ld:.3f} ms"
-              "   (target ≤ 0.2 ms)")
+        print(f"  wrk at 1 connection (clock starts after the connect): direct {ld:.3f} ms, router {lr:.3f} ms, "
+              f"added {lr - ld:.3f} ms")
 
         print(f"\n== router over TLS, same run: HTTPS vs HTTP through the router, {connections} connections")
         print(f"{'path':<38}{'requests/s':>12}{'p50 ms':>9}{'p99 ms':>9}  errors")

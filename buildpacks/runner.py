@@ -37,7 +37,7 @@ from buildpacks.engine import client, translated
 from buildpacks.procfile import parse_procfile
 from buildpacks.reuse import fingerprint, inputs_digest, plan_reuse
 from buildpacks.slugignore import slugignore_filter
-from buildpacks import tarballs, toolchain
+from buildpacks import layers, tarballs, toolchain
 
 __all__ = ["BuildRequest", "BuildResult", "run_build", "remove_stale_build_containers", "remove_stale_workdirs",
            "remove_images"]
@@ -264,7 +264,7 @@ def _try_reuse(req: BuildRequest, out, fp: str, keep) -> BuildResult | None:
         return None
     try:
         with translated("looking up the previous build's image"):
-            client().images.get(prev.image)
+            previous = client().images.get(prev.image)
     except Gone:
         return None
     names = sorted(plan.changed)
@@ -272,16 +272,27 @@ def _try_reuse(req: BuildRequest, out, fp: str, keep) -> BuildResult | None:
              "(its inputs are unchanged)")
     out.detail(f"{len(names)} file(s) changed" + (f": {', '.join(names[:5])}" + (" ..." if len(names) > 5 else "")
                                                  if names else ""))
+    changed = set(names)
+    procfile = req.source.read("Procfile")
+    types = _process_types(out, procfile.decode("utf-8", "replace") if procfile is not None else None,
+                           prev.reuse.get("defaults", {}))
+    tag = f"b{req.number}"
+    try:  # one `docker load` of the new layer (buildpacks/layers.py)
+        files = req.source.tar(APP_DIR.lstrip("/"), UID, lambda p: p in changed) if names else None
+        size = layers.add_layer(previous.id, f"{req.repository}:{tag}", files, {"bae.build": str(req.number)},
+                                f"bae: build {req.number}, code-only change on build {prev.number}")
+        out.step(f"Built image {req.repository}:{tag} ({_mb(previous.attrs.get('Size', 0) + size)}, "
+                 f"this build's layer {_mb(size)})")
+        return BuildResult(f"{req.repository}:{tag}", types, dict(prev.reuse, depth=plan.depth))
+    except layers.Refused as exc:
+        log.info("code-only image of %s/%s by docker load refused (%s); committing a container instead",
+                 req.app, req.deployment, exc)
     container = None
     try:
         with translated("preparing the release image"):
             container = client().containers.create(prev.image, **req.container_args())
             if names:
-                changed = set(names)
                 container.put_archive("/", req.source.tar(APP_DIR.lstrip("/"), UID, lambda p: p in changed))
-        procfile = req.source.read("Procfile")
-        types = _process_types(out, procfile.decode("utf-8", "replace") if procfile is not None else None,
-                               prev.reuse.get("defaults", {}))
         image = _commit(container, req, out)
     finally:
         if container is not None:

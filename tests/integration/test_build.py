@@ -113,6 +113,47 @@ def test_flask_with_gunicorn(server, dev, tmp_path):
     assert no_build_containers(server)
 
 
+def test_code_only_images_are_the_previous_image_plus_one_layer(server, dev, tmp_path):
+    """A code-only rebuild's image: the previous one's layers, settings and labels plus one layer with
+    the changed files (made without a container), new directories the app's own; a chain of them
+    runs, and an older one can be removed while a newer one uses its layers."""
+    dev.ssh("apps:create", "layered")
+    repo = app_repo(tmp_path, "flask")
+    first = dev.push(repo, "layered")
+    assert first.returncode == 0, first.stderr
+    client = docker.from_env(version="auto")
+    base = client.images.get(built_image(first.stderr))
+    make_repo(repo, {"app.py": (repo / "app.py").read_text().replace("hello", "howdy"),
+                     "notes/deep/readme.txt": "new directories\n"}, "code and a new directory")
+    second = dev.push(repo, "layered")
+    assert second.returncode == 0, second.stderr
+    assert "Code-only change: reusing build 1's Python output" in second.stderr
+    assert "2 file(s) changed: app.py, notes/deep/readme.txt" in second.stderr
+    image = client.images.get(built_image(second.stderr))
+    assert image.attrs["RootFS"]["Layers"] == base.attrs["RootFS"]["Layers"] + image.attrs["RootFS"]["Layers"][-1:]
+    assert image.labels["bae.build"] == "2" and image.labels["bae.role"] == "image"
+    for key in ("Entrypoint", "Cmd", "User", "WorkingDir", "Env"):
+        assert image.attrs["Config"][key] == base.attrs["Config"][key], key
+    assert len(image.history()) == len(base.history()) + 1
+    out = client.containers.run(image.id, ["stat -c '%U %a' notes notes/deep && cat notes/deep/readme.txt "
+                                           "&& touch notes/deep/written && grep -q howdy app.py && echo changed"],
+                                remove=True, labels={"bae.test": RUN}).decode()
+    assert out.split("\n")[:4] == ["bae 755", "bae 755", "new directories", "changed"], out
+    make_repo(repo, {"app.py": (repo / "app.py").read_text().replace("howdy", "hi")}, "again")
+    third = dev.push(repo, "layered")
+    assert third.returncode == 0, third.stderr
+    assert "Code-only change: reusing build 2's Python output" in third.stderr
+    newest = built_image(third.stderr)
+    assert len(client.images.get(newest).attrs["RootFS"]["Layers"]) == len(image.attrs["RootFS"]["Layers"]) + 1
+    assert dev.ssh("ps:scale", "layered", "web=0").returncode == 0  # no unit uses build 2's image now
+    client.images.remove(built_image(second.stderr), force=True)  # the releases after it keep its layers
+    with pytest.raises(docker.errors.ImageNotFound):
+        client.images.get(image.id)
+    container, port = run_unit(newest, "gunicorn app:app --bind 0.0.0.0:$PORT")
+    assert get(port).text == "hi from flask on web.1\n"
+    assert no_build_containers(server)
+
+
 def test_django_collectstatic(server, dev, tmp_path):
     dev.ssh("apps:create", "django")
     repo = app_repo(tmp_path, "django")

@@ -1,4 +1,4 @@
-// node lock-resolved.js LOCKFILE NPM_CACHE: before npm 7+ installs from a lockfile (v2/v3) whose
+// node lock-resolved.js LOCKFILE NPM_CACHE [NPM_DIR]: before npm 7+ installs from a lockfile (v2/v3) whose
 // entries lack "resolved" (written with omit-lockfile-registry-resolved), add each registry
 // package's tarball URL, as npm writes it by default. npm then takes a tarball the cache has by
 // its sha512 (bae seeds the cache from the platform's store) and fetches the others straight
@@ -6,15 +6,26 @@
 // cached file that is the platform's (read-only): such files are removed for the entries left
 // as they were (scoped packages, and all of them when the project's .npmrc names a registry).
 // Prints how many entries got a URL. The caller keeps the original lockfile and restores it.
+// The registry: npm_config_registry, else the default of the npm that installs (NPM_DIR, its
+// npm-registry-fetch's defaults: one small file), else pacote's (loading pacote costs ~0.5 s).
 "use strict";
 const fs = require("fs");
 const path = require("path");
 
-const [file, cache] = process.argv.slice(2);
+const [file, cache, npmDir] = process.argv.slice(2);
 const lock = JSON.parse(fs.readFileSync(file, "utf8"));
 let npmrc = "";
 try { npmrc = fs.readFileSync(path.join(path.dirname(file), ".npmrc"), "utf8"); } catch (err) {}
 const ownRegistry = /^\s*(@[^:\s]+:)?registry\s*=/m.test(npmrc);  // the project chooses: leave it be
+function defaultRegistry() {
+  if (npmDir) {
+    try {
+      const found = require(path.join(npmDir, "node_modules", "npm-registry-fetch", "lib", "default-opts.js")).registry;
+      if (typeof found === "string" && /^https?:\/\//.test(found)) return found;
+    } catch (err) {}
+  }
+  return new (require("pacote").RegistryFetcher)("npm", {}).registry;
+}
 let registry = null;
 let added = 0;
 for (const [key, p] of Object.entries(lock.packages || {})) {
@@ -22,7 +33,7 @@ for (const [key, p] of Object.entries(lock.packages || {})) {
   const name = p.name || key.slice(key.lastIndexOf("node_modules/") + "node_modules/".length);
   if (!ownRegistry && !name.startsWith("@") && /^[0-9]+\.[0-9]+\.[0-9]+/.test(p.version)) {
     if (registry === null) {
-      registry = process.env.npm_config_registry || new (require("pacote").RegistryFetcher)("npm", {}).registry;
+      registry = process.env.npm_config_registry || defaultRegistry();
       if (!registry.endsWith("/")) registry += "/";
     }
     p.resolved = `${registry}${name}/-/${name}-${p.version}.tgz`;

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -230,6 +231,53 @@ def test_node_modules_cache_one_copy_and_lockfile_changes(server, dev, tmp_path)
                                    remove=True, labels={"bae.test": RUN}).decode().strip()
     assert answer == "001"
     assert not (cache / "node_modules.full").exists() and not (cache / "node_modules.prod").exists()
+
+
+def express_with_build(tmp_path: Path, name: str, build: str) -> Path:
+    """The express sample whose build script also runs ``build`` (a line of JavaScript)."""
+    src = tmp_path / name
+    shutil.copytree(APPS / "express", src)
+    package = (src / "package.json").read_text()
+    script = "node build.js && node -e '" + build + "'"
+    (src / "package.json").write_text(package.replace('"build": "node build.js"', json.dumps("build") + ": " + json.dumps(script)))
+    return make_repo(src, {}, name)
+
+
+def test_node_modules_cache_is_the_tree_as_installed(server, dev, tmp_path):
+    """The cache copy runs while build scripts run: what they add to node_modules is not in it; one that
+    writes into an installed file in place gets no cache from that build, and a pristine one after."""
+    cache_of = {name: node_cache(server, name) for name in ("exadd", "exwrite")}
+    dev.ssh("apps:create", "exadd")
+    repo = express_with_build(tmp_path, "exadd", 'require("fs").mkdirSync("node_modules/.cache/tool", {recursive: true}); '
+                                                 'require("fs").writeFileSync("node_modules/.cache/tool/out", "x")')
+    push = dev.push(repo, "exadd")
+    assert push.returncode == 0, push.stderr
+    assert "not cached" not in push.stderr
+    cache = cache_of["exadd"]
+    assert (cache / "key").is_file() and (cache / "node_modules" / "express").is_dir()
+    assert (cache / "node_modules" / "is-odd").is_dir()  # pruned from the app, kept in the cache
+    assert not (cache / "node_modules" / ".cache").exists()
+    assert not list(cache.glob("copy-first"))
+
+    dev.ssh("apps:create", "exwrite")
+    repo = express_with_build(tmp_path, "exwrite", 'require("fs").appendFileSync("node_modules/express/index.js", "\\n// built\\n")')
+    push = dev.push(repo, "exwrite")
+    assert push.returncode == 0, push.stderr
+    assert "node_modules not cached: a build script wrote into an installed file" in push.stderr
+    cache = cache_of["exwrite"]
+    assert not (cache / "key").exists() and not (cache / "node_modules").exists() and (cache / "copy-first").exists()
+    make_repo(repo, {"server.js": (repo / "server.js").read_text() + "\n// change\n"}, "code")
+    push = dev.push(repo, "exwrite")
+    assert push.returncode == 0, push.stderr
+    assert "Installing dependencies with npm ci" in push.stderr and "not cached" not in push.stderr
+    assert (cache / "key").is_file() and "// built" not in (cache / "node_modules" / "express" / "index.js").read_text()
+    make_repo(repo, {"server.js": (repo / "server.js").read_text() + "\n// again\n"}, "code")
+    push = dev.push(repo, "exwrite")
+    assert push.returncode == 0 and "package-lock.json unchanged: restoring node_modules" in push.stderr, push.stderr
+    built = docker.from_env(version="auto").containers.run(
+        built_image(push.stderr), ["grep -c '// built' node_modules/express/index.js"], remove=True,
+        labels={"bae.test": RUN}).decode().strip()
+    assert built == "1"  # the build wrote into a pristine copy once
 
 
 def test_node_app_without_procfile(server, dev, tmp_path):

@@ -9,7 +9,9 @@ default kind) runs as 2 web units of the default plan. In one run, ROUNDS times:
       the median of the rounds' ratios (each round's pair saw the same machine),
   (c) at low load (one connection), p50 latency straight vs through the router.
 Prints requests/s, p50 and p99 for each, the throughput ratio (target ≥ 0.9) and
-the router's added p50 latency at low load (target ≤ 0.2 ms).
+the router's added p50 latency at low load (target ≤ 0.2 ms). Also the CPU time per
+request of each part in (a) and (b): the units (Docker's accounting), nginx's workers
+and wrk: a busy machine moves the requests/s, much less what a request costs.
 
 How (c) is timed: one request at a time, alternating straight to a unit (the two
 in turn) and through the router, so that both see the same machine, which other
@@ -39,6 +41,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import shutil
 import socket
 import statistics
@@ -46,6 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import docker
 
@@ -69,14 +73,44 @@ def wrk_start(url: str, connections: int, seconds: int, threads: int = 1, host: 
     return subprocess.Popen(cmd + [url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def units_cpu(engine, ids: list[str]) -> float:
+    """CPU seconds the units have used so far (Docker's accounting of their cgroups)."""
+    return sum(engine.api.stats(i, stream=False, one_shot=True)["cpu_stats"]["cpu_usage"]["total_usage"]
+               for i in ids) / 1e9
+
+
+def workers_cpu(masters: list[int]) -> float:
+    """CPU seconds the nginx workers of ``masters`` have used so far."""
+    total = 0
+    for master in masters:
+        try:
+            workers = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+        except OSError:
+            continue
+        for pid in workers:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's reaped children (the wrk runs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def wrk_result(proc) -> dict:
     out = proc.communicate()[0]
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    done = int(re.search(r"(\d+) requests in", out).group(1))
     p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))
     p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))
     errors = re.search(r"Socket errors: (.*)", out)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": rps, "p50": p50, "p99": p99, "errors": (errors.group(1) if errors else ""),
+    return {"rps": rps, "requests": done, "p50": p50, "p99": p99, "errors": (errors.group(1) if errors else ""),
             "non2xx": int(non2xx.group(1)) if non2xx else 0}
 
 
@@ -212,13 +246,27 @@ def main(seconds: int = 8, connections: int = 64, rounds: int = 3, plan: str = "
         straight_ms, routed_ms = [], []
         routed_tls, low_routed_tls, close_http, close_tls, page_http, page_tls = [], [], [], [], [], []
 
+        unit_ids = [c["Id"] for c in engine.api.containers(filters={"label": [f"bae.platform={instance}", "bae.app=bench"]})]
+        masters = server.router_pids()
+
+        def costs(run) -> dict:
+            """``run``'s result with the CPU microseconds per request of the units, nginx and wrk."""
+            before = units_cpu(engine, unit_ids), workers_cpu(masters), children_cpu()
+            result = run()
+            after = units_cpu(engine, unit_ids), workers_cpu(masters), children_cpu()
+            per = [(b - a) * 1e6 / result["requests"] for a, b in zip(before, after)]
+            return {**result, "cpu_units": per[0], "cpu_nginx": per[1], "cpu_wrk": per[2]}
+
         def run_direct():
-            runs = [wrk_result(p) for p in [wrk_start(f"http://{ip}:5000/", connections // 2, seconds) for ip in ips]]
-            direct.append({"rps": sum(r["rps"] for r in runs), "p50": statistics.mean(r["p50"] for r in runs),
-                           "p99": max(r["p99"] for r in runs), "errors": ", ".join(r["errors"] for r in runs if r["errors"])})
+            def both():
+                runs = [wrk_result(p) for p in [wrk_start(f"http://{ip}:5000/", connections // 2, seconds) for ip in ips]]
+                return {"rps": sum(r["rps"] for r in runs), "requests": sum(r["requests"] for r in runs),
+                        "p50": statistics.mean(r["p50"] for r in runs), "p99": max(r["p99"] for r in runs),
+                        "errors": ", ".join(r["errors"] for r in runs if r["errors"])}
+            direct.append(costs(both))
 
         def run_routed():
-            routed.append(wrk_result(wrk_start(router_url, connections, seconds, threads=2, host=host)))
+            routed.append(costs(lambda: wrk_result(wrk_start(router_url, connections, seconds, threads=2, host=host))))
 
         for round_ in range(rounds):
             for run in ((run_direct, run_routed) if round_ % 2 == 0 else (run_routed, run_direct)):
@@ -256,6 +304,10 @@ def main(seconds: int = 8, connections: int = 64, rounds: int = 3, plan: str = "
             non2xx = sum(r.get("non2xx", 0) for r in rows)
             print(f"{name:<30}{med(rows, 'rps'):>12.0f}{med(rows, 'p50'):>9.2f}{med(rows, 'p99'):>9.2f}  {errors}"
                   + (f", {non2xx} non-2xx" if non2xx else ""))
+        print("CPU per request (µs):  " + ";  ".join(
+            f"{name}: units {med(rows, 'cpu_units'):.0f}, nginx {med(rows, 'cpu_nginx'):.0f}, wrk {med(rows, 'cpu_wrk'):.0f}, "
+            f"all {med(rows, 'cpu_units') + med(rows, 'cpu_nginx') + med(rows, 'cpu_wrk'):.0f}"
+            for name, rows in (("straight", direct), ("through the router", routed))))
         ratios = [r["rps"] / d["rps"] for d, r in zip(direct, routed)]
         print(f"throughput ratio router/direct: {statistics.median(ratios):.2f}   (target ≥ 0.9; "
               f"rounds {', '.join(f'{x:.2f}' for x in ratios)}; ratio of the medians "

@@ -12,6 +12,7 @@ fails, times out or the pusher disconnects.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import os
@@ -135,6 +136,9 @@ def _build_env(req: BuildRequest, toolchain_home: str = "") -> dict[str, str]:
 
 
 def _plan_archive(req: BuildRequest, packs: list[Buildpack], nonce: str, toolchain_home: str = "") -> bytes:
+    """The plan, the builder and the buildpacks as the members of a tar archive, without its end: the
+    source's archive follows them in the same stream (one copy into the container, not two: each
+    costs the engine a mount of the container and an unpacking process)."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         dirs = []
@@ -151,7 +155,8 @@ def _plan_archive(req: BuildRequest, packs: list[Buildpack], nonce: str, toolcha
         tar.addfile(info)
         for key, value in req.config.items():
             _add_bytes(tar, f"tmp/bae/env/{key}", value.encode(), 0o600)
-    return buf.getvalue()
+        end = tar.offset  # what close() adds (zero blocks) would end the stream here
+    return buf.getvalue()[:end]
 
 
 def remove_stale_build_containers(instance: str) -> int:
@@ -239,15 +244,26 @@ def _process_types(out, procfile: str | None, defaults: dict[str, str]) -> dict[
     return {**defaults, **types}
 
 
-def _commit(container, req: BuildRequest, out) -> str:
-    """The build container as release image ``REPOSITORY:bN``; returns that name."""
+def _commit(container, req: BuildRequest) -> tuple[str, str]:
+    """The build container as release image ``REPOSITORY:bN``; returns that name and the line that
+    announces it. Not paused: the container has ended, or is ending once its output has (no process
+    of it writes any more)."""
     tag = f"b{req.number}"
     with translated("saving the release image"):
-        image = container.commit(repository=req.repository, tag=tag, changes=COMMIT_CHANGES + [
+        image = container.commit(repository=req.repository, tag=tag, pause=False, changes=COMMIT_CHANGES + [
             f"LABEL bae.build={req.number}"])  # (the SDK inspects the new image: attrs are current)
         layer = image.history()[0].get("Size", 0)
-    out.step(f"Built image {req.repository}:{tag} ({_mb(image.attrs['Size'])}, this build's layer {_mb(layer)})")
-    return f"{req.repository}:{tag}"
+    return (f"{req.repository}:{tag}",
+            f"Built image {req.repository}:{tag} ({_mb(image.attrs['Size'])}, this build's layer {_mb(layer)})")
+
+
+def _remove_image(name: str) -> None:
+    """The release image of a build that failed after all; a failure here must not hide the build's error."""
+    try:
+        with translated("removing the image of a failed build"):
+            client().images.remove(name, force=True)
+    except BaeError as exc:
+        log.warning("could not remove image %s: %s", name, exc.message)
 
 
 def _try_reuse(req: BuildRequest, out, fp: str, keep) -> BuildResult | None:
@@ -293,7 +309,8 @@ def _try_reuse(req: BuildRequest, out, fp: str, keep) -> BuildResult | None:
             container = client().containers.create(prev.image, **req.container_args())
             if names:
                 container.put_archive("/", req.source.tar(APP_DIR.lstrip("/"), UID, lambda p: p in changed))
-        image = _commit(container, req, out)
+        image, built = _commit(container, req)
+        out.step(built)
     finally:
         if container is not None:
             _remove_container(container)
@@ -375,12 +392,13 @@ def run_build(req: BuildRequest, out) -> BuildResult:
                 mem_limit=req.settings.memory, memswap_limit=req.settings.memory,
                 pids_limit=4096, security_opt=["no-new-privileges"], cap_drop=["ALL"],
             )
-            container.put_archive("/", req.source.tar(APP_DIR.lstrip("/"), UID, keep))
-            container.put_archive("/", _plan_archive(req, packs, nonce, chain.home if chain else ""))
+            plan = _plan_archive(req, packs, nonce, chain.home if chain else "")
+            container.put_archive("/", itertools.chain([plan], req.source.tar(APP_DIR.lstrip("/"), UID, keep)))
             container.start()
         watch = _Watch(container, req.settings.timeout, out)
         watch.start()
         result_line = None
+        committed = None
         last_error = None
         pending = b""
         with translated("reading the build output"):
@@ -397,9 +415,16 @@ def run_build(req: BuildRequest, out) -> BuildResult:
                             last_error = text[len(ERROR):].strip()
             if pending:
                 out.line(pending.decode("utf-8", "replace"))
+            if result_line is not None and watch.reason is None:
+                # the builder printed its result last, and its output has ended: commit now, while the
+                # engine finishes the container's exit (a tenth of a second here); the exit is checked below
+                committed = _commit(container, req)
             status = container.wait()
             watch.done.set()
             container.reload()
+        if committed is not None and (watch.reason or container.attrs["State"].get("OOMKilled")
+                                      or status.get("StatusCode") != 0):
+            _remove_image(committed[0])
         if watch.reason == "timeout":
             raise DeployFailed(f"the build took longer than {req.settings.timeout} s and was stopped",
                                "Make it faster, or raise build.timeout.")
@@ -413,7 +438,8 @@ def run_build(req: BuildRequest, out) -> BuildResult:
             raise DeployFailed(f"the build failed (exit {status.get('StatusCode')}) without saying why; see its output above")
         outcome = json.loads(result_line)
         process_types = _process_types(out, outcome["procfile"], outcome["default_process_types"])
-        image = _commit(container, req, out)
+        image, built = committed if committed is not None else _commit(container, req)
+        out.step(built)
         _remove_container(container)
         container = None
         _merge_tarballs(req)

@@ -258,6 +258,14 @@ def test_node_modules_cache_is_the_tree_as_installed(server, dev, tmp_path):
     assert (cache / "node_modules" / "is-odd").is_dir()  # pruned from the app, kept in the cache
     assert not (cache / "node_modules" / ".cache").exists()
     assert not list(cache.glob("copy-first"))
+    # a lockfile-only change (package.json's facts come from the cache): npm ci again, URLs added by their own run
+    make_repo(repo, {"package-lock.json": (repo / "package-lock.json").read_text() + "\n"}, "lockfile only")
+    push = dev.push(repo, "exadd")
+    assert push.returncode == 0, push.stderr
+    assert "Installing dependencies with npm ci (package-lock.json)" in push.stderr
+    assert (repo / "package-lock.json").read_text().count('"resolved"') == 0  # the pushed file as it was
+    _, port = run_unit(built_image(push.stderr), ".bae/bin/npm-start")
+    assert get(port, "/devdeps").text == "pruned\n"
 
     dev.ssh("apps:create", "exwrite")
     repo = express_with_build(tmp_path, "exwrite", 'require("fs").appendFileSync("node_modules/express/index.js", "\\n// built\\n")')

@@ -12,12 +12,42 @@
 const fs = require("fs");
 const path = require("path");
 
-const [file, cache, npmDir] = process.argv.slice(2);
-const lock = JSON.parse(fs.readFileSync(file, "utf8"));
-let npmrc = "";
-try { npmrc = fs.readFileSync(path.join(path.dirname(file), ".npmrc"), "utf8"); } catch (err) {}
-const ownRegistry = /^\s*(@[^:\s]+:)?registry\s*=/m.test(npmrc);  // the project chooses: leave it be
-function defaultRegistry() {
+// Also a module: bin/compile's first node run (package.json's facts) calls resolveLock with an
+// OUT file when the lockfile needs URLs, which saves starting node again for it.
+
+// Add the URLs to lockfile FILE; write the result to OUT (default: FILE) when any was added.
+function resolveLock(file, cache, npmDir, out) {
+  const lock = JSON.parse(fs.readFileSync(file, "utf8"));
+  let npmrc = "";
+  try { npmrc = fs.readFileSync(path.join(path.dirname(file), ".npmrc"), "utf8"); } catch (err) {}
+  const ownRegistry = /^\s*(@[^:\s]+:)?registry\s*=/m.test(npmrc);  // the project chooses: leave it be
+  let registry = null;
+  let added = 0;
+  for (const [key, p] of Object.entries(lock.packages || {})) {
+    if (!key || p.resolved || p.link || p.inBundle || !p.version || !p.integrity) continue;
+    const name = p.name || key.slice(key.lastIndexOf("node_modules/") + "node_modules/".length);
+    if (!ownRegistry && !name.startsWith("@") && /^[0-9]+\.[0-9]+\.[0-9]+/.test(p.version)) {
+      if (registry === null) {
+        registry = process.env.npm_config_registry || defaultRegistry(npmDir);
+        if (!registry.endsWith("/")) registry += "/";
+      }
+      p.resolved = `${registry}${name}/-/${name}-${p.version}.tgz`;
+      added++;
+      continue;
+    }
+    const sha = String(p.integrity).split(/\s+/).find((s) => s.startsWith("sha512-"));
+    if (!sha) continue;
+    const hex = Buffer.from(sha.slice(7), "base64").toString("hex");
+    const content = path.join(cache, "_cacache", "content-v2", "sha512", hex.slice(0, 2), hex.slice(2, 4), hex.slice(4));
+    try {
+      if (fs.lstatSync(content).uid !== process.getuid()) fs.unlinkSync(content);
+    } catch (err) {}
+  }
+  if (added) fs.writeFileSync(out || file, JSON.stringify(lock, null, 2) + "\n");
+  return added;
+}
+
+function defaultRegistry(npmDir) {
   if (npmDir) {
     try {
       const found = require(path.join(npmDir, "node_modules", "npm-registry-fetch", "lib", "default-opts.js")).registry;
@@ -26,27 +56,10 @@ function defaultRegistry() {
   }
   return new (require("pacote").RegistryFetcher)("npm", {}).registry;
 }
-let registry = null;
-let added = 0;
-for (const [key, p] of Object.entries(lock.packages || {})) {
-  if (!key || p.resolved || p.link || p.inBundle || !p.version || !p.integrity) continue;
-  const name = p.name || key.slice(key.lastIndexOf("node_modules/") + "node_modules/".length);
-  if (!ownRegistry && !name.startsWith("@") && /^[0-9]+\.[0-9]+\.[0-9]+/.test(p.version)) {
-    if (registry === null) {
-      registry = process.env.npm_config_registry || defaultRegistry();
-      if (!registry.endsWith("/")) registry += "/";
-    }
-    p.resolved = `${registry}${name}/-/${name}-${p.version}.tgz`;
-    added++;
-    continue;
-  }
-  const sha = String(p.integrity).split(/\s+/).find((s) => s.startsWith("sha512-"));
-  if (!sha) continue;
-  const hex = Buffer.from(sha.slice(7), "base64").toString("hex");
-  const content = path.join(cache, "_cacache", "content-v2", "sha512", hex.slice(0, 2), hex.slice(2, 4), hex.slice(4));
-  try {
-    if (fs.lstatSync(content).uid !== process.getuid()) fs.unlinkSync(content);
-  } catch (err) {}
+
+module.exports = { resolveLock };
+
+if (require.main === module) {
+  const [file, cache, npmDir] = process.argv.slice(2);
+  console.log(resolveLock(file, cache, npmDir));
 }
-if (added) fs.writeFileSync(file, JSON.stringify(lock, null, 2) + "\n");
-console.log(added);

@@ -13,28 +13,14 @@ the router's added p50 latency at low load (target ≤ 0.2 ms). Also the CPU tim
 request of each part in (a) and (b): the units (Docker's accounting), nginx's workers
 and wrk: a busy machine moves the requests/s, much less what a request costs.
 
-How (c) is timed: one request at a time, alternating straight to a unit (the two
-in turn) and through the router, so that both see the same machine, which other
-work keeps busy. Straight requests are timed from the connect: a gunicorn sync
-worker closes every connection, so a client going straight to a unit opens one
-per request, while through the router it keeps its connection to nginx and nginx
-opens the one to the unit inside the timed request. wrk starts its clock only
-once the connection is open, which leaves exactly that step out of the straight
-figure and in the routed one; its figures at one connection are printed too.
-
-HTTPS, in the same run and rounds (a wildcard certificate for *.bae.localhost
-uploaded with certs:add --platform, ECDSA P-256):
-  (d) wrk over HTTPS through the router (keep-alive) against (b): throughput ratio
-      (target ≥ 0.85) and the added p50 at one connection;
-  (e) new connections per request (Connection: close) over HTTP and HTTPS: the
-      new-handshake rate with 64 clients; and nginx's own 404 page over both
-      (no unit: the router's cost of TLS alone);
-  (f) openssl s_time one connection at a time, full handshakes against resumed
-      ones, and openssl s_client -sess_out/-sess_in showing "Reused".
-The load average before and after is printed: other work on the machine skews it.
-
-Run: .venv/bin/python -m bench.router [SECONDS] [CONNECTIONS] [ROUNDS]
-(medians are printed)
+How (c) is timed: curl, one request at a time, in batches that alternate straight
+to a unit and through the router (the order swapped every pair), each request from
+the start of its transfer to its last byte. A gunicorn sync worker closes every
+connection, so a client going straight to a unit opens one per request (in the
+timed request), while through the router it keeps its connection to nginx and nginx
+opens the one to the unit inside the timed request. wrk starts its clock only once
+the connection is open, which leaves that step out of its straight figure and in its
+routed one; wrk's figures at one connection are printed too.
 """
 
 from __future__ import annotations
@@ -43,7 +29,6 @@ import os
 import re
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -114,64 +99,25 @@ def wrk_result(proc) -> dict:
             "non2xx": int(non2xx.group(1)) if non2xx else 0}
 
 
-def _exchange(sock: socket.socket, request: bytes) -> bool:
-    """Send ``request`` and read one whole response (Content-Length). False if the peer closed first."""
-    sock.sendall(request)
-    data = b""
-    while True:
-        chunk = sock.recv(65536)
-        if not chunk:
-            return False
-        data += chunk
-        head, sep, body = data.partition(b"\r\n\r\n")
-        if sep:
-            length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                          if line.lower().startswith(b"content-length:"))
-            if len(body) >= length:
-                return True
+def curl_times(url: str, requests: int, host: str) -> list[float]:
+    """Milliseconds of ``requests`` GETs of ``url``, one after the other in one curl process, each
+    from the start of its transfer (its connect included when it needs one) to its last byte."""
+    out = subprocess.run(["curl", "-s", "-H", f"Host: {host}", "-w", "\\n@ %{time_total}\\n"] + [url] * requests,
+                         capture_output=True, text=True, timeout=120).stdout
+    return [float(line[2:]) * 1000 for line in out.splitlines() if line.startswith("@ ")]
 
 
-def latency_pairs(units: list[tuple[str, int]], router: tuple[str, int], host: str, pairs: int,
-                  warmup: int = 200) -> tuple[list[float], list[float]]:
-    """Milliseconds of ``pairs`` requests straight to ``units`` (in turn; each timed from its connect)
-    and as many through ``router`` (one keep-alive connection, as wrk keeps), one at a time and
-    alternating, the order swapped every pair. Returns (straight, routed)."""
-    request = f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+def low_load(units: list[str], router_url: str, host: str, batches: int, size: int = 200) -> tuple[list[float], list[float]]:
+    """Requests one at a time (curl), in batches that alternate straight to a unit (the units in
+    turn) and through the router, the order swapped every pair. A unit closes every connection,
+    so each straight request includes its connect; through the router curl keeps its connection
+    (the batch's first request, which opens it, is left out). Returns (straight, routed)."""
     straight, routed = [], []
-    kept: list[socket.socket | None] = [None]
-
-    def direct(unit) -> float:
-        started = time.perf_counter()
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.connect(unit)
-            assert _exchange(sock, request), f"{unit} closed the connection before answering"
-            return (time.perf_counter() - started) * 1000
-
-    def through() -> float:
-        for _ in range(3):
-            if kept[0] is None:  # opened outside the timed request, as wrk does
-                kept[0] = socket.create_connection(router)
-                kept[0].setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            started = time.perf_counter()
-            if _exchange(kept[0], request):
-                return (time.perf_counter() - started) * 1000
-            kept[0].close()  # nginx closed an idle keep-alive connection (a reload): again, not timed
-            kept[0] = None
-        raise AssertionError("the router closed the connection three times in a row")
-
-    try:
-        for i in range(warmup + pairs):
-            unit = units[i % len(units)]
-            first, second = ((lambda: direct(unit)), through) if i % 2 == 0 else (through, (lambda: direct(unit)))
-            a, b = first(), second()
-            if i >= warmup:
-                d, r = (a, b) if i % 2 == 0 else (b, a)
-                straight.append(d)
-                routed.append(r)
-    finally:
-        if kept[0] is not None:
-            kept[0].close()
+    for i in range(batches):
+        unit = units[i % len(units)]
+        runs = [(straight, lambda: curl_times(unit, size, host)), (routed, lambda: curl_times(router_url, size + 1, host)[1:])]
+        for into, run in (runs if i % 2 == 0 else runs[::-1]):
+            into += run()
     return straight, routed
 
 
@@ -274,8 +220,7 @@ def main(seconds: int = 8, connections: int = 64, rounds: int = 3, plan: str = "
                 time.sleep(1)
             low_direct.append(wrk_result(wrk_start(f"http://{ips[0]}:5000/", 1, seconds // 2)))
             low_routed.append(wrk_result(wrk_start(router_url, 1, seconds // 2, host=host)))
-            straight, through = latency_pairs([(ip, 5000) for ip in ips], ("127.0.0.1", server.http_port), host,
-                                              pairs=500 * seconds)
+            straight, through = low_load([f"http://{ip}:5000/" for ip in ips], router_url, host, batches=2 * seconds)
             straight_ms += straight
             routed_ms += through
             time.sleep(1)
@@ -313,8 +258,8 @@ def main(seconds: int = 8, connections: int = 64, rounds: int = 3, plan: str = "
               f"rounds {', '.join(f'{x:.2f}' for x in ratios)}; ratio of the medians "
               f"{med(routed, 'rps') / med(direct, 'rps'):.2f})")
         sd, sr = statistics.median(straight_ms), statistics.median(routed_ms)
-        print(f"low load (1 connection) p50, {len(routed_ms)} requests each way, interleaved: straight {sd:.3f} ms "
-              f"(from the connect), router {sr:.3f} ms, added {sr - sd:.3f} ms   (target ≤ 0.2 ms)")
+        print(f"low load (1 connection) p50, curl, {len(routed_ms)} requests each way in alternating batches: "
+              f"straight {sd:.3f} ms (with its connect), router {sr:.3f} ms, added {sr - sd:.3f} ms   (target ≤ 0.2 ms)")
         ld, lr = med(low_direct, "p50"), med(low_routed, "p50")
         print(f"  wrk at 1 connection (clock starts after the connect): direct {ld:.3f} ms, router {lr:.3f} ms, "
               f"added {lr - ld:.3f} ms")

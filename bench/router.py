@@ -32,7 +32,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -134,10 +133,9 @@ def install_wildcard(server, client) -> str:
     while served(server.https_port, "bench.bae.localhost") is None:
         assert time.monotonic() < deadline, "the router did not serve the bench certificate"
         time.sleep(0.1)
-    path = os.path.join(tempfile.mkdtemp(prefix="bae-bench-ca-"), "ca.pem")
-    with open(path, "wb") as fh:
-        fh.write(ca.cert_pem)
-    return path
+    path = server.tmp / "bench-ca.pem"  # removed with the bench's directory
+    path.write_bytes(ca.cert_pem)
+    return str(path)
 
 
 def s_time(port: int, mode: str, seconds: int) -> float:

@@ -78,6 +78,9 @@ class Router:
     read_timeout: float = setting(60.0, "seconds a unit may take to answer before the user gets a 504")
     send_timeout: float = setting(60.0, "seconds a unit may take to read a request body")
     keepalive: int = setting(32, "idle keep-alive connections nginx keeps per app to its units")
+    keepalive_timeout: float = setting(1.0, "seconds nginx keeps an idle connection to a unit; keep it below the app "
+                                       "servers' own idle timeouts (gunicorn 2 s, Node.js 5 s), or a request sent as "
+                                       "the unit closes the connection fails (a POST is not retried: 502)")
     worker_processes: int = setting(1, "nginx worker processes (0: one per CPU core); one leaves the CPU to the units on small hosts")
 
 
@@ -243,6 +246,10 @@ def load(path: str | os.PathLike | None = None) -> Settings:
     if settings.scheduler.runtime not in ("docker", "swarm"):
         raise ConfigError(f"setting 'scheduler.runtime' is {settings.scheduler.runtime!r}",
                           "Use \"docker\" (this machine) or \"swarm\" (a Docker Swarm cluster).")
+    for key in ("connect_timeout", "read_timeout", "send_timeout", "keepalive_timeout"):
+        if getattr(settings.router, key) <= 0:
+            raise ConfigError(f"setting 'router.{key}' is {getattr(settings.router, key)!r}",
+                              "Give a number of seconds greater than 0.")
     settings.source = str(path)
     return settings
 

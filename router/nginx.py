@@ -109,7 +109,7 @@ def render(routes: list[Route], *, prefix: Path, logs: Path, listen: str, settin
         if r.endpoints:
             out.append(f"  upstream u-{r.key} {{")
             out += [f"    server {e.address} max_fails=1 fail_timeout=5s;" for e in r.endpoints]
-            out.append(f"    keepalive {settings.keepalive}; keepalive_timeout 60s;")
+            out.append(f"    keepalive {settings.keepalive}; keepalive_timeout {int(settings.keepalive_timeout * 1000)}ms;")
             out.append("  }")
     out += [
         "  server {",

@@ -4,11 +4,13 @@ An add-on is a row in the store (kind, version, plan, password, config var) and
 a directory ``data_dir/addons/APP/NAME`` (``data/`` the service's files,
 ``backups/`` its dumps) that outlives every container. Its container is found by
 labels (``bae.role=addon``, ``bae.app``, ``bae.addon``, ``bae.generation``) and
-runs on the app's own network (``bae-INSTANCE-app-APP``), where the app's units
-and one-off units reach it by its name; no port is published on the host, and
-no other app's units are on that network. On the swarm runtime that network is an
-attachable overlay: the container stays on the manager (pinned where its data
-is) and the app's units reach it from every node. Called by the addons:* commands and by
+runs on the app's own network (``bae-INSTANCE-app-APP``) at a fixed address; the
+app's units and one-off units find it by its name in their /etc/hosts and reach it
+through firewall openings made for each of them (scheduler.firewall; where bae cannot
+edit the host's firewall they join this network instead). No port is published on
+the host, and no other app's unit gets through. On the swarm runtime that network
+is an attachable overlay: the container stays on the manager (pinned where its data
+is) and the app's units join it and reach it from every node. Called by the addons:* commands and by
 the healer (heal.py).
 """
 
@@ -38,7 +40,7 @@ READY_TIMEOUT = 60.0  # seconds a service has to accept connections after its co
 
 
 def network_name(instance: str, app: str) -> str:
-    """The app's own network: its units, one-off units and add-ons, nothing else."""
+    """The app's own network: its add-ons (and its units where they join it: swarm, no firewall)."""
     return f"bae-{instance}-app-{app}"
 
 

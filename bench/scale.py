@@ -8,8 +8,10 @@
     connections. Target: ≤ 2 s. Each kill is a first crash of its app (a crash
     loop backs off on purpose).
 Prints medians of RUNS runs. With --addons, the scaled app has a Redis add-on, so
-its units start on the app's own network (see README, Add-ons), and an app without
-one is scaled the same way in the same runs: the difference is what that network costs.
+each of its units gets a firewall opening to it before it starts (see README,
+Add-ons), and an app without one is scaled the same way in the same runs: the
+difference is what reaching an add-on costs. For comparison, 10 `docker run` on the
+app's add-on network (a user-defined bridge: where units ran before) are timed too.
 
 Run: .venv/bin/python -m bench.scale [RUNS] [--addons]
 """
@@ -120,7 +122,7 @@ def main(runs: int = 3, addons: bool = False) -> None:
                 plain.append(scale("scale-1"))
 
             theirs.append(bare(None))
-            if addons:  # the same on the app's network (a user-defined bridge, as the units there are)
+            if addons:  # the same on the app's add-on network (a user-defined bridge, where units ran before)
                 on_network.append(bare(f"bae-{instance}-app-scale-0"))
 
         heal = []
@@ -145,12 +147,14 @@ def main(runs: int = 3, addons: bool = False) -> None:
         print(f"{'scale web 0→10, all accepting connections':<44}{median(ours):>8.2f}s{median(theirs):>11.2f}s"
               f"{median(ours) / median(theirs):>8.2f}  ≤ 1.3 (vs 10 concurrent docker run)")
         if addons:
-            print(f"{'  vs 10 docker run on the app network':<44}{median(ours):>8.2f}s{median(on_network):>11.2f}s"
+            print(f"{'  vs 10 docker run on the add-on network':<44}{median(ours):>8.2f}s{median(on_network):>11.2f}s"
                   f"{median(ours) / median(on_network):>8.2f}  (Docker's own cost of that network: "
                   f"{median(on_network) - median(theirs):+.2f} s)")
-            print(f"{'  the same app without an add-on (no network)':<44}{median(plain):>8.2f}s{median(theirs):>11.2f}s"
-                  f"{median(plain) / median(theirs):>8.2f}  (the add-on network costs "
+            print(f"{'  the same app without an add-on':<44}{median(plain):>8.2f}s{median(theirs):>11.2f}s"
+                  f"{median(plain) / median(theirs):>8.2f}  (reaching the add-on costs "
                   f"{median(ours) - median(plain):+.2f} s, {median(ours) / median(plain):.2f}×)")
+        pairs = " ".join(f"{a / b:.2f}" for a, b in zip(ours, theirs))
+        print(f"{'  bae / docker run, run by run':<44}{pairs}")
         print(f"{'kill a unit → replacement accepting':<44}{median(heal):>8.2f}s{'':>12}{'':>8}  ≤ 2 s")
     finally:
         server.stop()

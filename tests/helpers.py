@@ -10,6 +10,7 @@ import contextlib
 import http.client
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -112,6 +113,15 @@ def run(cmd, *, cwd=None, env=None, input=None, timeout=600, check=False) -> sub
     if check and result.returncode != 0:
         raise AssertionError(f"{cmd} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def drop_firewall_rules(instance: str) -> None:
+    """Remove the DOCKER-USER rules bae made for this installation's units (scheduler.firewall)."""
+    listed = subprocess.run(["iptables", "-w", "-S", "DOCKER-USER"], capture_output=True, text=True)
+    for line in listed.stdout.splitlines():
+        words = shlex.split(line)  # iptables -S quotes comments
+        if "--comment" in words and words[words.index("--comment") + 1].startswith(f"bae:{instance}:"):
+            subprocess.run(["iptables", "-w", "-D", *words[1:]], capture_output=True)
 
 
 class Server:
@@ -219,6 +229,7 @@ class Server:
                 engine.api.remove_network(net["Id"])
             except docker.errors.APIError:
                 pass
+        drop_firewall_rules(instance)
         images = engine.images.list(name=f"bae/{instance}/*/*")
         for image in sorted(images, key=lambda i: i.attrs.get("Created", ""), reverse=True):
             for tag in image.tags:

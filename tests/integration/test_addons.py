@@ -237,7 +237,13 @@ def test_worker_deployment_consumes_queue_and_other_apps_cannot_connect(server, 
         assert seen["reachable"] is True, seen
     with pytest.raises(Answer, match="HTTP 500"):
         get(server, "intruder", "/visits")
-    # nor does a unit reach another app's unit
+    # on an engine started as `make up` starts it, the units stay on Docker's default bridge (no
+    # traffic between containers) and each has its own opening to its app's add-ons only
+    bridge = docker.from_env().api.inspect_network("bridge")
+    if bridge["Options"].get("com.docker.network.bridge.enable_icc") == "false":
+        (jobs_web,) = unit_containers(server, "jobs")
+        assert set(jobs_web["NetworkSettings"]["Networks"]) == {"bridge"}
+    # nor does a unit reach another app's unit (add-on or not)
     (intruder_web,) = unit_containers(server, "intruder")
     other = next(iter(intruder_web["NetworkSettings"]["Networks"].values()))["IPAddress"]
     assert get(server, "jobs", f"/connect?host={other}&port=5000").json()["reachable"] is False

@@ -227,6 +227,24 @@ class Services:
         saved.write_text(f"{candidate}\n")
         return str(candidate)
 
+    def addresses(self, app: str) -> dict[str, str]:
+        """Name -> fixed address of each of ``app``'s add-ons, from their records (the store's rows and
+        the address kept in each one's directory since its first start), for the units' /etc/hosts and
+        firewall openings. Not from the add-on containers: a unit created while the healer re-creates
+        one (after a crash, a dockerd restart) would get no entry and no opening for its whole life.
+        Empty for an unknown app."""
+        try:
+            addons = self.platform.store.addons(self.platform.store.app(app))
+        except BaeError:
+            return {}
+        found = {}
+        for addon in addons:
+            try:
+                found[addon.name] = (self.dir(app, addon.name) / "address").read_text().strip()
+            except OSError:
+                continue  # not started yet: its creation rolls the app's units once it is up
+        return found
+
     def wait_ready(self, addon: Addon, timeout: float = READY_TIMEOUT) -> ServiceInfo:
         """Wait until the add-on accepts connections with its password; BaeError with its last output
         if it stops. The port (and the marker file) are polled often, the container's state twice a second."""

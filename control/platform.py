@@ -102,8 +102,13 @@ class Platform:
 
             # each backend says whether the settings select it (config.load refused any other name)
             backend = next(r for r in (SwarmRuntime, DockerRuntime) if r.applies(self.settings))
-            self._runtime = backend.create(self.instance, self.settings, self.store)
+            self._runtime = backend.create(self.instance, self.settings, self.store, addresses=self.addon_addresses)
         return self._runtime
+
+    def addon_addresses(self, app: str) -> dict[str, str]:
+        """Name -> fixed address of ``app``'s add-ons, from their records (addons.Services.addresses):
+        what the runtimes put in units' /etc/hosts and open the way to."""
+        return self.addons.addresses(app)
 
     def notify(self) -> bool:
         """Wake the scheduler of `bae serve` (in this process or another). False if none runs."""

@@ -31,7 +31,7 @@ from typing import Callable, Iterable
 
 from bae.errors import BaeError
 
-__all__ = ["Firewall", "new_mac"]
+__all__ = ["Firewall", "new_mac", "MAC_PREFIX"]
 
 log = logging.getLogger("bae.firewall")
 
@@ -131,6 +131,55 @@ class Firewall:
                 if mac.startswith(MAC_PREFIX) and mac not in live_macs:
                     subprocess.run(["ip", "-4", "neigh", "del", words[0], "dev", self.unit_bridge],
                                    capture_output=True, timeout=30)
+
+    def repair(self, units: Iterable[tuple[str, str, str | None, list[tuple[str, str]]]]) -> int:
+        """Give each running unit (container name, its MAC, its IP or None, [(add-on address, bridge)])
+        the openings it should have and lacks, and its neighbour entry if the host's is missing or
+        wrong; the replies rule is checked too. Level-based: whatever removed a rule or an entry (a
+        firewall reload, an operator's flush, a race this module did not foresee), the next pass puts
+        it back. Returns how many rules were added."""
+        units = list(units)
+        if not units:
+            return 0
+        self._replies = 0.0
+        self._ensure_replies()
+        listed = _iptables("-S", CHAIN)
+        if listed.returncode != 0:
+            return 0
+        have = set()  # (comment, destination) of the rules there (-S reorders options, prints MACs in capitals)
+        for line in listed.stdout.splitlines():
+            words = shlex.split(line)
+            if "--comment" in words and "-d" in words:
+                have.add((words[words.index("--comment") + 1], words[words.index("-d") + 1].removesuffix("/32")))
+        missing = []
+        for container, mac, _ip, targets in units:
+            for ip, bridge in targets:
+                if (f"bae:{self.instance}:{container}", ip) not in have:
+                    missing.append((container, self._rule(container, mac, ip, bridge)))
+        if missing:
+            lines = "".join(f"-I {rule}\n" for _c, rule in missing)
+            done = _iptables(stdin=f"*filter\n{lines}COMMIT\n", restore=True)
+            if done.returncode != 0:
+                log.warning("putting back %d opening(s) failed: %s", len(missing), done.stderr.strip()[:300])
+            else:
+                log.warning("put back %d missing opening(s) to add-ons: %s", len(missing),
+                            ", ".join(sorted({c for c, _r in missing}))[:500])
+        self._ensure_neighbours([(ip, mac) for _c, mac, ip, _t in units if ip])
+        return len(missing)
+
+    def _ensure_neighbours(self, wanted: list[tuple[str, str]]) -> None:
+        if not wanted:
+            return
+        shown = subprocess.run(["ip", "-4", "neigh", "show", "dev", self.unit_bridge], capture_output=True,
+                               text=True, timeout=30)
+        have = {}
+        for line in shown.stdout.splitlines():
+            words = line.split()
+            if words and "lladdr" in words:
+                have[words[0]] = words[words.index("lladdr") + 1].lower()
+        for ip, mac in wanted:
+            if have.get(ip) != mac.lower():
+                self.announce(ip, mac)
 
     def sweep(self, names: Callable[[], tuple[set[str], set[str]]], every: float = 0.0) -> int:
         """Delete the rules (of any installation) whose container is not among the names ``names()``

@@ -21,7 +21,11 @@ from typing import Callable, Iterator, Protocol
 from bae import config
 from bae.model import Deployment, Release
 
-__all__ = ["Runtime", "Attached", "UnitIdentity", "Workload", "UnitSpec", "UnitInfo", "OneOff"]
+__all__ = ["Runtime", "Attached", "UnitIdentity", "Workload", "UnitSpec", "UnitInfo", "OneOff", "Addresses"]
+
+# app -> {add-on name: its fixed address}, from the add-ons' records (the composition root gives it to
+# the runtime: control.platform.Platform.addon_addresses)
+Addresses = Callable[[str], dict[str, str]]
 
 
 @dataclass

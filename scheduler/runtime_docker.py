@@ -30,8 +30,8 @@ from docker.utils.socket import frames_iter
 
 from bae.errors import BaeError, Gone, Unavailable
 from bae.unit import CA_PATH, PORT, USER
-from scheduler.firewall import Firewall, new_mac
-from scheduler.runtime import OneOff, UnitIdentity, UnitInfo, UnitSpec, Workload
+from scheduler.firewall import MAC_PREFIX, Firewall, new_mac
+from scheduler.runtime import Addresses, OneOff, UnitIdentity, UnitInfo, UnitSpec, Workload
 
 __all__ = ["DockerRuntime", "translate", "ENGINE_ERRORS", "addon_hosts"]
 
@@ -148,8 +148,8 @@ class DockerRuntime:
         return settings.scheduler.runtime == "docker"
 
     @classmethod
-    def create(cls, instance: str, settings, store) -> "DockerRuntime":
-        return cls(instance)
+    def create(cls, instance: str, settings, store, addresses: Addresses | None = None) -> "DockerRuntime":
+        return cls(instance, addresses)
 
     def serve(self, settings) -> None:
         """Nothing to start besides the engine itself."""
@@ -157,8 +157,9 @@ class DockerRuntime:
     def shutdown(self) -> None:
         pass
 
-    def __init__(self, instance: str) -> None:
+    def __init__(self, instance: str, addresses: Addresses | None = None) -> None:
         self.instance = instance
+        self._addresses = addresses
         try:
             self.api = docker.from_env(version="auto", timeout=120).api
         except ENGINE_ERRORS as exc:
@@ -304,7 +305,11 @@ class DockerRuntime:
             self._firewall.forget(ip)
 
     def addon_hosts(self, app: str) -> dict[str, str]:
-        """Name -> fixed address of the app's add-ons (their labels), for the unit's /etc/hosts."""
+        """Name -> fixed address of the app's add-ons, for the unit's /etc/hosts and its openings: from
+        the add-ons' records when the platform gave them (``addresses``), else from their containers'
+        labels (which miss an add-on while its container is re-created)."""
+        if self._addresses is not None:
+            return self._addresses(app)
         return addon_hosts(self.api, self.instance, app)
 
     def network(self, app: str) -> str:
@@ -381,22 +386,50 @@ class DockerRuntime:
         self.sweep(every=1.0)
 
     def sweep(self, every: float = 0.0) -> int:
-        """Delete firewall openings of units that are gone (scheduler.firewall); at most once per
-        ``every`` seconds. Also run by ``list_units`` (each reconcile pass) every 30 s."""
+        """Delete firewall openings of units that are gone and put back those running units lack
+        (scheduler.firewall); at most once per ``every`` seconds. Also run by ``list_units`` (each
+        reconcile pass) every 30 s."""
         if self._firewall is None:
             return 0
+        rows: list = []
 
         def names() -> tuple[set[str], set[str]]:
             with _engine("listing containers"):
-                rows = self.api.containers(all=True)
+                rows[:] = self.api.containers(all=True)
             macs = {(net.get("MacAddress") or "").lower() for row in rows
                     for net in ((row.get("NetworkSettings") or {}).get("Networks") or {}).values()}
             return {n.lstrip("/") for row in rows for n in row.get("Names") or []}, macs
         try:
-            return self._firewall.sweep(names, every)
+            removed = self._firewall.sweep(names, every)
+            if rows:  # the sweep ran (not skipped for ``every``)
+                self._repair(rows)
+            return removed
         except (BaeError, OSError, subprocess.SubprocessError) as exc:
             log.warning("sweeping firewall rules failed: %s", getattr(exc, "message", exc))
             return 0
+
+    def _repair(self, rows: list[dict]) -> None:
+        """The openings and neighbour entries this installation's running units (and one-off units)
+        with a MAC of bae's should have, from their apps' add-ons' records now, to ``Firewall.repair``."""
+        wanted, targets = [], {}
+        for row in rows:
+            labels = row.get("Labels") or {}
+            role = labels.get("bae.role")
+            if labels.get("bae.platform") != self.instance or role not in ("unit", "oneoff") \
+                    or row.get("State") != "running" or not row.get("Names"):
+                continue
+            nets = ((row.get("NetworkSettings") or {}).get("Networks") or {}).values()
+            mine = [(n["MacAddress"].lower(), n.get("IPAddress")) for n in nets
+                    if (n.get("MacAddress") or "").lower().startswith(MAC_PREFIX)]
+            if not mine:
+                continue
+            app = labels.get("bae.app", "")
+            if app not in targets:
+                _network, bridge, _firewall = self._placement(app)
+                targets[app] = [(ip, bridge) for ip in self.addon_hosts(app).values()] if bridge else []
+            mac, ip = mine[0]
+            wanted.append((row["Names"][0].lstrip("/"), mac, ip if role == "unit" else None, targets[app]))
+        self._firewall.repair(wanted)
 
     def remove_exited(self, unit_id: str) -> bool:
         running_again = False

@@ -48,7 +48,7 @@ from docker.types import (ConfigReference, ContainerSpec, EndpointSpec, Placemen
 from bae.errors import BaeError, Unavailable
 from bae.unit import CA_PATH, ENTRYPOINT, PORT, USER
 from scheduler.plans import memory_bytes
-from scheduler.runtime import OneOff, UnitIdentity, UnitInfo, UnitSpec, Workload
+from scheduler.runtime import Addresses, OneOff, UnitIdentity, UnitInfo, UnitSpec, Workload
 from scheduler.runtime_docker import ENGINE_ERRORS, addon_hosts, translate
 
 __all__ = ["SwarmRuntime", "NodeInfo", "Lost"]
@@ -194,12 +194,13 @@ class SwarmRuntime:
         return settings.scheduler.runtime == "swarm"
 
     @classmethod
-    def create(cls, instance: str, settings, store) -> "SwarmRuntime":
+    def create(cls, instance: str, settings, store, addresses: Addresses | None = None) -> "SwarmRuntime":
         """The runtime of this installation: its registry (not started: `bae serve` starts it) and
         the process types' placement constraints from the store."""
         from scheduler.registry import Registry
 
         runtime = cls(instance, placement=store.placement)
+        runtime._addresses = addresses
         swarm = settings.swarm
         directory = swarm.registry_dir or str(settings.data / "registry")
         runtime.registry = Registry(directory, swarm.advertise_addr or runtime.address, swarm.registry_port)
@@ -218,6 +219,7 @@ class SwarmRuntime:
         self.instance = instance
         self.registry = registry
         self.placement = placement or (lambda app, deployment, process: [])
+        self._addresses: Addresses | None = None  # add-ons' addresses from their records (create)
         try:
             self.client = docker.from_env(version="auto", timeout=120)
             self.api = self.client.api
@@ -766,7 +768,9 @@ class SwarmRuntime:
 
     def addon_hosts(self, app: str) -> dict[str, str]:
         """Name -> fixed address of the app's add-ons (containers on the manager, by label), for /etc/hosts
-        (the units need no DNS to find them)."""
+        (the units need no DNS to find them); from the add-ons' records when the platform gave them."""
+        if self._addresses is not None:
+            return self._addresses(app)
         return addon_hosts(self.api, self.instance, app)
 
     def stop(self, unit_id: str, grace: int) -> str:

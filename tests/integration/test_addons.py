@@ -122,6 +122,28 @@ def test_redis_visits_survive_everything(server, dev, tmp_path):
     assert repo
 
 
+def test_a_unit_started_while_its_addon_has_no_container_reaches_it_once_healed(server, dev, tmp_path):
+    # a unit learns its add-ons' names and addresses from their records, not from their containers: one
+    # created while the healer re-creates an add-on's container (after a crash, a dockerd restart) must
+    # still find it and get through once it is back. The test holds the add-on's lock, as a command
+    # does, so the healer leaves it without a container while the unit starts.
+    import fcntl
+
+    ok(dev.ssh("apps:create", "gap"))
+    ok(dev.ssh("addons:create", "gap", "redis"))
+    push_app(dev, tmp_path, "gap")
+    assert until(lambda: get(server, "gap", "/visits").json()["visits"]) == 1
+    with open(server.data / "addons" / "gap" / ".redis-1.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        docker.from_env().api.remove_container(service_container(server, "gap", "redis-1")["Id"], force=True)
+        (before,) = unit_containers(server, "gap")
+        ok(dev.ssh("ps:restart", "gap"))
+        until(lambda: [u["Id"] for u in unit_containers(server, "gap")] not in ([], [before["Id"]]),
+              what="web.1 replaced")
+        assert service_container(server, "gap", "redis-1") is None
+    assert until(lambda: get(server, "gap", "/visits").json()["visits"], timeout=90, what="visits after healing") == 2
+
+
 def test_sql_rows_backup_destroy_restore(server, dev, tmp_path):
     ok(dev.ssh("apps:create", "ledger"))
     ok(dev.ssh("addons:create", "ledger", "postgres"))

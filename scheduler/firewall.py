@@ -132,12 +132,16 @@ class Firewall:
                     subprocess.run(["ip", "-4", "neigh", "del", words[0], "dev", self.unit_bridge],
                                    capture_output=True, timeout=30)
 
-    def repair(self, units: Iterable[tuple[str, str, str | None, list[tuple[str, str]]]]) -> int:
-        """Give each running unit (container name, its MAC, its IP or None, [(add-on address, bridge)])
-        the openings it should have and lacks, and its neighbour entry if the host's is missing or
-        wrong; the replies rule is checked too. Level-based: whatever removed a rule or an entry (a
-        firewall reload, an operator's flush, a race this module did not foresee), the next pass puts
-        it back. Returns how many rules were added."""
+    def repair(self, units: Iterable[tuple[str, str, list[tuple[str, str]]]]) -> int:
+        """Give each running unit (container name, its MAC, [(add-on address, bridge)]) the openings
+        it should have and lacks; the replies rule is checked too. Level-based: whatever removed a
+        rule (a firewall reload, an operator's flush), the next pass puts it back; a rule added for a
+        unit that stopped meanwhile opens nothing (its MAC left with it) and the next sweep removes
+        it. Neighbour entries are not repaired here: this listing may be stale by the time it is
+        acted on, and an entry written for a unit that just stopped would make its IP's next
+        container unreachable from the host for ~25 s (measured: 30 s scale-ups); a missing entry
+        is resolved by ARP, and a unit's entry is written when it starts (``announce``).
+        Returns how many rules were added."""
         units = list(units)
         if not units:
             return 0
@@ -152,7 +156,7 @@ class Firewall:
             if "--comment" in words and "-d" in words:
                 have.add((words[words.index("--comment") + 1], words[words.index("-d") + 1].removesuffix("/32")))
         missing = []
-        for container, mac, _ip, targets in units:
+        for container, mac, targets in units:
             for ip, bridge in targets:
                 if (f"bae:{self.instance}:{container}", ip) not in have:
                     missing.append((container, self._rule(container, mac, ip, bridge)))
@@ -164,22 +168,7 @@ class Firewall:
             else:
                 log.warning("put back %d missing opening(s) to add-ons: %s", len(missing),
                             ", ".join(sorted({c for c, _r in missing}))[:500])
-        self._ensure_neighbours([(ip, mac) for _c, mac, ip, _t in units if ip])
         return len(missing)
-
-    def _ensure_neighbours(self, wanted: list[tuple[str, str]]) -> None:
-        if not wanted:
-            return
-        shown = subprocess.run(["ip", "-4", "neigh", "show", "dev", self.unit_bridge], capture_output=True,
-                               text=True, timeout=30)
-        have = {}
-        for line in shown.stdout.splitlines():
-            words = line.split()
-            if words and "lladdr" in words:
-                have[words[0]] = words[words.index("lladdr") + 1].lower()
-        for ip, mac in wanted:
-            if have.get(ip) != mac.lower():
-                self.announce(ip, mac)
 
     def sweep(self, names: Callable[[], tuple[set[str], set[str]]], every: float = 0.0) -> int:
         """Delete the rules (of any installation) whose container is not among the names ``names()``

@@ -409,8 +409,8 @@ class DockerRuntime:
             return 0
 
     def _repair(self, rows: list[dict]) -> None:
-        """The openings and neighbour entries this installation's running units (and one-off units)
-        with a MAC of bae's should have, from their apps' add-ons' records now, to ``Firewall.repair``."""
+        """The openings this installation's running units (and one-off units) with a MAC of bae's
+        should have, from their apps' add-ons' records now, to ``Firewall.repair``."""
         wanted, targets = [], {}
         for row in rows:
             labels = row.get("Labels") or {}
@@ -419,16 +419,14 @@ class DockerRuntime:
                     or row.get("State") != "running" or not row.get("Names"):
                 continue
             nets = ((row.get("NetworkSettings") or {}).get("Networks") or {}).values()
-            mine = [(n["MacAddress"].lower(), n.get("IPAddress")) for n in nets
-                    if (n.get("MacAddress") or "").lower().startswith(MAC_PREFIX)]
+            mine = [n["MacAddress"].lower() for n in nets if (n.get("MacAddress") or "").lower().startswith(MAC_PREFIX)]
             if not mine:
                 continue
             app = labels.get("bae.app", "")
             if app not in targets:
                 _network, bridge, _firewall = self._placement(app)
                 targets[app] = [(ip, bridge) for ip in self.addon_hosts(app).values()] if bridge else []
-            mac, ip = mine[0]
-            wanted.append((row["Names"][0].lstrip("/"), mac, ip if role == "unit" else None, targets[app]))
+            wanted.append((row["Names"][0].lstrip("/"), mine[0], targets[app]))
         self._firewall.repair(wanted)
 
     def remove_exited(self, unit_id: str) -> bool:

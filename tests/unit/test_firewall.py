@@ -129,24 +129,24 @@ def test_forget_drops_the_entry_of_a_stopped_units_ip(neighbours):
     assert "172.17.0.3" not in neighbours.entries
 
 
-def test_repair_puts_back_missing_openings_the_replies_rule_and_wrong_neighbour_entries(tables, neighbours):
+def test_repair_puts_back_missing_openings_and_the_replies_rule_and_leaves_neighbours_alone(tables, neighbours):
     fw = Firewall("inst", "docker0")
     fw.open("web-1", "02:ba:00:00:00:01", [("10.1.0.9", "br-a"), ("10.1.0.8", "br-a")])
     # something (a flush, an operator) removed one of web-1's rules and the replies rule
     tables.rules = [r for r in tables.rules if "10.1.0.8" not in r and "bae:replies" not in r]
-    calls = len(tables.calls)
-    added = fw.repair([("web-1", "02:ba:00:00:00:01", "172.17.0.4", [("10.1.0.9", "br-a"), ("10.1.0.8", "br-a")]),
-                       ("web-2", "02:ba:00:00:00:02", "172.17.0.3", [("10.1.0.9", "br-a")]),
-                       ("run-1", "02:ba:00:00:00:05", None, [("10.1.0.9", "br-a")])])
+    calls, entries = len(tables.calls), dict(neighbours.entries)
+    added = fw.repair([("web-1", "02:ba:00:00:00:01", [("10.1.0.9", "br-a"), ("10.1.0.8", "br-a")]),
+                       ("web-2", "02:ba:00:00:00:02", [("10.1.0.9", "br-a")]),
+                       ("run-1", "02:ba:00:00:00:05", [("10.1.0.9", "br-a")])])
     assert added == 3  # web-1's second, web-2's and the one-off's; web-1's first was there
     left = "\n".join(tables.rules)
     assert left.count("bae:inst:web-1") == 2 and left.count("bae:inst:web-2") == 1 and "bae:replies" in left
     assert "bae:inst:run-1" in left
     assert sum(1 for c in tables.calls[calls:] if c[0] == "restore") == 1  # one batch
-    # the host's neighbour entries: web-2's IP was at another MAC, web-1's was right
-    assert neighbours.entries["172.17.0.3"] == "02:ba:00:00:00:02"
-    assert neighbours.entries["172.17.0.4"] == "02:ba:00:00:00:01"
+    # a listing may be stale when acted on: an entry written for a unit that just stopped would
+    # make its IP's next container unreachable from the host, so repair writes none
+    assert neighbours.entries == entries
     # nothing missing: nothing inserted
     calls = len(tables.calls)
-    assert fw.repair([("web-2", "02:ba:00:00:00:02", "172.17.0.3", [("10.1.0.9", "br-a")])]) == 0
+    assert fw.repair([("web-2", "02:ba:00:00:00:02", [("10.1.0.9", "br-a")])]) == 0
     assert not any(c[0] == "restore" for c in tables.calls[calls:])

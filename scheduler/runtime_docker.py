@@ -389,6 +389,11 @@ class DockerRuntime:
         """Delete firewall openings of units that are gone and put back those running units lack
         (scheduler.firewall); at most once per ``every`` seconds. Also run by ``list_units`` (each
         reconcile pass) every 30 s."""
+        if self._network is None:  # a `bae serve` that just started decides the firewall here too
+            try:
+                self._unit_network()
+            except BaeError:
+                return 0
         if self._firewall is None:
             return 0
         rows: list = []

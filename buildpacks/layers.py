@@ -108,10 +108,11 @@ def add_layer(parent: str, tag: str, files: Iterable[bytes] | None, labels: dict
                 members = check.getmembers()
             content = sum(m.size for m in members if m.isreg())
             diff_id = "sha256:" + digest.hexdigest() if members else None
-        config = json.dumps(child_config(attrs, history, diff_id, created, created_by, labels)).encode()
+        image_config = child_config(attrs, history, diff_id, created, created_by, labels)
+        config = json.dumps(image_config).encode()
         config_name = hashlib.sha256(config).hexdigest() + ".json"
         # the parent's layers by name only: the engine has them (by chain ID) and never opens these
-        names = [f"{i}/layer.tar" for i in range(len(json.loads(config)["rootfs"]["diff_ids"]))]
+        names = [f"{i}/layer.tar" for i in range(len(image_config["rootfs"]["diff_ids"]))]
         manifest = [{"Config": config_name, "RepoTags": [tag], "Layers": names}]
         with tarfile.open(fileobj=archive_file, mode="w:") as archive:
             _add_file(archive, config_name, io.BytesIO(config), len(config))

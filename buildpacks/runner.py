@@ -253,8 +253,11 @@ def _commit(container, req: BuildRequest) -> tuple[str, str]:
         image = container.commit(repository=req.repository, tag=tag, pause=False, changes=COMMIT_CHANGES + [
             f"LABEL bae.build={req.number}"])  # (the SDK inspects the new image: attrs are current)
         layer = image.history()[0].get("Size", 0)
-    return (f"{req.repository}:{tag}",
-            f"Built image {req.repository}:{tag} ({_mb(image.attrs['Size'])}, this build's layer {_mb(layer)})")
+    return f"{req.repository}:{tag}", _built(f"{req.repository}:{tag}", image.attrs["Size"], layer)
+
+
+def _built(image: str, size: int, layer: int) -> str:
+    return f"Built image {image} ({_mb(size)}, this build's layer {_mb(layer)})"
 
 
 def _remove_image(name: str) -> None:
@@ -297,8 +300,7 @@ def _try_reuse(req: BuildRequest, out, fp: str, keep) -> BuildResult | None:
         files = req.source.tar(APP_DIR.lstrip("/"), UID, lambda p: p in changed) if names else None
         size = layers.add_layer(previous.id, f"{req.repository}:{tag}", files, {"bae.build": str(req.number)},
                                 f"bae: build {req.number}, code-only change on build {prev.number}")
-        out.step(f"Built image {req.repository}:{tag} ({_mb(previous.attrs.get('Size', 0) + size)}, "
-                 f"this build's layer {_mb(size)})")
+        out.step(_built(f"{req.repository}:{tag}", previous.attrs.get("Size", 0) + size, size))
         return BuildResult(f"{req.repository}:{tag}", types, dict(prev.reuse, depth=plan.depth))
     except layers.Refused as exc:
         log.info("code-only image of %s/%s by docker load refused (%s); committing a container instead",

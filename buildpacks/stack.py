@@ -218,7 +218,6 @@ def _context(build) -> io.BytesIO:
     return buf
 
 
-
 def build_stack(build, out: Callable[[str], None], name: str = DEFAULT, *, force: bool = False) -> str:
     """Build stack ``name`` unless it exists; return its tag. Failures name the step that failed."""
     stack_named(name)

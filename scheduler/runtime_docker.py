@@ -138,6 +138,11 @@ class _Attached:
             return False
 
 
+def _bridge_device(network: dict) -> str:
+    """The host's interface of a bridge network (as the engine lists or inspects it)."""
+    return (network.get("Options") or {}).get("com.docker.network.bridge.name") or f"br-{network['Id'][:12]}"
+
+
 class DockerRuntime:
     """Starts, stops, lists and probes unit containers of one bae installation."""
 
@@ -341,7 +346,7 @@ class DockerRuntime:
         units = self._unit_network()
         if not own:
             return units, None, None
-        bridge = (own[0].get("Options") or {}).get("com.docker.network.bridge.name") or f"br-{own[0]['Id'][:12]}"
+        bridge = _bridge_device(own[0])
         if self._firewall is None:
             return own[0]["Name"], bridge, None
         return units, bridge, self._firewall
@@ -369,7 +374,7 @@ class DockerRuntime:
                     raise
                 with _engine("looking up the unit network"):
                     found = self.api.inspect_network(name)
-            device = (found.get("Options") or {}).get("com.docker.network.bridge.name") or f"br-{found['Id'][:12]}"
+            device = _bridge_device(found)
             self._firewall = Firewall.detect(self.instance, self.api, device)
             self._network = name
         return name

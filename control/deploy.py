@@ -68,9 +68,17 @@ def run_release_phase(platform: Platform, dep: Deployment, release: Release, out
         for line in lines:
             out.detail(line.decode("utf-8", "replace"))
 
-    code = run_oneoff(platform.runtime, job, stdin=None, stdout=write, stderr=write,
-                      timeout=platform.settings.scheduler.release_timeout,
-                      alive=lambda: not getattr(out, "cancelled", False))
+    try:
+        code = run_oneoff(platform.runtime, job, stdin=None, stdout=write, stderr=write,
+                          timeout=platform.settings.scheduler.release_timeout,
+                          alive=lambda: not getattr(out, "cancelled", False))
+    except DeployFailed:
+        raise
+    except BaeError as exc:  # it never ran (e.g. no node of the cluster can take its one-off unit)
+        platform.logs.event(dep.app, dep.name, "deploy", f"release command did not run for v{release.version}: "
+                                                         f"{exc.message}")
+        raise DeployFailed(f"the release command did not run: {exc.message}",
+                           (exc.hint + " " if exc.hint else "") + "The previous release keeps serving.") from None
     if pending:
         out.detail(pending.decode("utf-8", "replace"))
     platform.logs.event(dep.app, dep.name, "deploy", f"release command exited {code} for v{release.version}")

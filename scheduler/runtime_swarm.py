@@ -47,6 +47,7 @@ from docker.types import (ConfigReference, ContainerSpec, EndpointSpec, Placemen
 
 from bae.errors import BaeError, Unavailable
 from bae.unit import CA_PATH, ENTRYPOINT, PORT, USER
+from scheduler.placement import pick_node
 from scheduler.plans import memory_bytes
 from scheduler.runtime import Addresses, OneOff, UnitIdentity, UnitInfo, UnitSpec, Workload
 from scheduler.runtime_docker import ENGINE_ERRORS, addon_hosts, translate
@@ -82,6 +83,8 @@ class NodeInfo:
     memory: int  # bytes
     cpus: float
     leader: bool = False
+    os: str = ""  # node.platform.os / node.platform.arch, for placement constraints
+    arch: str = ""
 
 
 @dataclass
@@ -115,6 +118,7 @@ class _Attached:
     def __init__(self, runtime: "SwarmRuntime", service: str) -> None:
         self.runtime, self.service = runtime, service
         self.task: dict | None = None
+        self.failure: BaeError | None = None  # it never ran: no node took it within the boot timeout
 
     def send(self, data: bytes) -> None:
         pass  # Swarm tasks take no input (see SwarmRuntime.attach)
@@ -138,8 +142,14 @@ class _Attached:
         """Task logs as they come (both streams as stdout: Swarm's task logs mix them), until the task ended."""
         import queue
 
+        limit = self.runtime.boot_timeout
+        deadline = time.monotonic() + limit
         while not (self._state() and self.task["Status"]["State"] in ("running", *EXITED)):
-            time.sleep(0.2)  # pulling the image on its node
+            if time.monotonic() > deadline:  # pending (no node fits: its plan, the nodes' availability)
+                self.failure = _not_started(self.task, limit)
+                self.runtime.remove(self.service)
+                return
+            time.sleep(0.2)  # waiting for a node, pulling the image on its node
         chunks: queue.Queue = queue.Queue()
 
         def pump() -> None:
@@ -170,6 +180,8 @@ class _Attached:
         self.runtime.remove(self.service)
 
     def wait(self) -> int:
+        if self.failure is not None:
+            raise self.failure
         deadline = time.monotonic() + 30
         while not self._ended():
             if time.monotonic() > deadline:
@@ -182,6 +194,16 @@ class _Attached:
 
     def oom(self) -> bool:
         return False  # a task's status does not say (its exit code does: 137)
+
+
+def _not_started(task: dict | None, limit: float) -> BaeError:
+    """What a one-off unit that no node ran within ``limit`` seconds says: Swarm's own words on its task."""
+    status = (task or {}).get("Status") or {}
+    words = "; ".join(dict.fromkeys(w for w in (status.get("Err"), status.get("Message")) if w)) or "no task yet"
+    return BaeError(f"the one-off unit did not start within {limit:.0f} s (scheduler.boot_timeout): its task is "
+                    f"{status.get('State', 'not made')} ({words})",
+                    "No worker node can run it now: see `nodes` (state, availability, free memory and CPU); "
+                    "a quarter of the plan's memory must be free on a ready, active worker node.")
 
 
 class SwarmRuntime:
@@ -201,6 +223,7 @@ class SwarmRuntime:
 
         runtime = cls(instance, placement=store.placement)
         runtime._addresses = addresses
+        runtime.boot_timeout = settings.scheduler.boot_timeout  # how long a one-off unit may wait for a node
         swarm = settings.swarm
         directory = swarm.registry_dir or str(settings.data / "registry")
         runtime.registry = Registry(directory, swarm.advertise_addr or runtime.address, swarm.registry_port)
@@ -220,6 +243,7 @@ class SwarmRuntime:
         self.registry = registry
         self.placement = placement or (lambda app, deployment, process: [])
         self._addresses: Addresses | None = None  # add-ons' addresses from their records (create)
+        self.boot_timeout: float = 60.0
         try:
             self.client = docker.from_env(version="auto", timeout=120)
             self.api = self.client.api
@@ -282,21 +306,16 @@ class SwarmRuntime:
                 address=(row.get("ManagerStatus") or {}).get("Addr", "").rsplit(":", 1)[0]
                 if spec.get("Role") == "manager" and status.get("Addr") in ("", "0.0.0.0") else status.get("Addr", ""),
                 labels=spec.get("Labels") or {}, memory=res.get("MemoryBytes", 0), cpus=res.get("NanoCPUs", 0) / 1e9,
-                leader=bool((row.get("ManagerStatus") or {}).get("Leader")))
+                leader=bool((row.get("ManagerStatus") or {}).get("Leader")),
+                os=(desc.get("Platform") or {}).get("OS", ""), arch=(desc.get("Platform") or {}).get("Architecture", ""))
         with self._lock:
             self._nodes = (time.monotonic(), nodes)
         return nodes
 
     def node(self, name: str) -> NodeInfo:
-        """A node by hostname or id (prefix), or a BaeError listing the known ones."""
-        nodes = self.nodes(fresh=True)
-        found = [n for n in nodes.values() if n.hostname == name and n.state != "down"] or \
-                [n for n in nodes.values() if n.hostname == name] or \
-                [n for n in nodes.values() if n.id.startswith(name)]
-        if not found:
-            raise BaeError(f"no node {name!r} in the swarm",
-                           "Known nodes: " + ", ".join(sorted(n.hostname for n in nodes.values())) + " (see `nodes`).")
-        return found[0]
+        """A node by exact hostname, exact id or unique id prefix, or a BaeError naming the matches (an
+        ambiguous prefix) or the known nodes (an empty or unknown name): see placement.pick_node."""
+        return pick_node(self.nodes(fresh=True).values(), name)
 
     def update_node(self, name: str, availability: str | None = None, labels: dict[str, str | None] | None = None) -> NodeInfo:
         """Change a node's availability (active, drain, pause) or labels (None removes one)."""
@@ -924,7 +943,7 @@ class SwarmRuntime:
                "DYNO": unit, "BAE_RELEASE": f"v{job.release}"}
         labels = {"bae.platform": self.instance, "bae.role": "oneoff", "bae.app": job.app,
                   "bae.deployment": job.deployment, "bae.release": str(job.release)}
-        name = f"bae-{self.instance}-{job.app}-{job.deployment}-{unit.replace('.', '-')}-{secrets.token_hex(3)}"
+        name = oneoff_name(self.instance, job.app, job.deployment, unit)
         service = self._create(name, job.app, job.workload, env, labels, unit, 10, ports=False, constraints=[],
                                restart=RestartPolicy(condition="none"))
         try:
@@ -1129,6 +1148,11 @@ def _on_paused(rows: list[dict], nodes: dict[str, "NodeInfo"]) -> bool:
         return False
     node = nodes.get(rows[-1].get("NodeID", ""))
     return bool(node and node.availability == "pause")
+
+
+def oneoff_name(instance: str, app: str, deployment: str, unit: str) -> str:
+    """A one-off unit's service name (``run``, the release phase): unique, and short enough for Swarm."""
+    return _name(f"bae-{instance}-{app}-{deployment}-{unit.replace('.', '-')}-{secrets.token_hex(3)}")
 
 
 def _name(name: str) -> str:

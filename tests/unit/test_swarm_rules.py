@@ -8,9 +8,11 @@ import ipaddress
 import pytest
 
 from bae.config import load
-from bae.errors import ConfigError
+from bae.errors import ConfigError, Invalid, NotFound
+from scheduler.placement import describe, homes, meets, pick_node
 from scheduler.registry import _ca_and_cert
-from scheduler.runtime_swarm import NodeInfo, SwarmRuntime, _ended_before, _exited, _name, _slots, _task
+from scheduler.runtime_swarm import (NodeInfo, SwarmRuntime, _ended_before, _exited, _name, _not_started, _slots,
+                                     _task, oneoff_name)
 
 
 def node(state="ready", availability="active") -> NodeInfo:
@@ -123,3 +125,81 @@ def test_registry_certificate_names_its_address_and_is_signed_by_the_kept_ca(tmp
     assert (tmp_path / "ca.crt").read_bytes() == ca
     cert = x509.load_pem_x509_certificate((tmp_path / "registry.crt").read_bytes())
     assert "10.0.0.9" in cert.subject.rfc4514_string()
+
+
+def n(nid, hostname, state="ready", availability="active", role="worker", labels=None) -> NodeInfo:
+    return NodeInfo(nid, hostname, role, state, availability, "10.0.0.2", labels or {}, 1 << 30, 1.0,
+                    os="linux", arch="x86_64")
+
+
+CLUSTER = [n("abc123", "n1"), n("abd456", "n2", labels={"zone": "a"}), n("xyz789", "n3", state="down"),
+           n("mgr000", "host", role="manager")]
+
+
+def test_a_node_is_named_by_hostname_id_or_unique_id_prefix():
+    assert pick_node(CLUSTER, "n2").id == "abd456"
+    assert pick_node(CLUSTER, "abc123").hostname == "n1"
+    assert pick_node(CLUSTER, "abc").hostname == "n1"
+    assert pick_node(CLUSTER, "xy").hostname == "n3"
+    # a machine that left (down) and joined again under its name: the live one
+    assert pick_node([*CLUSTER, n("qqq111", "n3")], "n3").id == "qqq111"
+
+
+@pytest.mark.parametrize("name", ["", "  "])
+def test_an_empty_node_name_is_refused_listing_the_nodes(name):
+    with pytest.raises(Invalid) as err:
+        pick_node(CLUSTER, name)
+    assert "host, n1, n2, n3" in err.value.hint
+
+
+def test_an_id_prefix_several_nodes_share_is_refused_naming_them():
+    with pytest.raises(Invalid) as err:
+        pick_node(CLUSTER, "ab")
+    assert "names 2 nodes" in err.value.message and "n1 (id abc123" in err.value.message \
+        and "n2 (id abd456" in err.value.message
+    with pytest.raises(Invalid):  # two live nodes with one hostname: the id tells them apart
+        pick_node([*CLUSTER, n("qqq111", "n1")], "n1")
+    assert pick_node([*CLUSTER, n("qqq111", "n1")], "qqq").id == "qqq111"
+
+
+def test_an_unknown_node_is_refused_listing_the_known_ones():
+    with pytest.raises(NotFound) as err:
+        pick_node(CLUSTER, "n9")
+    assert "no node 'n9'" in err.value.message and "host, n1, n2, n3" in err.value.hint
+
+
+def test_constraints_match_as_swarm_matches_them():
+    n1, n2 = CLUSTER[0], CLUSTER[1]
+    assert meets(n2, "node.labels.zone==a") and meets(n2, "node.labels.zone==A") and not meets(n1, "node.labels.zone==a")
+    assert meets(n1, "node.labels.zone!=a") and not meets(n2, "node.labels.zone != a")  # no label: != holds
+    assert meets(n1, "node.hostname==n1") and meets(n1, "node.role==worker") and not meets(n1, "node.role==manager")
+    assert meets(n1, "node.id==abc123") and meets(n1, "node.platform.os==linux") and meets(n1, "node.platform.arch==x86_64")
+    assert not meets(n1, "node.bogus==x") and not meets(n1, "zone=a")
+
+
+def test_units_find_homes_on_ready_active_workers_only():
+    assert [x.hostname for x in homes(CLUSTER, [])] == ["n1", "n2"]
+    assert [x.hostname for x in homes(CLUSTER, ["node.labels.zone==a"])] == ["n2"]
+    assert homes(CLUSTER, ["node.labels.zone==a"], besides="abd456") == []  # draining n2: nowhere else
+    assert homes(CLUSTER, ["node.role==manager"]) == []  # units run on workers only
+    assert homes(CLUSTER, ["node.hostname==n3"]) == []  # down
+    paused = [n("abc123", "n1", availability="pause"), CLUSTER[1]]
+    assert [x.hostname for x in homes(paused, [])] == ["n2"]
+    assert describe(CLUSTER).startswith("n1 (worker, ready, active, no labels); n2 (worker, ready, active, zone=a)")
+
+
+def test_one_off_service_names_fit_swarm():
+    name = oneoff_name("0123456789abcdef", "a" * 30, "b" * 30, "release.1234")
+    assert len(name) <= 63 and name.startswith("bae-0123456789abcdef-aaaa")
+    assert oneoff_name("0123456789abcdef", "a" * 30, "b" * 30, "release.1234") != name  # unique per run
+    assert len(oneoff_name("x", "a", "default", "run.1234")) < 63
+
+
+def test_a_one_off_no_node_takes_says_what_swarm_says():
+    pending = {"Status": {"State": "pending", "Message": "pending task scheduling",
+                          "Err": "no suitable node (insufficient resources on 3 nodes)"}}
+    err = _not_started(pending, 20)
+    assert "did not start within 20 s" in err.message and "pending" in err.message
+    assert "insufficient resources on 3 nodes" in err.message and "pending task scheduling" in err.message
+    assert "`nodes`" in err.hint
+    assert "not made (no task yet)" in _not_started(None, 20).message

@@ -8,8 +8,10 @@ import time
 import click
 
 from bae.access import deployment_for, require_admin
-from bae.errors import Invalid
+from bae.errors import BaeError, Conflict, Invalid, Unavailable
+from bae.model import slug
 from control.commands import Invocation, command
+from scheduler.placement import describe, homes
 from scheduler.plans import memory_bytes
 
 _LABEL = re.compile(r"([A-Za-z0-9][A-Za-z0-9_.-]{0,62})(?:=(.{0,200}))?")
@@ -57,20 +59,45 @@ def _availability(inv: Invocation, name: str, availability: str, verb: str) -> N
 @command("nodes:drain")
 @click.argument("node")
 def nodes_drain(inv: Invocation, node: str) -> None:
-    """Move every unit away from NODE and place none there until nodes:activate."""
+    """Move every unit away from NODE (their replacements up elsewhere first) and place none there until nodes:activate."""
     require_admin(inv.caller, "drain nodes")
     runtime = _swarm(inv)
-    paused = runtime.update_node(node, availability="pause")
-    if inv.platform.notify():
+    target = runtime.node(node)
+    # the scheduler of `bae serve` moves the units (new ones up before old ones stop); a plain Swarm drain
+    # would stop them first, and with no other node for them, for good
+    if not inv.platform.notify():
+        raise Unavailable(f"bae serve is not running, so nothing can start {target.hostname}'s units elsewhere "
+                          "before they stop", f"Start it (make up), then run nodes:drain {target.hostname} again.")
+    nodes = runtime.nodes(fresh=True)
+    here = [u for u in runtime.list_units() if u.node == target.hostname and u.running]
+    for app, deployment, process in sorted({(u.app, u.deployment, u.process) for u in here}):
+        constraints = runtime.placement(app, deployment, process)
+        if not homes(nodes.values(), constraints, besides=target.id):
+            where = f"meets {' and '.join(constraints)}" if constraints else "can take them"
+            raise Conflict(f"{process} units of {slug(app, deployment)} run on {target.hostname}, and no other ready, "
+                           f"active worker node {where}; draining it would stop them",
+                           f"Nodes: {describe(nodes.values())}. Add or activate a worker node"
+                           + (f", label one (nodes:label NODE KEY=VALUE), or change the constraint (ps:place "
+                              f"{slug(app, deployment)} {process} ... or --clear)" if constraints else "")
+                           + f", then run nodes:drain {target.hostname} again.")
+    paused = runtime.update_node(target.id, availability="pause")
+    inv.platform.notify()
+    if here:
         # paused: nothing new lands there, and the scheduler replaces its units elsewhere, new ones up
-        # before old ones stop (a Swarm drain would stop them first)
-        inv.console.step(f"Moving the units away from {paused.hostname}")
+        # before old ones stop
+        inv.console.step(f"Moving {len(here)} unit(s) away from {paused.hostname}")
         limit = inv.platform.settings.scheduler.boot_timeout + inv.platform.settings.scheduler.stop_grace + 60
         deadline = time.monotonic() + limit
-        while any(u.node == paused.hostname and u.running for u in runtime.list_units()):
-            if time.monotonic() > deadline:
-                inv.console.error(f"units still run on {paused.hostname} after {limit} s; draining it anyway")
+        while True:
+            left = [u for u in runtime.list_units() if u.node == paused.hostname and u.running]
+            if not left:
                 break
+            if time.monotonic() > deadline:
+                names = ", ".join(sorted(f"{slug(u.app, u.deployment)} {u.process}.{u.index}" for u in left))
+                raise BaeError(f"{len(left)} unit(s) still run on {paused.hostname} after {limit} s: {names}; "
+                               f"{paused.hostname} stays paused (no new units land there)",
+                               f"See `ps APP` for why they did not move; run nodes:drain {paused.hostname} again to "
+                               f"wait longer, or nodes:activate {paused.hostname} to keep using it.")
             time.sleep(0.5)
     drained = runtime.update_node(paused.id, availability="drain")
     inv.console.step(f"{drained.hostname} is {drained.availability}")
@@ -121,7 +148,7 @@ def nodes_join_token(inv: Invocation) -> None:
 def ps_place(inv: Invocation, target: str, process: str, constraint: str | None, clear: bool) -> None:
     """Run a process type's units only on nodes matching CONSTRAINT (node.labels.zone==a); units are replaced."""
     dep = deployment_for(inv.caller, inv.store, target)
-    _swarm(inv)
+    runtime = _swarm(inv)
     if clear == bool(constraint):
         raise Invalid("give a constraint or --clear", f"For example: ps:place {target} {process} node.labels.zone==a")
     if constraint and not _CONSTRAINT.fullmatch(constraint.strip()):
@@ -132,6 +159,13 @@ def ps_place(inv: Invocation, target: str, process: str, constraint: str | None,
     if process not in formation:
         raise Invalid(f"{dep.slug} has no process type '{process}'",
                       f"Its process types: {', '.join(sorted(formation)) or '(none: push first)'}.")
+    if constraint:
+        nodes = runtime.nodes(fresh=True).values()
+        if not homes(nodes, [re.sub(r"\s+", "", constraint)]):
+            raise Invalid(f"no ready, active worker node meets {constraint.strip()}, so {process} units would not "
+                          "start (units run on worker nodes only)",
+                          f"Nodes: {describe(nodes)}. Label a worker first (nodes:label NODE zone=a), or give a "
+                          "constraint one of them meets.")
     inv.store.set_placement(dep, process, [] if clear else [re.sub(r"\s+", "", constraint)],
                             inv.platform.settings.scheduler.default_plan)
     inv.platform.notify()

@@ -10,12 +10,16 @@ release images on the nodes.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import time
+import tomllib
 
 import pytest
+import tomli_w
 
-from helpers import APPS, Load, Server, make_repo, wait_for
+from helpers import APPS, BAE, Load, Server, make_repo, run, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -143,6 +147,34 @@ def test_web_4_spreads_over_the_nodes(server, dev, app):
     assert re.search(r"n1\s+ready\s+active", nodes) and re.search(r"n2\s+ready\s+active", nodes), nodes
 
 
+def test_node_commands_refuse_bad_input_and_change_nothing(server, dev, app):
+    """An empty name, an unknown node, an id prefix several nodes share, a constraint no worker meets:
+    refused with what was wrong and how to fix it, before anything changes."""
+    before = [s["ID"] for s in web_services(server.cluster, app)]
+    empty = dev.ssh("nodes:drain", "''")  # quoted for the remote command line (ssh joins its words)
+    assert empty.returncode != 0 and "give a node" in empty.stderr and "n1, n2" in empty.stderr, empty.stderr
+    unknown = dev.ssh("nodes:drain", "nosuch")
+    assert unknown.returncode != 0 and "no node 'nosuch'" in unknown.stderr and "n1, n2" in unknown.stderr, unknown.stderr
+    assert "give a node" in dev.ssh("nodes:label", "''", "zone=b").stderr
+    ids = [n["ID"] for n in server.cluster.engine.api.nodes()]
+    shared = max((os.path.commonprefix([a, b]) for a in ids for b in ids if a != b), key=len, default="")
+    if shared:  # node ids are random: two may share a first character or more
+        ambiguous = dev.ssh("nodes:drain", shared)
+        assert ambiguous.returncode != 0 and re.search(r"names \d nodes: ", ambiguous.stderr), ambiguous.stderr
+    else:
+        print("no two node ids share a prefix here: the ambiguous-prefix case is left to the unit tests")
+    nowhere = dev.ssh("ps:place", app, "web", "node.labels.nosuch==x")
+    assert nowhere.returncode != 0 and "no ready, active worker node meets node.labels.nosuch==x" in nowhere.stderr \
+        and "n1 (worker, ready, active, no labels)" in nowhere.stderr, nowhere.stderr
+    manager = dev.ssh("ps:place", app, "web", "node.role==manager")
+    assert manager.returncode != 0 and "units run on worker nodes only" in manager.stderr, manager.stderr
+    for result in (empty, unknown, nowhere, manager):
+        assert "Traceback" not in result.stderr + result.stdout
+    nodes = dev.ssh("nodes").stdout
+    assert re.search(r"n1\s+ready\s+active", nodes) and re.search(r"n2\s+ready\s+active", nodes), nodes
+    assert [s["ID"] for s in web_services(server.cluster, app)] == before  # no new generation
+
+
 def web_services(cluster, app) -> list[dict]:
     return cluster.engine.api.services(filters={"label": ["bae.app=" + app, "bae.role=unit", "bae.process=web"]})
 
@@ -215,6 +247,27 @@ def test_a_one_off_unit_runs_on_a_node_and_returns_its_exit_code(server, dev, ap
     assert services == []  # removed once it ended
 
 
+def test_a_one_off_unit_no_node_can_take_fails_within_the_boot_timeout(server, dev, app):
+    """A plan larger than any node (here the default plan, which one-off units use, of a second settings
+    file over the same data, with a short boot timeout) leaves the task pending: `run` gives up after
+    scheduler.boot_timeout with Swarm's reason, and its service is removed."""
+    config = tomllib.loads(server.config.read_text())
+    config["scheduler"].update(boot_timeout=15, default_plan="huge")
+    config["plans"] = {"s1": {"memory": "256m", "cpu": 0.5, "pids": 256},
+                       "huge": {"memory": "4096g", "cpu": 0.5, "pids": 256}}
+    other = server.tmp / "huge.toml"
+    other.write_text(tomli_w.dumps(config))
+    started = time.monotonic()
+    result = run(BAE + ["run", app, "--", "echo", "never"], env={**server.env, "BAE_CONFIG": str(other)}, input="",
+                 timeout=120)
+    took = time.monotonic() - started
+    assert result.returncode != 0 and "never" not in result.stdout, result.stdout + result.stderr
+    assert "did not start within 15 s" in result.stderr and "insufficient resources" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and took < 60, (took, result.stderr)
+    services = server.cluster.engine.api.services(filters={"label": ["bae.app=" + app, "bae.role=oneoff"]})
+    assert services == []
+
+
 def test_a_node_dies_under_load_and_its_units_run_elsewhere(server, dev, app):
     before = web_up(dev, app)
     lost = sorted(u for u, n in before.items() if n == "n1")
@@ -246,6 +299,10 @@ def test_units_moved_off_the_dead_node_reach_their_addon_and_its_data(server, de
         web_up(dev, "cache")), 120, what="every cache unit on n2")
     counts = incr_from_every_unit(server.cluster, "cache")
     assert set(counts) == {"n2"} and sorted(sum(counts.values(), [])) == list(range(n + 1, 2 * n + 1)), counts
+    # n2 is the only worker left: draining it would stop its units for good
+    last = dev.ssh("nodes:drain", "n2")
+    assert last.returncode != 0 and "no other ready, active worker node can take them" in last.stderr, last.stderr
+    assert re.search(r"n2\s+ready\s+active", dev.ssh("nodes").stdout)
 
 
 def test_units_run_without_new_privileges(server, dev, app):
@@ -276,6 +333,10 @@ def test_label_and_placement_constraint(server, dev, app):
     assert dev.ssh("ps:place", app, "web", "node.labels.zone==a").returncode == 0
     wait_for(lambda: (lambda u: u if len(u) == 4 and set(u.values()) == {"n2"} else None)(web_up(dev, app)),
              180, what="web units pinned on n2")
+    pinned = dev.ssh("nodes:drain", "n2")
+    assert pinned.returncode != 0 and f"web units of {app} run on n2" in pinned.stderr \
+        and "meets node.labels.zone==a" in pinned.stderr, pinned.stderr
+    assert re.search(r"n2\s+ready\s+active", dev.ssh("nodes").stdout)
     assert dev.ssh("ps:place", app, "web", "--clear").returncode == 0
 
 
@@ -295,6 +356,10 @@ def test_a_third_node_joins_with_the_printed_command_and_takes_units(server, dev
 def test_restarting_bae_serve_adopts_every_unit_without_duplicates(server, dev, app):
     before = web_up(dev, app)
     assert server.stop() == 0
+    # nothing would start the units elsewhere before Swarm stops them: refused, the node stays active
+    down = server.bae("nodes:drain", "n3")
+    assert down.returncode != 0 and "bae serve is not running" in down.stderr, down.stderr
+    assert server.cluster.engine.api.inspect_node(server.cluster._node("n3")["ID"])["Spec"]["Availability"] == "active"
     server.start(timeout=60)
     wait_for(lambda: web_up(dev, app) == before, 60, what="the same units after the restart")
     assert dev.ssh("ps:scale", app, "web=6").returncode == 0  # a no-op that wakes the loop for another pass

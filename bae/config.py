@@ -146,9 +146,9 @@ class Scheduler:
 @dataclass
 class Swarm:
     advertise_addr: str = setting("", "the manager's address on the nodes' network (the registry listens there); empty: the swarm's advertise address")
-    registry_port: int = setting(5000, "TCP port of the platform's image registry on advertise_addr")
+    registry_port: int = setting(5000, "TCP port of the platform's image registry on advertise_addr (1-65535)")
     registry_dir: str = setting("", "where the registry keeps its CA, certificate and images; empty: data_dir/registry")
-    heartbeat: float = setting(5.0, "Swarm dispatcher heartbeat in seconds: a node missing about three is declared down and its units re-placed")
+    heartbeat: float = setting(5.0, "Swarm dispatcher heartbeat in seconds: a node missing about three is declared down and its units re-placed (1-300)")
 
 
 @dataclass
@@ -250,6 +250,11 @@ def load(path: str | os.PathLike | None = None) -> Settings:
         if getattr(settings.router, key) <= 0:
             raise ConfigError(f"setting 'router.{key}' is {getattr(settings.router, key)!r}",
                               "Give a number of seconds greater than 0.")
+    for key, low, high, what in (("heartbeat", 1.0, 300.0, "seconds"), ("registry_port", 1, 65535, "a TCP port")):
+        value = getattr(settings.swarm, key)
+        if not low <= value <= high:
+            raise ConfigError(f"setting 'swarm.{key}' is {value!r}, outside the allowed range {low:g} to {high:g}",
+                              f"Give {what} from {low:g} to {high:g}.")
     settings.source = str(path)
     return settings
 

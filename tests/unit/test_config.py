@@ -68,3 +68,21 @@ def test_render_round_trips_and_documents_every_key(tmp_path):
     for i, line in enumerate(lines):
         if " = " in line and not line.startswith("#"):
             assert lines[i - 1].startswith("# "), line
+
+
+@pytest.mark.parametrize("text,key,allowed", [
+    ("[swarm]\nheartbeat = 0", "swarm.heartbeat", "1 to 300"),
+    ("[swarm]\nheartbeat = -2.5", "swarm.heartbeat", "1 to 300"),
+    ("[swarm]\nheartbeat = 301", "swarm.heartbeat", "1 to 300"),
+    ("[swarm]\nregistry_port = 0", "swarm.registry_port", "1 to 65535"),
+    ("[swarm]\nregistry_port = 70000", "swarm.registry_port", "1 to 65535"),
+])
+def test_swarm_settings_out_of_range_are_refused_naming_the_key_and_the_range(tmp_path, text, key, allowed):
+    with pytest.raises(ConfigError) as err:
+        load(write(tmp_path, text))
+    assert f"'{key}'" in err.value.message and allowed in err.value.message
+
+
+def test_swarm_settings_in_range_load(tmp_path):
+    s = load(write(tmp_path, "[swarm]\nheartbeat = 1\nregistry_port = 65535"))
+    assert (s.swarm.heartbeat, s.swarm.registry_port) == (1.0, 65535)

@@ -598,9 +598,10 @@ class Store:
         return json.loads(row["placement"]) if row and row["placement"] else []
 
     def set_placement(self, dep: Deployment, process: str, constraints: list[str], default_plan: str = "s1") -> None:
-        """Constrain where a process type's units run; its units are replaced (a restart generation)."""
-        self.set_formation(dep, process, restart=True, default_plan=default_plan)
+        """Constrain where a process type's units run; its units are replaced (a restart generation). One
+        transaction: the scheduler never sees the new generation with the old placement (or the reverse)."""
         with self.write() as db:
+            self.set_formation(dep, process, restart=True, default_plan=default_plan)
             db.execute("update formation set placement = ? where deployment_id = ? and process = ?",
                        [json.dumps(constraints), dep.id, process])
 

@@ -97,3 +97,17 @@ def test_targets_give_each_deployment_its_target_release_and_formation(store):
     release, formation = targets["default"]
     assert release.version == 1 and release.image == "i:1"
     assert {p: f.quantity for p, f in formation.items()} == {"web": 1, "worker": 0}
+
+
+def test_set_placement_bumps_the_generation_and_sets_the_constraints_in_one_transaction(store):
+    store.create_app("shop", None)
+    dep = store.deployment("shop", "default")
+    store.ensure_formation(dep, {"web": "w"}, "s1")
+    store.set_placement(dep, "web", ["node.labels.zone==a"])
+    assert store.formation(dep)["web"].generation == 1
+    assert store.placement("shop", "default", "web") == ["node.labels.zone==a"]
+    with pytest.raises(TypeError):  # the placement cannot be written: the generation stays too
+        store.set_placement(dep, "web", [{"not", "json"}])
+    assert store.formation(dep)["web"].generation == 1
+    assert store.placement("shop", "default", "web") == ["node.labels.zone==a"]
+    assert not store.db.conn.in_transaction

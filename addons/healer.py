@@ -3,9 +3,10 @@
 It wakes on Docker events of add-on containers and at least every ``INTERVAL``
 seconds, observes the containers by label, asks ``plan.heal`` what to do and does
 it, writing one event line per change to the app's logs (``bae[addons]: postgres-1
-restarted (crashed (exit 137))``). Failures and backoff are kept in the store, so
-a restarted `bae serve` goes on where it stopped. Commands that work on an
-add-on hold its lock (``lock``), and the healer leaves a locked add-on alone.
+was down since 12:00:03 (exited 137); restarted on its data``). Failures and
+backoff are kept in the store, so a restarted `bae serve` goes on where it stopped.
+Commands that work on an add-on hold its lock (``lock``), and the healer leaves a
+locked add-on alone (it still notes since when one is down).
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ from datetime import datetime, timezone
 from typing import Iterator
 
 from addons.engine import engine
-from addons.plan import Failed, Remove, Reset, Seen, Start, Wanted, backup_due, heal
+from addons.plan import Failed, Remove, Reset, Seen, Start, Wanted, backup_due, heal, note_down
 from addons.service import Services
 from bae.errors import BaeError
 
-__all__ = ["Healer", "lock", "app_event", "settled"]
+__all__ = ["Healer", "lock", "app_event", "settled", "clock"]
 
 log = logging.getLogger("bae.addons.healer")
 
@@ -68,6 +69,10 @@ def settled(before: list, after: list, addons: dict) -> list:
             if info.id in known or (info.labels.get("bae.app", ""), info.labels.get("bae.addon", "")) in addons]
 
 
+def clock(epoch: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(epoch))
+
+
 def _epoch(stamp: str | None) -> float:
     return datetime.fromisoformat(stamp).timestamp() if stamp else 0.0
 
@@ -80,6 +85,9 @@ class Healer:
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
         self._backing_up: set[tuple[str, str]] = set()
+        # (app, name) -> (since, why) while an add-on has no running server, for the event of its restart;
+        # in memory: after a restart of `bae serve` the first pass that sees it down gives the time
+        self._down: dict[tuple[str, str], tuple[float, str]] = {}
 
     def start(self) -> None:
         for target, name in ((self._run, "addons-healer"), (self._watch, "addons-events")):
@@ -143,6 +151,7 @@ class Healer:
             seen = [Seen(i.id, i.labels.get("bae.app", ""), i.labels.get("bae.addon", ""),
                          int(i.labels.get("bae.generation", "0") or 0), i.running, i.started_at, i.finished_at,
                          i.exit_code, i.oom) for i in containers]
+            self._down = note_down(self._down, wanted, seen, time.time())
             for action in heal(wanted, seen, time.time()):
                 self._apply(action, addons)
         finally:
@@ -170,8 +179,10 @@ class Healer:
                 log.warning("add-on %s/%s could not be started: %s", addon.app, addon.name, exc.message)
                 app_event(self.platform, addon.app, f"{addon.name} could not be started: {exc.message}")
                 return
+            since, why = self._down.get((addon.app, addon.name), (time.time(), action.reason))
             log.info("add-on %s/%s restarted (%s)", addon.app, addon.name, action.reason)
-            app_event(self.platform, addon.app, f"{addon.name} restarted ({action.reason})")
+            app_event(self.platform, addon.app, f"{addon.name} was down since {clock(since)} ({why}); "
+                                                f"restarted on its data")
 
     # -- scheduled backups -----------------------------------------------------------------
 

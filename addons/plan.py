@@ -21,8 +21,8 @@ from datetime import datetime
 
 from dataclasses import dataclass
 
-__all__ = ["Wanted", "Seen", "Start", "Remove", "Failed", "Reset", "heal", "backoff", "backup_due", "SHORT_RUN",
-           "RESET_AFTER"]
+__all__ = ["Wanted", "Seen", "Start", "Remove", "Failed", "Reset", "heal", "backoff", "backup_due", "down_reason",
+           "note_down", "SHORT_RUN", "RESET_AFTER"]
 
 SHORT_RUN = 10.0
 RESET_AFTER = 30.0
@@ -124,6 +124,33 @@ def heal(wanted: list[Wanted], seen: list[Seen], now: float) -> list:
         if now >= not_before:
             actions.append(Start(want.app, want.name, reason))
     return actions
+
+
+def down_reason(seen: Seen | None) -> str:
+    """How an add-on without a running server went down, in the words of `ps` and its events."""
+    if seen is None:
+        return "no container"
+    if seen.oom:
+        return "ran out of memory"
+    return f"exited {seen.exit_code}" if seen.exit_code is not None else "stopped"
+
+
+def note_down(known: dict, wanted: list[Wanted], seen: list[Seen], now: float) -> dict:
+    """Since when and why each add-on has had no running container of its generation: (epoch, reason)
+    by (app, name). What an earlier pass noted stays (``known``); a new entry takes a stopped
+    container's own end time when one is seen, else ``now``; an add-on running again drops out."""
+    down = {}
+    for w in wanted:
+        key = (w.app, w.name)
+        mine = [s for s in seen if (s.app, s.name) == key and s.generation == w.generation]
+        if any(s.running for s in mine):
+            continue
+        if key in known:
+            down[key] = known[key]
+            continue
+        dead = sorted(mine, key=lambda s: s.finished_at or 0.0)
+        down[key] = (dead[-1].finished_at or now, down_reason(dead[-1])) if dead else (now, down_reason(None))
+    return down
 
 
 def backup_due(schedule: str, since: datetime | None, scheduled: list[datetime], now: datetime) -> bool:

@@ -116,7 +116,37 @@ class Services:
         return build_image(self.settings.build, kind, version, self.base_image, out)
 
     def start(self, addon: Addon, out: Callable[[str], None] = lambda _: None) -> str:
-        """Create and start the add-on's container on its data (made if missing); its id."""
+        """Create and start the add-on's container on its data (made if missing); its id. Meanwhile the
+        add-on counts as starting, not down (``being_started``)."""
+        marker = self._starting(addon)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+        try:
+            return self._start(addon, out)
+        finally:
+            marker.unlink(missing_ok=True)
+
+    def _starting(self, addon: Addon) -> Path:
+        return self.root / addon.app / f".{addon.name}.starting"
+
+    def being_started(self, addon: Addon) -> bool:
+        """Is a command or the healer starting the add-on's container right now? (Its start has begun, and
+        the process doing it still holds the add-on's lock: a start cut short by a dying process is not.)"""
+        if not self._starting(addon).exists():
+            return False
+        try:
+            f = open(self.root / addon.app / f".{addon.name}.lock", "rb")
+        except OSError:
+            return False
+        with f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+            return False
+
+    def _start(self, addon: Addon, out: Callable[[str], None]) -> str:
         plan = self.settings.plans[addon.plan]
         image = self.image(addon, out)
         folder = self.dir(addon.app, addon.name)

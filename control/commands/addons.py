@@ -42,21 +42,45 @@ def _set_url(inv: Invocation, app, values: dict) -> None:
     change_config(inv.platform, app, 0, inv.store.deployments(app), values, user=inv.caller.name, out=inv.console)
 
 
-def addon_states(inv: Invocation, addons) -> list[str]:
-    """One `ps` line per add-on: name, state and for how long, kind and version, plan."""
+def status(info, starting: bool, now: float) -> tuple[str, str]:
+    """An add-on's state as a word (``addons``) and as `ps` tells it: up for how long; starting (a
+    command or the healer is starting its container); down, since when and why, when its container
+    is missing or exited and nobody is starting it."""
+    from addons.healer import clock
     from bae.console import duration
 
+    if info is not None and info.running:
+        return "running", f"up {duration(now - (info.started_at or now))}"
+    if starting:
+        return "starting", "starting"
+    if info is None:
+        return "down", "down (no container)"
+    why = "ran out of memory" if info.oom else f"exited {info.exit_code}" if info.exit_code is not None else info.state
+    return "down", (f"down since {clock(info.finished_at)}" if info.finished_at else "down") + f" ({why})"
+
+
+def _states(inv: Invocation, app: str, addons) -> dict[str, tuple[str, str]]:
+    """name -> (word, text) for ``addons`` of ``app`` (their current generation's containers)."""
     services = _services(inv)
-    containers = {c.labels.get("bae.addon"): c for c in services.containers(addons[0].app)}
+    containers: dict[str, object] = {}
+    for c in services.containers(app):
+        name = c.labels.get("bae.addon")
+        mine = next((a for a in addons if a.name == name), None)
+        if mine is not None and c.labels.get("bae.generation") == str(mine.generation) and (
+                name not in containers or c.running):
+            containers[name] = c
+    now = time.time()
+    return {a.name: status(containers.get(a.name), services.being_started(a), now) for a in addons}
+
+
+def addon_states(inv: Invocation, addons) -> list[str]:
+    """One `ps` line per add-on: name, state and for how long (or since when it is down), kind and version, plan."""
+    states = _states(inv, addons[0].app, addons)
     lines = []
     for a in addons:
-        c = containers.get(a.name)
-        if c is None or not c.running:
-            state = "starting" if c is None else f"crashed (exit {c.exit_code})"
-            if a.failures:
-                state += f", failed {a.failures}x"
-        else:
-            state = f"up {duration(time.time() - (c.started_at or time.time()))}"
+        state = states[a.name][1]
+        if a.failures and states[a.name][0] != "running":
+            state += f", failed {a.failures}x"
         lines.append(f"{a.name:<14} {state:<30} {a.kind} {a.version:<6} {a.plan}")
     return lines
 
@@ -84,12 +108,11 @@ def _config_var(inv: Invocation, app, kind, name: str) -> str:
 def addons_list(inv: Invocation, app: str) -> None:
     """List an app's add-ons: kind, version, plan, status and config var."""
     found = app_for(inv.caller, inv.store, app, MEMBER)
-    services = _services(inv)
     rows = []
-    containers = {c.labels.get("bae.addon"): c for c in services.containers(found.name)} if inv.store.addons(found) else {}
-    for a in inv.store.addons(found):
-        c = containers.get(a.name)
-        rows.append([a.name, a.kind, a.version, a.plan, c.state if c else "stopped", a.config_var, ago(a.created_at)])
+    addons = inv.store.addons(found)
+    states = _states(inv, found.name, addons) if addons else {}
+    for a in addons:
+        rows.append([a.name, a.kind, a.version, a.plan, states[a.name][0], a.config_var, ago(a.created_at)])
     inv.console.table(["name", "kind", "version", "plan", "status", "config var", "created"], rows,
                       empty=f"No add-ons. Create one with: addons:create {found.name} postgres")
 
@@ -154,12 +177,12 @@ def addons_info(inv: Invocation, app: str, name: str) -> None:
 
     found, addon = _addon(inv, app, name)
     services = _services(inv)
-    info = services.current(addon)
     out = inv.console
     out.out(f"=== {found.name} {addon.name}")
     out.out(f"Kind:         {services.kind(addon).title} {addon.version}")
     out.out(f"Plan:         {addon.plan}")
-    status = "stopped" if info is None else info.state
+    word, text = _states(inv, found.name, [addon])[addon.name]
+    status = f"running ({text})" if word == "running" else text
     if addon.failures:
         status += f" (failed to start {addon.failures} time(s))"
     out.out(f"Status:       {status}")

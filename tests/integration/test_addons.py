@@ -3,10 +3,12 @@ a real Flask app pushed over ssh using them, backups restored and checked, heali
 
 from __future__ import annotations
 
+import re
 import secrets
 import shutil
 import subprocess
 import time
+from datetime import datetime
 
 import docker
 import pytest
@@ -113,7 +115,8 @@ def test_redis_visits_survive_everything(server, dev, tmp_path):
           what="redis-1 re-created")
     assert until(lambda: get(server, "counter", "/visits").json()["visits"]) == 5
     logs = ok(dev.ssh("logs", "counter", "-n", "200"))
-    assert "bae[addons]: redis-1 restarted (" in logs  # "vanished", or "crashed (exit 137)" if seen mid-removal
+    # "(no container)", or "(exited 137)" if seen mid-removal
+    assert re.search(r"bae\[addons\]: redis-1 was down since \d\d:\d\d:\d\d \(.+\); restarted on its data", logs), logs
     assert "redis-1" in ok(dev.ssh("ps", "counter"))
 
     server.stop()
@@ -142,6 +145,36 @@ def test_a_unit_started_while_its_addon_has_no_container_reaches_it_once_healed(
               what="web.1 replaced")
         assert service_container(server, "gap", "redis-1") is None
     assert until(lambda: get(server, "gap", "/visits").json()["visits"], timeout=90, what="visits after healing") == 2
+
+
+def test_an_addon_whose_container_stopped_is_down_until_healed_and_its_event_says_since_when(server, dev):
+    # the test holds the add-on's lock, as a command does, so the healer leaves it down meanwhile
+    import fcntl
+
+    ok(dev.ssh("apps:create", "outage"))
+    ok(dev.ssh("addons:create", "outage", "redis"))
+    assert re.search(r"redis-1\s+up ", ok(dev.ssh("ps", "outage")))
+    with open(server.data / "addons" / "outage" / ".redis-1.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        cid = service_container(server, "outage", "redis-1")["Id"]
+        docker.from_env().api.kill(cid)  # exit 137
+        state = docker.from_env().api.inspect_container(cid)["State"]
+        stopped = time.strftime("%H:%M:%S", time.localtime(
+            datetime.fromisoformat(state["FinishedAt"]).timestamp()))
+        time.sleep(3)  # a healer pass sees the exited container (and notes since when it is down)
+        ps = ok(dev.ssh("ps", "outage"))
+        assert re.search(rf"redis-1\s+down since {stopped} \(exited 137\)", ps), ps
+        assert re.search(r"redis-1\s+redis\s+\S+\s+\S+\s+down\s", ok(dev.ssh("addons", "outage")))
+        assert f"Status:       down since {stopped} (exited 137)" in ok(dev.ssh("addons:info", "outage", "redis-1"))
+        docker.from_env().api.remove_container(cid)
+        ps = ok(dev.ssh("ps", "outage"))
+        assert re.search(r"redis-1\s+down \(no container\)", ps), ps
+    until(lambda: (c := service_container(server, "outage", "redis-1")) and c["State"] == "running",
+          what="redis-1 healed")
+    logs = ok(dev.ssh("logs", "outage", "-n", "50"))
+    assert f"bae[addons]: redis-1 was down since {stopped} (exited 137); restarted on its data" in logs, logs
+    assert until(lambda: re.search(r"redis-1\s+up ", ok(dev.ssh("ps", "outage"))), what="redis-1 up in ps")
+    assert re.search(r"redis-1\s+redis\s+\S+\s+\S+\s+running\s", ok(dev.ssh("addons", "outage")))
 
 
 def test_sql_rows_backup_destroy_restore(server, dev, tmp_path):

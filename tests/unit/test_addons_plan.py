@@ -110,3 +110,38 @@ def test_backup_due_at_its_time_not_when_set():
     assert not backup_due("03:00", t("01:00", 1), [t("02:00", 3)], t("02:30", 3))
     # schedules from before the column existed (no since) behave the same, without the guard
     assert backup_due("03:00", None, [], t("04:00"))
+
+
+def test_an_addon_is_noted_down_from_its_containers_end_until_one_runs_again():
+    from addons.plan import down_reason, note_down
+
+    want = [Wanted("shop", "redis-1", 0)]
+    killed = Seen("c1", "shop", "redis-1", 0, False, 100.0, 160.0, 137)
+    assert note_down({}, want, [killed], 200.0) == {("shop", "redis-1"): (160.0, "exited 137")}
+    # the healer removed the container: still down since its end
+    assert note_down({("shop", "redis-1"): (160.0, "exited 137")}, want, [], 210.0) == \
+        {("shop", "redis-1"): (160.0, "exited 137")}
+    assert note_down({}, want, [], 210.0) == {("shop", "redis-1"): (210.0, "no container")}
+    assert note_down({("shop", "redis-1"): (160.0, "exited 137")}, want,
+                     [Seen("c2", "shop", "redis-1", 0, True, 215.0)], 220.0) == {}
+    assert note_down({("gone", "redis-1"): (1.0, "x")}, want, [Seen("c2", "shop", "redis-1", 0, True)], 5.0) == {}
+    # a running container of an older generation does not make it up
+    assert note_down({}, [Wanted("shop", "redis-1", 2)], [Seen("c0", "shop", "redis-1", 1, True)], 5.0) == \
+        {("shop", "redis-1"): (5.0, "no container")}
+    assert down_reason(Seen("c", "a", "b", 0, False, oom=True, exit_code=137)) == "ran out of memory"
+    assert down_reason(Seen("c", "a", "b", 0, False)) == "stopped"
+
+
+def test_addon_status_words():
+    from types import SimpleNamespace
+
+    from addons.healer import clock
+    from control.commands.addons import status
+
+    up = SimpleNamespace(running=True, started_at=100.0)
+    assert status(up, False, 160.0) == ("running", "up 1m")
+    assert status(None, True, 160.0) == ("starting", "starting")
+    assert status(None, False, 160.0) == ("down", "down (no container)")
+    exited = SimpleNamespace(running=False, oom=False, exit_code=137, finished_at=150.0, state="exited")
+    assert status(exited, False, 160.0) == ("down", f"down since {clock(150.0)} (exited 137)")
+    assert status(exited, True, 160.0) == ("starting", "starting")

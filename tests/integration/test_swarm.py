@@ -247,19 +247,24 @@ def test_a_one_off_unit_runs_on_a_node_and_returns_its_exit_code(server, dev, ap
     assert services == []  # removed once it ended
 
 
-def test_a_one_off_unit_no_node_can_take_fails_within_the_boot_timeout(server, dev, app):
-    """A plan larger than any node (here the default plan, which one-off units use, of a second settings
-    file over the same data, with a short boot timeout) leaves the task pending: `run` gives up after
-    scheduler.boot_timeout with Swarm's reason, and its service is removed."""
+def huge_plan_env(server) -> dict:
+    """The environment of a local `bae` whose settings (over the server's data) make one-off units ask for
+    more memory than any node has (the default plan) and give them a boot timeout of 15 s."""
     config = tomllib.loads(server.config.read_text())
     config["scheduler"].update(boot_timeout=15, default_plan="huge")
     config["plans"] = {"s1": {"memory": "256m", "cpu": 0.5, "pids": 256},
                        "huge": {"memory": "4096g", "cpu": 0.5, "pids": 256}}
     other = server.tmp / "huge.toml"
     other.write_text(tomli_w.dumps(config))
+    return {**server.env, "BAE_CONFIG": str(other)}
+
+
+def test_a_one_off_unit_no_node_can_take_fails_within_the_boot_timeout(server, dev, app):
+    """A plan larger than any node (here the default plan, which one-off units use, of a second settings
+    file over the same data, with a short boot timeout) leaves the task pending: `run` gives up after
+    scheduler.boot_timeout with Swarm's reason, and its service is removed."""
     started = time.monotonic()
-    result = run(BAE + ["run", app, "--", "echo", "never"], env={**server.env, "BAE_CONFIG": str(other)}, input="",
-                 timeout=120)
+    result = run(BAE + ["run", app, "--", "echo", "never"], env=huge_plan_env(server), input="", timeout=120)
     took = time.monotonic() - started
     assert result.returncode != 0 and "never" not in result.stdout, result.stdout + result.stderr
     assert "did not start within 15 s" in result.stderr and "insufficient resources" in result.stderr, result.stderr
@@ -424,6 +429,29 @@ def test_old_release_images_are_pruned_on_the_nodes(server, dev, app):
     assert all(blob_path(b).exists() for b in new_blobs), new_blobs
     # (logged once the collection has returned: the blobs are gone a moment before)
     wait_for(lambda: "garbage collection:" in server.log(), 30, what="the garbage collection logged")
+
+
+def test_a_release_phase_no_node_can_take_fails_the_deploy_and_the_previous_release_keeps_serving(server, dev, app):
+    """A config change rolls a release whose `release:` command runs first: when no node can take its
+    one-off unit, the deploy fails after the boot timeout, the change is undone and v1 keeps serving."""
+    server.plain_app(dev, "migrator")
+    src = server.tmp / "migrator-src"
+    shutil.copytree(APPS / "pyweb", src)
+    (src / "requirements.txt").unlink()
+    procfile = "release: echo migrating\nweb: python3 app.py\n"
+    push = dev.push(make_repo(src, {"Procfile": procfile}, "pyweb"), "migrator", timeout=1200)
+    assert push.returncode == 0 and "migrating" in push.stdout + push.stderr, push.stdout + push.stderr
+    before = wait_for(lambda: web_up(dev, "migrator") or None, 300, what="migrator web.1 up")
+    started = time.monotonic()
+    result = run(BAE + ["config:set", "migrator", "MARK=1"], env=huge_plan_env(server), input="", timeout=180)
+    took = time.monotonic() - started
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert "the release command did not run" in result.stderr and "insufficient resources" in result.stderr \
+        and "previous release keeps serving" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and took < 90, (took, result.stderr)
+    assert dev.ssh("config:get", "migrator", "MARK").stdout.strip() == ""  # undone
+    assert web_up(dev, "migrator") == before and re.search(r"web\.1\s+up .*\bv1\b", dev.ssh("ps", "migrator").stdout)
+    assert server.cluster.engine.api.services(filters={"label": ["bae.app=migrator", "bae.role=oneoff"]}) == []
 
 
 def blob_path(digest: str):

@@ -341,9 +341,10 @@ class Scheduler:
         if a.unit.id not in this.observed.by_id:
             return
         self._tell(a.unit.app, a.unit.deployment, f"{a.unit.name} (v{a.unit.release}) stopping: {a.reason}")
-        self._pool.submit(self._stop_and_remove, a.unit.id)
+        self._pool.submit(self._stop_and_remove, a.unit, this.observed.by_id)
 
-    def _stop_and_remove(self, unit_id: str) -> None:
+    def _stop_and_remove(self, unit: UnitInfo, listed: dict[str, UnitInfo]) -> None:
+        unit_id = unit.id
         try:
             if self.before_stop:
                 self.before_stop()
@@ -352,6 +353,9 @@ class Scheduler:
                 with self._lock:  # that one is not a crash; this one stays and is routed again, at once
                     self._removed[stopped] = time.monotonic()
                     self._stopping.discard(unit_id)
+                other = listed.get(stopped)  # the log names the unit that really stops
+                self._tell(unit.app, unit.deployment, f"{other.name if other else 'another unit'} (v{unit.release}) "
+                                                      f"stops instead (the cluster chose it); {unit.name} stays")
             self._remove_now(stopped)
         finally:
             with self._lock:  # if it is still listed, the next pass decides again

@@ -375,7 +375,10 @@ def test_restarting_bae_serve_adopts_every_unit_without_duplicates(server, dev, 
 
 def test_scale_in_under_load_drops_the_tasks_swarm_stops_from_the_router(server, dev, app):
     """web=6 → 2: Swarm picks the tasks that stop; their slots leave the unit list (and the router) at
-    once, and nginx retries the idempotent requests a stopping task refused."""
+    once, and nginx retries the idempotent requests a stopping task refused. The app's log names the
+    units that really stopped."""
+    before = web_up(dev, app)
+    earlier = set(dev.ssh("logs", app, "-n", "1000").stdout.splitlines())
     with load(server, app) as traffic:
         wait_for(lambda: traffic.ok > 20, 30, what="traffic")
         assert dev.ssh("ps:scale", app, "web=2").returncode == 0
@@ -389,6 +392,24 @@ def test_scale_in_under_load_drops_the_tasks_swarm_stops_from_the_router(server,
           traffic.failures[:5], "left:", sorted(left))
     assert services[0]["Spec"]["Mode"]["Replicated"]["Replicas"] == 2
     assert traffic.failures == [], traffic.failures[:10]
+
+    def named() -> set[str]:  # "web.5 (v2) stopping: ...", then maybe "web.2 (v2) stops instead (...); web.5 stays"
+        stopped: set[str] = set()
+        for line in dev.ssh("logs", app, "-n", "1000").stdout.splitlines():
+            if line in earlier:
+                continue
+            if m := re.search(r"(web\.\d+) \(v\d+\) stopping:", line):
+                stopped.add(m.group(1))
+            elif m := re.search(r"(web\.\d+) \(v\d+\) stops instead \(.*\); (web\.\d+) stays", line):
+                stopped.discard(m.group(2))
+                stopped.add(m.group(1))
+        return stopped
+
+    gone = set(before) - set(left)
+    try:
+        wait_for(lambda: named() == gone, 30, what="the log naming the units that stopped")
+    except AssertionError:
+        raise AssertionError(f"{sorted(gone)} stopped, the log names {sorted(named())}") from None
 
 
 def test_old_release_images_are_pruned_on_the_nodes(server, dev, app):

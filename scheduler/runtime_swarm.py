@@ -66,6 +66,14 @@ CRASH_SHOWN = 30.0
 # manager's Engine (20.10, API 1.41) stores no NoNewPrivileges in a service spec (Engine API 1.44 added it),
 # so the platform sets the flag itself; it is inherited by every process of the unit and cannot be unset.
 UNIT_ENTRYPOINT = [*ENTRYPOINT[:3], "/usr/bin/setpriv", "--no-new-privs", "--", *ENTRYPOINT[3:]]
+# The router's own view of the nodes: every REACH_EVERY seconds the runtime connects to (up to 3 of) the
+# published ports of each node's running web units; a node none of whose units could be connected to
+# (timed out or unreachable: a refusal means its host answers) REACH_MISSES rounds in a row is
+# "unreachable" until one answers again. Its units are in transit at once, out of the router, seconds
+# before the dispatcher heartbeat declares the node down (then Swarm re-places them).
+REACH_EVERY = 0.5
+REACH_TIMEOUT = 0.5
+REACH_MISSES = 2
 ALIVE = {"new", "pending", "assigned", "accepted", "preparing", "ready", "starting", "running"}
 EXITED = {"complete", "failed", "rejected", "shutdown"}
 
@@ -230,11 +238,14 @@ class SwarmRuntime:
         return runtime
 
     def serve(self, settings) -> None:
-        """What `bae serve` starts for this runtime: the registry, and the heartbeat it is told."""
+        """What `bae serve` starts for this runtime: the registry, the heartbeat it is told, and the
+        probe of the nodes' units the router needs to reach."""
         self.set_heartbeat(settings.swarm.heartbeat)
         self.registry.start()
+        threading.Thread(target=self._reachability, name="swarm-reach", daemon=True).start()
 
     def shutdown(self) -> None:
+        self._stopped.set()
         self.registry.stop()
 
     def __init__(self, instance: str, registry=None,
@@ -270,6 +281,10 @@ class SwarmRuntime:
         self._starting: set[tuple[str, int]] = set()  # (service id, slot) start() has not returned yet
         self._acked: set[str] = set()  # ids of exited tasks the loop is done with (remove_exited)
         self._last: dict[tuple[str, int], _Seen] = {}  # (service id, slot) -> its task when last listed
+        self._targets: dict[str, set[tuple[str, int]]] = {}  # node id -> its running web units' addresses
+        self._unreachable: set[str] = set()  # ready nodes whose units the router cannot connect to
+        self._stopped = threading.Event()
+        self._on_event: Callable[[str, str], None] | None = None  # wakes the loop (set by watch)
 
     # -- the cluster --------------------------------------------------------------
 
@@ -309,8 +324,45 @@ class SwarmRuntime:
                 leader=bool((row.get("ManagerStatus") or {}).get("Leader")),
                 os=(desc.get("Platform") or {}).get("OS", ""), arch=(desc.get("Platform") or {}).get("Architecture", ""))
         with self._lock:
+            # a node Swarm declared down (or that left) is Swarm's again: it comes back unmarked
+            self._unreachable &= {i for i, n in nodes.items() if n.state == "ready"}
+            for node_id in self._unreachable:
+                nodes[node_id].state = "unreachable"
             self._nodes = (time.monotonic(), nodes)
         return nodes
+
+    def _reachability(self) -> None:
+        """Mark ready nodes whose units the router cannot connect to (see REACH_EVERY), and wake the loop."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        misses: dict[str, int] = {}
+        with ThreadPoolExecutor(max_workers=8, thread_name_prefix="swarm-reach") as pool:
+            while not self._stopped.wait(REACH_EVERY):
+                with self._lock:
+                    targets = {node: sorted(addrs)[:3] for node, addrs in self._targets.items() if addrs}
+                answers = {node: [pool.submit(_answers, addr) for addr in addrs] for node, addrs in targets.items()}
+                changed = []
+                for node, futures in answers.items():
+                    if any(f.result() for f in futures):
+                        misses.pop(node, None)
+                        with self._lock:
+                            if node in self._unreachable:
+                                self._unreachable.discard(node)
+                                changed.append((node, "answers again"))
+                        continue
+                    misses[node] = misses.get(node, 0) + 1
+                    if misses[node] == REACH_MISSES:
+                        with self._lock:
+                            self._unreachable.add(node)
+                        changed.append((node, "does not answer: its units are out of the router until it does "
+                                              "or Swarm declares it down"))
+                for node, what in changed:
+                    with self._lock:
+                        self._nodes = (0.0, self._nodes[1])  # the next pass lists the nodes afresh
+                        name = self._nodes[1].get(node)
+                    log.warning("node %s %s", name.hostname if name else node[:12], what)
+                if changed and self._on_event:
+                    self._on_event("die", "")
 
     def node(self, name: str) -> NodeInfo:
         """A node by exact hostname, exact id or unique id prefix, or a BaeError naming the matches (an
@@ -564,6 +616,7 @@ class SwarmRuntime:
             tasks = self._tasks(services)
         nodes = self.nodes()
         units = []
+        targets: dict[str, set[tuple[str, int]]] = {}
         with self._lock:
             starting, acked = set(self._starting), set(self._acked)
         for service in services:
@@ -581,11 +634,16 @@ class SwarmRuntime:
                     continue  # start() has not returned yet: the loop still counts it as its placeholder
                 task, crashed = self._current(rows, nodes)
                 unit = {**identity, "index": slot}
+                if task and not crashed and (address := _published(task, nodes)):
+                    targets.setdefault(task.get("NodeID", ""), set()).add(address)
                 self._observe(service, unit, task, nodes)
                 info = self._info(service, unit, task, crashed, nodes)
                 if retired and info.running:
                     info.generation = -1
                 units.append(info)
+        if not labels:  # the whole installation's units: what the reachability probe connects to
+            with self._lock:
+                self._targets = targets
         return units
 
     def _current(self, tasks: list[dict], nodes: dict[str, NodeInfo]) -> tuple[dict | None, bool]:
@@ -872,7 +930,9 @@ class SwarmRuntime:
             return False
 
     def watch(self, on_event: Callable[[str, str], None], stop: threading.Event) -> None:
-        """Service and node events (a node going down counts as a unit dying); tasks have none: the loop polls."""
+        """Service and node events (a node going down counts as a unit dying); tasks have none: the loop polls.
+        A node found unreachable by the router's probe wakes the loop the same way."""
+        self._on_event = on_event
         while not stop.is_set():
             try:
                 stream = self.api.events(decode=True, filters={"type": ["service", "node"]})
@@ -1076,6 +1136,29 @@ while True:
     time.sleep(2)
 print(f"removed {removed} image(s), kept {kept}, {busy} still in use", flush=True)
 """
+
+
+def _published(task: dict, nodes: dict[str, NodeInfo]) -> tuple[str, int] | None:
+    """NODE_ADDRESS, published port of a running task's web port, or None."""
+    status = task.get("Status", {})
+    node = nodes.get(task.get("NodeID", ""))
+    if status.get("State") != "running" or node is None or not node.address:
+        return None
+    for port in (status.get("PortStatus") or {}).get("Ports") or []:
+        if port.get("TargetPort") == PORT and port.get("PublishedPort"):
+            return node.address, port["PublishedPort"]
+    return None
+
+
+def _answers(address: tuple[str, int]) -> bool:
+    """Does the host at ``address`` answer a TCP connection (accepted, or refused by its kernel)?"""
+    try:
+        with socket.create_connection(address, timeout=REACH_TIMEOUT):
+            return True
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
 
 
 def _exited(task: dict, nodes: dict[str, NodeInfo]) -> bool:

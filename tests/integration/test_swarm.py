@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
 import time
 import tomllib
 
@@ -196,6 +197,36 @@ def test_a_process_type_is_one_service_whose_tasks_are_the_units(server, dev, ap
             assert unit == dyno and hostname == unit.replace(".", "-"), out
             seen.add(unit)
     assert seen == {"web.1", "web.2", "web.3", "web.4"}, seen
+
+
+def test_a_node_the_router_cannot_reach_leaves_the_router_before_swarm_declares_it_down(server, dev, app):
+    """The host's new connections to n1 are dropped (a partition between the router and a node that
+    Swarm, whose heartbeats the node sends, still sees ready): the runtime's probe of n1's units marks
+    it unreachable, its units leave the router, requests keep being answered by n2's; once n1 answers
+    again its units come back."""
+    cluster = server.cluster
+    before = web_up(dev, app)
+    assert set(before.values()) == {"n1", "n2"}, before
+    address = cluster._node("n1")["Status"]["Addr"]
+    rule = ["OUTPUT", "-d", address, "-p", "tcp", "--syn", "-j", "DROP"]
+    on_n2 = {u for u, n in before.items() if n == "n2"}
+    with load(server, app) as traffic:
+        wait_for(lambda: traffic.ok > 20, 30, what="traffic")
+        subprocess.run(["iptables", "-I", *rule], check=True)
+        try:
+            wait_for(lambda: re.search(r"n1\s+unreachable", dev.ssh("nodes").stdout), 60, what="n1 unreachable")
+            wait_for(lambda: set(web_up(dev, app)) == on_n2, 30, what="only n2's units up")
+            assert f"{address}:" not in (server.data / "router" / "nginx.conf").read_text(), "n1's units still routed"
+            assert cluster.node_state("n1") == "ready"  # Swarm still sees it: nothing was re-placed
+            served = traffic.ok
+            wait_for(lambda: traffic.ok > served + 20, 30, what="traffic while n1 is out")
+        finally:
+            subprocess.run(["iptables", "-D", *rule], check=True)
+        wait_for(lambda: web_up(dev, app) == before, 60, what="n1's units back")
+    print(f"router-to-node partition: {traffic.ok} ok, {traffic.resent} resent, {len(traffic.failures)} failed:",
+          traffic.failures[:5])
+    assert traffic.failures == [], traffic.failures[:10]
+    assert re.search(r"n1\s+ready", dev.ssh("nodes").stdout)
 
 
 def test_an_addon_on_the_manager_is_reached_from_units_on_every_node_and_not_by_other_apps(server, dev, app):

@@ -4,6 +4,7 @@ crash, scale-in or lost with its node."""
 from __future__ import annotations
 
 import ipaddress
+import socket
 
 import pytest
 
@@ -11,8 +12,8 @@ from bae.config import load
 from bae.errors import ConfigError, Invalid, NotFound
 from scheduler.placement import describe, homes, meets, pick_node
 from scheduler.registry import _ca_and_cert
-from scheduler.runtime_swarm import (NodeInfo, SwarmRuntime, _ended_before, _exited, _name, _not_started, _slots,
-                                     _task, oneoff_name)
+from scheduler.runtime_swarm import (NodeInfo, SwarmRuntime, _answers, _ended_before, _exited, _name, _not_started,
+                                     _published, _slots, _task, oneoff_name)
 
 
 def node(state="ready", availability="active") -> NodeInfo:
@@ -203,3 +204,22 @@ def test_a_one_off_no_node_takes_says_what_swarm_says():
     assert "insufficient resources on 3 nodes" in err.message and "pending task scheduling" in err.message
     assert "`nodes`" in err.hint
     assert "not made (no task yet)" in _not_started(None, 20).message
+
+
+def test_the_reachability_probe_connects_to_a_running_tasks_published_web_port():
+    running = task("T", "running", "2026-01-01T00:00:00Z")
+    running["Status"]["PortStatus"] = {"Ports": [{"TargetPort": 5000, "PublishedPort": 30001}]}
+    assert _published(running, {"N": node()}) == ("10.0.0.2", 30001)
+    assert _published(running, {}) is None  # a node the swarm no longer lists
+    starting = task("T", "starting", "2026-01-01T00:00:00Z")
+    assert _published(starting, {"N": node()}) is None
+
+
+def test_a_host_that_refuses_answers_and_so_does_one_that_accepts():
+    """A refusal comes from the node's kernel: the node is alive (only a crashed unit is behind it)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        address = listener.getsockname()
+        assert _answers(address)
+    assert _answers(address)  # closed now: refused

@@ -335,27 +335,10 @@ class SwarmRuntime:
         """Mark ready nodes whose units the router cannot connect to (see REACH_EVERY), and wake the loop."""
         from concurrent.futures import ThreadPoolExecutor
 
-        misses: dict[str, int] = {}
+        misses: dict[str, int] = {}  # node id -> probe rounds in a row without an answer
         with ThreadPoolExecutor(max_workers=8, thread_name_prefix="swarm-reach") as pool:
             while not self._stopped.wait(REACH_EVERY):
-                with self._lock:
-                    targets = {node: sorted(addrs)[:3] for node, addrs in self._targets.items() if addrs}
-                answers = {node: [pool.submit(_answers, addr) for addr in addrs] for node, addrs in targets.items()}
-                changed = []
-                for node, futures in answers.items():
-                    if any(f.result() for f in futures):
-                        misses.pop(node, None)
-                        with self._lock:
-                            if node in self._unreachable:
-                                self._unreachable.discard(node)
-                                changed.append((node, "answers again"))
-                        continue
-                    misses[node] = misses.get(node, 0) + 1
-                    if misses[node] == REACH_MISSES:
-                        with self._lock:
-                            self._unreachable.add(node)
-                        changed.append((node, "does not answer: its units are out of the router until it does "
-                                              "or Swarm declares it down"))
+                changed = self._reach_round(pool, misses)
                 for node, what in changed:
                     with self._lock:
                         self._nodes = (0.0, self._nodes[1])  # the next pass lists the nodes afresh
@@ -363,6 +346,31 @@ class SwarmRuntime:
                     log.warning("node %s %s", name.hostname if name else node[:12], what)
                 if changed and self._on_event:
                     self._on_event("die", "")
+
+    def _reach_round(self, pool, misses: dict[str, int]) -> list[tuple[str, str]]:
+        """One probe of every node Swarm sees as up; the nodes that became (un)reachable, and how."""
+        with self._lock:  # a node Swarm declared down is Swarm's business
+            known = self._nodes[1]
+            targets = {node: sorted(addrs)[:3] for node, addrs in self._targets.items()
+                       if addrs and node in known and known[node].state in ("ready", "unreachable")}
+        for node in set(misses) - set(targets):
+            del misses[node]
+        answers = {node: [pool.submit(_answers, addr) for addr in addrs] for node, addrs in targets.items()}
+        changed = []
+        for node, futures in answers.items():
+            answered = any(f.result() for f in futures)
+            misses[node] = 0 if answered else misses.get(node, 0) + 1
+            with self._lock:
+                was = node in self._unreachable
+                if answered:
+                    self._unreachable.discard(node)
+                elif misses[node] >= REACH_MISSES:
+                    self._unreachable.add(node)
+                now = node in self._unreachable
+            if was != now:
+                changed.append((node, "does not answer: its units are out of the router until it does or Swarm "
+                                      "declares it down" if now else "answers again"))
+        return changed
 
     def node(self, name: str) -> NodeInfo:
         """A node by exact hostname, exact id or unique id prefix, or a BaeError naming the matches (an

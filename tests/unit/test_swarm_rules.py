@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -223,3 +225,25 @@ def test_a_host_that_refuses_answers_and_so_does_one_that_accepts():
         address = listener.getsockname()
         assert _answers(address)
     assert _answers(address)  # closed now: refused
+
+
+def test_a_node_is_unreachable_after_two_silent_rounds_and_reachable_once_it_answers():
+    """Silence: a listener whose accept queue is full (the kernel drops new SYNs, as for a dead host)."""
+    runtime = SwarmRuntime.__new__(SwarmRuntime)
+    runtime._lock = threading.Lock()
+    runtime._nodes = (0.0, {"N": NodeInfo("N", "n1", "worker", "ready", "active", "127.0.0.1", {}, 1 << 30, 1.0)})
+    runtime._unreachable = set()
+    misses: dict[str, int] = {}
+    with ThreadPoolExecutor(2) as pool:
+        with socket.socket() as listener, socket.socket() as queued:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(0)
+            queued.connect(listener.getsockname())  # fills the queue: it is never accepted
+            runtime._targets = {"N": {listener.getsockname()}}
+            assert runtime._reach_round(pool, misses) == [] and misses == {"N": 1}
+            changed = runtime._reach_round(pool, misses)
+            assert [node for node, _ in changed] == ["N"] and "does not answer" in changed[0][1]
+            assert runtime._unreachable == {"N"}
+            assert runtime._reach_round(pool, misses) == []  # still silent: told once
+        assert runtime._reach_round(pool, misses) == [("N", "answers again")]  # closed: refused by the host
+    assert runtime._unreachable == set() and misses == {"N": 0}

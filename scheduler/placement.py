@@ -10,6 +10,8 @@ commands (control/commands/nodes.py) before they change anything:
   the label).
 - ``homes``: the nodes a process type's units may land on: ready, active workers that meet
   every constraint (units run on worker nodes only).
+- ``uneven``: are a process type's units spread so that one home has two more than another
+  (`nodes:activate` moves such types back, new units up before old ones stop).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from bae.errors import Invalid, NotFound
 if TYPE_CHECKING:
     from scheduler.runtime_swarm import NodeInfo
 
-__all__ = ["pick_node", "meets", "homes", "describe"]
+__all__ = ["pick_node", "meets", "homes", "uneven", "describe"]
 
 _CONSTRAINT = re.compile(r"(node\.[A-Za-z0-9_.-]+?)\s*(==|!=)\s*(.*)")
 
@@ -78,6 +80,15 @@ def homes(nodes: Iterable["NodeInfo"], constraints: list[str], *, besides: str =
     meeting them all (other than the node id ``besides``)."""
     return [n for n in nodes if n.id != besides and n.role == "worker" and n.state == "ready"
             and n.availability == "active" and all(meets(n, c) for c in constraints)]
+
+
+def uneven(units_on: dict[str, int], places: list["NodeInfo"]) -> bool:
+    """Given how many of a process type's units run on each node (by hostname), does one of its
+    ``places`` (``homes``) hold two more than another? Units elsewhere (a paused node) do not count."""
+    if len(places) < 2:
+        return False
+    counts = [units_on.get(n.hostname, 0) for n in places]
+    return max(counts) - min(counts) > 1
 
 
 def describe(nodes: Iterable["NodeInfo"]) -> str:

@@ -11,7 +11,7 @@ from bae.access import deployment_for, require_admin
 from bae.errors import BaeError, Conflict, Invalid, Unavailable
 from bae.model import slug
 from control.commands import Invocation, command
-from scheduler.placement import describe, homes
+from scheduler.placement import describe, homes, uneven
 from scheduler.plans import memory_bytes
 
 _LABEL = re.compile(r"([A-Za-z0-9][A-Za-z0-9_.-]{0,62})(?:=(.{0,200}))?")
@@ -47,13 +47,6 @@ def nodes(inv: Invocation) -> None:
                      _gib(max(0, node.memory - used_mem)), f"{max(0.0, node.cpus - used_cpu):.1f}"])
     inv.console.table(["node", "state", "availability", "role", "address", "labels", "units", "free memory",
                        "free cpu"], rows, empty="No nodes.")
-
-
-def _availability(inv: Invocation, name: str, availability: str, verb: str) -> None:
-    require_admin(inv.caller, f"{verb} nodes")
-    node = _swarm(inv).update_node(name, availability=availability)
-    inv.platform.notify()
-    inv.console.step(f"{node.hostname} is {node.availability}")
 
 
 @command("nodes:drain")
@@ -105,10 +98,35 @@ def nodes_drain(inv: Invocation, node: str) -> None:
 
 @command("nodes:activate")
 @click.argument("node")
-def nodes_activate(inv: Invocation, node: str) -> None:
-    """Let units be placed on NODE again (after nodes:drain)."""
-    _availability(inv, node, "active", "activate")
-    inv.console.detail("New and re-placed units may run there; running units stay where they are.")
+@click.option("--keep", is_flag=True, help="Leave running units where they are.")
+def nodes_activate(inv: Invocation, node: str, keep: bool) -> None:
+    """Let units run on NODE again (after nodes:drain) and move units back: each process type spread
+    unevenly over its nodes gets new units, spread by Swarm, up before the old ones stop."""
+    require_admin(inv.caller, "activate nodes")
+    runtime = _swarm(inv)
+    active = runtime.update_node(node, availability="active")
+    inv.console.step(f"{active.hostname} is {active.availability}")
+    if keep:
+        inv.platform.notify()
+        inv.console.detail("New and re-placed units may run there; running units stay where they are.")
+        return
+    nodes = list(runtime.nodes(fresh=True).values())
+    units_on: dict[tuple[str, str, str], dict[str, int]] = {}
+    for u in runtime.list_units():
+        if u.running and u.node:
+            per = units_on.setdefault((u.app, u.deployment, u.process), {})
+            per[u.node] = per.get(u.node, 0) + 1
+    moved = []
+    for (app, deployment, process), per in sorted(units_on.items()):
+        places = homes(nodes, runtime.placement(app, deployment, process))
+        if any(n.id == active.id for n in places) and uneven(per, places):
+            inv.store.set_formation(inv.store.deployment(app, deployment), process, restart=True)
+            moved.append(f"{slug(app, deployment)} {process}")
+    inv.platform.notify()
+    if moved:
+        inv.console.step("Spreading units over the nodes again, new ones up before old ones stop: " + ", ".join(moved))
+    else:
+        inv.console.detail("Every process type is spread evenly: new and re-placed units may run there.")
 
 
 @command("nodes:label")

@@ -355,9 +355,23 @@ def test_drain_and_activate_move_units_without_failed_requests(server, dev, app)
         assert dev.ssh("nodes:drain", "n2").returncode == 0
         wait_for(lambda: (lambda u: u if len(u) == 4 and set(u.values()) == {"n1"} else None)(
             web_up(dev, app)), 180, what="all web units on n1")
-        assert dev.ssh("nodes:activate", "n2").returncode == 0
+        drained = wait_for(lambda: (lambda s: s if len(s) == 1 else None)(web_services(server.cluster, app)), 60,
+                           what="one web service")[0]["ID"]
+        activated = dev.ssh("nodes:activate", "n2")
+        assert activated.returncode == 0, activated.stdout + activated.stderr
+        assert f"{app} web" in activated.stdout, activated.stdout  # 4 on n1, 0 on n2: moved back
         assert re.search(r"n2\s+ready\s+active", dev.ssh("nodes").stdout)
-    print(f"drain: {traffic.ok} ok, {traffic.resent} resent, {len(traffic.failures)} failed:", traffic.failures[:5])
+        services = wait_for(lambda: (lambda s: s if len(s) == 1 and s[0]["ID"] != drained else None)(
+            web_services(server.cluster, app)), 180, what="the new web service alone")
+        wait_for(lambda: (lambda u: u if len(u) == 4 and set(u.values()) == {"n1", "n2"} else None)(
+            web_up(dev, app)), 60, what="web units on both nodes again")
+        served = traffic.ok
+        wait_for(lambda: traffic.ok > served + 20, 30, what="traffic after moving back")
+    print(f"drain and activate: {traffic.ok} ok, {traffic.resent} resent, {len(traffic.failures)} failed:",
+          traffic.failures[:5])
+    assert services[0]["Spec"]["Mode"]["Replicated"]["Replicas"] == 4
+    again = dev.ssh("nodes:activate", "n2")  # already spread: nothing moves
+    assert again.returncode == 0 and "spread evenly" in again.stdout + again.stderr, again.stdout + again.stderr
     assert traffic.failures == [], traffic.failures[:10]
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from bae.config import load
 from bae.errors import ConfigError, Invalid, NotFound
-from scheduler.placement import describe, homes, meets, pick_node
+from scheduler.placement import describe, homes, meets, pick_node, uneven
 from scheduler.registry import _ca_and_cert
 from scheduler.runtime_swarm import (NodeInfo, SwarmRuntime, _answers, _ended_before, _exited, _name, _not_started,
                                      _published, _slots, _task, oneoff_name)
@@ -247,3 +247,12 @@ def test_a_node_is_unreachable_after_two_silent_rounds_and_reachable_once_it_ans
             assert runtime._reach_round(pool, misses) == []  # still silent: told once
         assert runtime._reach_round(pool, misses) == [("N", "answers again")]  # closed: refused by the host
     assert runtime._unreachable == set() and misses == {"N": 0}
+
+
+def test_a_type_is_uneven_when_one_of_its_nodes_holds_two_more_units_than_another():
+    places = [n("a1", "n1"), n("a2", "n2")]
+    assert uneven({"n1": 4}, places)  # n2 just activated
+    assert not uneven({"n1": 2, "n2": 1}, places)
+    assert not uneven({"n1": 1}, places)  # web=1
+    assert not uneven({"n1": 4}, places[:1])  # one node it may use
+    assert not uneven({"n1": 2, "n2": 2, "n3": 5}, places)  # n3 is not a place (paused, or not meeting a constraint)

@@ -147,7 +147,7 @@ class Scheduler:
 class Swarm:
     advertise_addr: str = setting("", "the manager's address on the nodes' network (the registry listens there); empty: the swarm's advertise address")
     registry_port: int = setting(5000, "TCP port of the platform's image registry on advertise_addr (1-65535)")
-    registry_dir: str = setting("", "where the registry keeps its CA, certificate and images; empty: data_dir/registry")
+    registry_dir: str = setting("", "where the registry keeps its CA, certificate, password and images; empty: data_dir/registry")
     heartbeat: float = setting(5.0, "Swarm dispatcher heartbeat in seconds: a node missing about three is declared down and its units re-placed (1-300)")
 
 

@@ -19,6 +19,7 @@ import shutil
 import socket
 import sys
 import time
+from pathlib import Path
 
 from bench.common import ROOT, Server, make_repo, median, tmpdir
 
@@ -203,6 +204,9 @@ def main(runs: int = 1, only_scale: bool = False) -> None:
 
             import docker.types as t
 
+            # with the platform's login, as `docker service create --with-registry-auth` after `docker login`
+            engine.api.login("bae", (Path(REGISTRY_DIR) / "password").read_text().strip(),
+                             registry=image.split("/", 1)[0], reauth=True)
             started = time.perf_counter()
             service = engine.api.create_service(
                 t.TaskTemplate(t.ContainerSpec(image, args=["python3 app.py"], env={"PORT": "5000"}, user="bae"),
@@ -243,6 +247,7 @@ def main(runs: int = 1, only_scale: bool = False) -> None:
         raise
     finally:
         server.stop()
+        server.bae("registry:stop")  # it outlives bae serve
         server.cleanup()
         for s in engine.api.services(filters={"label": "bae-bench=1"}):
             engine.api.remove_service(s["ID"])

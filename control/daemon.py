@@ -2,8 +2,9 @@
 
 It logs one line per connection, push and command to stderr, and on SIGTERM or
 SIGINT stops accepting, lets in-flight pushes finish (or refuses them), and exits.
-Units and the router's nginx keep running (a crash leaves them running too): the
-next `bae serve` adopts both, so restarting the control plane costs end users nothing.
+Units, the router's nginx and (swarm runtime) the image registry keep running (a crash
+leaves them running too): the next `bae serve` adopts them, so restarting the control plane
+costs end users nothing.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def serve(platform: Platform, console: Console, run_command: Callable[..., int])
     prog = ssh_prog(platform)
     pipeline = Pipeline(platform)
     _clean_after_crash(platform, pipeline)  # before the scheduler fails what was left running
-    platform.runtime.serve(settings)  # the swarm runtime's registry and heartbeat; nothing for the docker runtime
+    platform.runtime.serve(settings)  # the swarm runtime's registry (and its watch), heartbeat; nothing for docker
     platform.runtime.report = lambda app, dep, text: (log.info("%s/%s: %s", app, dep, text),
                                                       platform.logs.event(app, dep, "scheduler", text))
     router = make_router(platform)
@@ -129,5 +130,5 @@ def serve(platform: Platform, console: Console, run_command: Callable[..., int])
     scheduler.stop()
     router.close()
     platform.runtime.shutdown()
-    log.info("stopped (units and the router keep running; the next bae serve adopts them)")
+    log.info("stopped (units, the router and any image registry keep running; the next bae serve adopts them)")
     return 0

@@ -1,12 +1,22 @@
 """The image registry the swarm runtime runs on the manager, so that other nodes can pull.
 
-Debian's ``docker-registry`` (distribution 2.8) started by ``bae serve`` as a child
-process, listening on the manager's address on the nodes' network (the Swarm
-advertise address) with TLS from the platform's own CA: ``data_dir/registry/ca.crt``.
-A node trusts it with that CA at ``/etc/docker/certs.d/ADDRESS:PORT/ca.crt`` (docker
-reads that directory on each pull: no daemon restart, no insecure-registries); the
+Debian's ``docker-registry`` (distribution 2.8), listening on the manager's address on the
+nodes' network (the Swarm advertise address) with TLS from the platform's own CA:
+``registry_dir/ca.crt``. A node trusts it with that CA at ``/etc/docker/certs.d/ADDRESS:PORT/ca.crt``
+(docker reads that directory on each pull: no daemon restart, no insecure-registries); the
 manager gets the file written here, other nodes by the commands ``nodes:join-token``
-prints. Images are stored under ``data_dir/registry/storage``.
+prints. Images are stored under ``registry_dir/storage``.
+
+Only the platform may use it: htpasswd authentication (bcrypt) with one user, ``bae``, whose
+random password is made once and kept in ``registry_dir/password`` (root only, never printed or
+logged). bae's engine client logs in with it; Swarm hands it to the nodes with each task of a
+service created with it (the swarm runtime), so nodes need no login of their own. Anyone else
+on the nodes' network gets 401: no pulls (an app's image is its code), pushes or deletes.
+
+Like the router's nginx it outlives ``bae serve`` (units re-placed by Swarm while the platform is
+down still pull their image): ``start`` adopts the registry that runs with this directory's
+configuration (its pid file, checked against the process's command line), starts one only when
+none runs, and ``watch`` starts it again when it died. ``registry:stop`` stops it.
 
 Old release images leave it too (``delete_images`` + ``collect_garbage``, run by the
 swarm runtime's prune after a deploy): their manifests are deleted through the API,
@@ -16,33 +26,75 @@ while the registry is briefly stopped and no push runs (the caller holds its pus
 
 from __future__ import annotations
 
+import base64
 import datetime
 import http.client
 import ipaddress
 import json
 import logging
 import os
+import secrets
 import shutil
-import socket
+import signal
 import ssl
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 from bae.errors import BaeError, Unavailable
 
-__all__ = ["Registry", "CERTS_D"]
+__all__ = ["Registry", "CERTS_D", "USER", "render_config"]
 
 log = logging.getLogger("bae.registry")
 
 CERTS_D = Path("/etc/docker/certs.d")  # where a Docker Engine looks for a registry's CA
+USER = "bae"  # the registry's one user: the platform
+# bcrypt's cost guards guessable passwords; this one is 256 random bits, and the registry checks it on every
+# request of every pull (at the default cost 12 that is a quarter second of CPU per request), so the least cost
+BCRYPT_ROUNDS = 4
+WATCH_INTERVAL = 2.0  # seconds between two looks at the registry process (``watch``)
 MANIFEST_TYPES = ", ".join([
     "application/vnd.docker.distribution.manifest.v2+json", "application/vnd.docker.distribution.manifest.list.v2+json",
     "application/vnd.oci.image.manifest.v1+json", "application/vnd.oci.image.index.v1+json"])
 
 
-def _ca_and_cert(directory: Path, address: str) -> None:
-    """The platform's CA (kept across restarts) and a server certificate for ``address``."""
+def render_config(directory: Path, address: str) -> str:
+    """The registry's config.yml: TLS, htpasswd authentication, storage (with deletes, for the prune)."""
+    return (
+        "version: 0.1\n"
+        "log:\n  level: warn\n  accesslog:\n    disabled: true\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {directory / 'storage'}\n  delete:\n    enabled: true\n"
+        f"auth:\n  htpasswd:\n    realm: bae-registry\n    path: {directory / 'htpasswd'}\n"
+        f"http:\n  addr: {address}\n  tls:\n    certificate: {directory / 'registry.crt'}\n"
+        f"    key: {directory / 'registry.key'}\n"
+        "  headers:\n    X-Content-Type-Options: [nosniff]\n"
+        "health:\n  storagedriver:\n    enabled: false\n")
+
+
+def htpasswd_line(password: str) -> str:
+    """The htpasswd entry of the platform's user (distribution accepts bcrypt only)."""
+    import bcrypt
+
+    return f"{USER}:{bcrypt.hashpw(password.encode(), bcrypt.gensalt(BCRYPT_ROUNDS)).decode()}\n"
+
+
+def htpasswd_matches(text: str, password: str) -> bool:
+    """Does the htpasswd file ``text`` hold exactly the platform's user with ``password``?"""
+    import bcrypt
+
+    lines = [line for line in text.splitlines() if line.strip()]
+    if len(lines) != 1 or not lines[0].startswith(USER + ":"):
+        return False
+    try:
+        return bcrypt.checkpw(password.encode(), lines[0].split(":", 1)[1].encode())
+    except ValueError:  # not a bcrypt hash
+        return False
+
+
+def _ca_and_cert(directory: Path, address: str) -> bool:
+    """The platform's CA (kept across restarts) and a server certificate for ``address``.
+    True when the certificate was made anew (a running registry must be restarted to use it)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -73,7 +125,7 @@ def _ca_and_cert(directory: Path, address: str) -> None:
             names = current.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
             if (ipaddress.ip_address(address) in names.get_values_for_type(x509.IPAddress)
                     and current.not_valid_after_utc > now + datetime.timedelta(days=30)):
-                return
+                return False
         except (x509.ExtensionNotFound, ValueError):
             pass
     server_key = ec.generate_private_key(ec.SECP256R1())
@@ -86,17 +138,24 @@ def _ca_and_cert(directory: Path, address: str) -> None:
             .sign(key, hashes.SHA256()))
     _write(directory / "registry.key", server_key.private_bytes(**key_format))
     _write(cert_path, cert.public_bytes(pem))
+    return True
 
 
-def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    os.chmod(tmp, 0o600 if path.suffix == ".key" else 0o644)
+def _write(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Write ``path`` whole or not at all; keys and secrets readable by root only, from the first byte."""
+    mode = mode if mode is not None else 0o600 if path.suffix == ".key" else 0o644
+    tmp = path.with_name(path.name + ".tmp")
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "wb") as out:
+        out.write(data)
+    os.chmod(tmp, mode)
     tmp.replace(path)
 
 
+
+
 class Registry:
-    """One docker-registry process on ``address:port``, its CA, storage and the manager's trust."""
+    """This installation's docker-registry on ``address:port``: adopt or start, watch, stop; its CA,
+    credentials, storage and the manager's trust."""
 
     def __init__(self, directory: Path, address: str, port: int, binary: str = "docker-registry") -> None:
         try:
@@ -106,53 +165,188 @@ class Registry:
                            "Set swarm.advertise_addr to the manager's address on the nodes' network.") from None
         self.directory = Path(directory)
         self.address, self.port, self.binary = address, port, binary
-        self.proc: subprocess.Popen | None = None
+        self.config = self.directory / "config.yml"
+        self.pid_file = self.directory / "registry.pid"
+        self.pid: int | None = None  # the process this one started or adopted (None: not managed here)
+        self._child: subprocess.Popen | None = None  # when this process started it (to reap it)
+        self._lock = threading.RLock()  # start, stop, garbage collection and the watch one at a time
 
     @property
     def name(self) -> str:
         """How images are named on every node: ADDRESS:PORT/repository@sha256:..."""
         return f"{self.address}:{self.port}"
 
+    def _first_start_needed(self, what: str) -> BaeError:
+        return Unavailable(f"the image registry has no {what} yet (in {self.directory})",
+                           "Start bae serve once: it makes the registry's CA and credentials. Then try again.")
+
     @property
     def ca_pem(self) -> bytes:
-        return (self.directory / "ca.crt").read_bytes()
+        try:
+            return (self.directory / "ca.crt").read_bytes()
+        except FileNotFoundError:
+            raise self._first_start_needed("CA") from None
+        except OSError as exc:
+            raise BaeError(f"reading the image registry's CA failed: {exc.strerror}") from None
+
+    def credentials(self) -> dict[str, str]:
+        """The platform's login (``username``, ``password``): for bae's engine client only, never shown."""
+        try:
+            password = (self.directory / "password").read_text().strip()
+        except FileNotFoundError:
+            raise self._first_start_needed("credentials") from None
+        except OSError as exc:
+            raise BaeError(f"reading the image registry's password failed: {exc.strerror}") from None
+        return {"username": USER, "password": password}
 
     def trust_command(self) -> str:
         """The shell command that makes a node's Docker Engine trust this registry."""
         path = CERTS_D / self.name
         return f"mkdir -p {path} && cat > {path}/ca.crt <<'EOF'\n{self.ca_pem.decode().strip()}\nEOF"
 
+    # -- which process is ours -----------------------------------------------------------
+
+    def _ours(self, pid: int) -> bool:
+        """Is ``pid`` a docker-registry serving this directory's configuration? (A pid file may outlive
+        its process and the pid be reused; the command line names the configuration file.)"""
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        return len(argv) >= 3 and argv[1:3] == [b"serve", str(self.config).encode()] \
+            and os.path.basename(argv[0]).startswith(os.path.basename(self.binary).encode())
+
+    def running(self) -> list[int]:
+        """Every running registry of this directory: the pid file's first, then any other (a pid file
+        removed by hand must not lead to a second one)."""
+        found = []
+        try:
+            pid = int(self.pid_file.read_text().split()[0])
+            if self._ours(pid):
+                found.append(pid)
+        except (OSError, ValueError, IndexError):
+            pass
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and int(entry.name) not in found and self._ours(int(entry.name)):
+                found.append(int(entry.name))
+        return found
+
+    def alive(self) -> bool:
+        """Does the registry this process started or adopted still run?"""
+        if self.pid is None:
+            return False
+        if self._child is not None:
+            return self._child.poll() is None  # reaps it once it ended
+        return self._ours(self.pid)
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    def _prepare(self) -> bool:
+        """Directory, CA and certificate, password and htpasswd. True when something a running registry
+        read at its start changed (a new certificate or htpasswd): it must be restarted."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.directory, 0o700)
+        changed = _ca_and_cert(self.directory, self.address)
+        secret = self.directory / "password"
+        if not secret.exists():
+            _write(secret, secrets.token_urlsafe(32).encode() + b"\n", 0o600)
+        os.chmod(secret, 0o600)
+        password = self.credentials()["password"]
+        htpasswd = self.directory / "htpasswd"
+        try:
+            current = htpasswd.read_text()
+        except FileNotFoundError:
+            current = ""
+        if not htpasswd_matches(current, password):
+            _write(htpasswd, htpasswd_line(password).encode(), 0o600)
+            changed = True
+        return changed
+
     def start(self, timeout: float = 20.0) -> None:
+        """Adopt the registry that runs with this configuration, or start one (stopping one that runs
+        with another configuration: a new address, port, certificate or password)."""
         binary = shutil.which(self.binary)
         if not binary:
             raise Unavailable(f"{self.binary} is not installed (the swarm runtime's image registry)",
                               "apt-get install docker-registry (make up does this).")
-        self.directory.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.directory, 0o700)
-        _ca_and_cert(self.directory, self.address)
-        config = self.directory / "config.yml"
-        config.write_text(
-            "version: 0.1\n"
-            "log:\n  level: warn\n  accesslog:\n    disabled: true\n"
-            f"storage:\n  filesystem:\n    rootdirectory: {self.directory / 'storage'}\n  delete:\n    enabled: true\n"
-            f"http:\n  addr: {self.name}\n  tls:\n    certificate: {self.directory / 'registry.crt'}\n"
-            f"    key: {self.directory / 'registry.key'}\n"
-            "  headers:\n    X-Content-Type-Options: [nosniff]\n"
-            "health:\n  storagedriver:\n    enabled: false\n")
-        self._trust_here()
-        log_file = open(self.directory / "registry.log", "ab")
-        self.proc = subprocess.Popen([binary, "serve", str(config)], stdout=log_file, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
-        log_file.close()
+        with self._lock:
+            changed = self._prepare()
+            text = render_config(self.directory, self.name)
+            self._trust_here()
+            pids = self.running()
+            same = self.config.exists() and self.config.read_text() == text
+            if pids and same and not changed and self._answers():
+                self.pid, self._child = pids[0], None
+                for extra in pids[1:]:
+                    log.warning("image registry: a second registry (pid %d) of this installation runs; stopping it",
+                                extra)
+                    _terminate(extra)
+                _write(self.pid_file, f"{self.pid}\n".encode(), 0o644)
+                log.info("image registry: adopted the running registry (pid %d) on %s", self.pid, self.name)
+                return
+            for pid in pids:
+                log.info("image registry: restarting the registry (pid %d): its configuration changed", pid)
+                _terminate(pid)
+            _write(self.config, text.encode(), 0o600)
+            self._spawn(binary, timeout)
+
+    def _spawn(self, binary: str, timeout: float) -> None:
+        with open(self.directory / "registry.log", "ab") as log_file:  # not a pipe: it outlives bae serve
+            self._child = subprocess.Popen([binary, "serve", str(self.config)], stdout=log_file,
+                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                           start_new_session=True)  # signals to bae serve's group do not reach it
+        self.pid = self._child.pid
+        _write(self.pid_file, f"{self.pid}\n".encode(), 0o644)
         deadline = time.monotonic() + timeout
         while not self._answers():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
+            if self._child.poll() is not None or time.monotonic() > deadline:
                 tail = (self.directory / "registry.log").read_text(errors="replace").strip().splitlines()[-5:]
                 self.stop()
                 raise Unavailable(f"the image registry did not start on {self.name}: " + " / ".join(tail),
                                   "Check swarm.advertise_addr and swarm.registry_port (is the port free?).")
             time.sleep(0.1)
-        log.info("image registry listening on %s (CA %s)", self.name, self.directory / "ca.crt")
+        log.info("image registry: listening on %s (pid %d, CA %s)", self.name, self.pid, self.directory / "ca.crt")
+
+    def watch(self, stop: threading.Event, interval: float = WATCH_INTERVAL) -> None:
+        """Until ``stop``: start the registry again when the process this one manages has died."""
+        failing = False
+        while not stop.wait(interval):
+            with self._lock:
+                if self.pid is None or self.alive():
+                    continue
+                dead = self.pid
+                try:
+                    self.start()
+                except BaeError as exc:
+                    if not failing:
+                        log.warning("image registry (pid %d) is not running and did not start again: %s",
+                                    dead, exc.message)
+                    failing = True
+                    self.pid = dead  # try again at the next look
+                    continue
+                failing = False
+                log.warning("image registry (pid %d) had died; started it again (pid %d)", dead, self.pid)
+
+    def stop(self) -> bool:
+        """Stop this installation's registry, whether this process started it, adopted it or neither.
+        False if none was running."""
+        with self._lock:
+            pids = self.running()
+            if self._child is not None and self._child.poll() is None and self._child.pid not in pids:
+                pids.append(self._child.pid)
+            for pid in pids:
+                if self._child is not None and pid == self._child.pid:
+                    self._child.terminate()
+                    try:
+                        self._child.wait(10)
+                    except subprocess.TimeoutExpired:
+                        self._child.kill()
+                        self._child.wait()
+                else:
+                    _terminate(pid)
+            self.pid, self._child = None, None
+            self.pid_file.unlink(missing_ok=True)
+            return bool(pids)
 
     def _trust_here(self) -> None:
         """The manager's engine pushes (and may pull) over TLS too: it gets the CA in certs.d."""
@@ -160,28 +354,37 @@ class Registry:
         path.mkdir(parents=True, exist_ok=True)
         _write(path / "ca.crt", self.ca_pem)
 
-    def _answers(self) -> bool:
-        context = ssl.create_default_context(cafile=str(self.directory / "ca.crt"))
-        try:
-            with socket.create_connection((self.address, self.port), timeout=1) as raw:
-                with context.wrap_socket(raw, server_hostname=self.address) as tls:
-                    tls.sendall(f"GET /v2/ HTTP/1.1\r\nHost: {self.name}\r\nConnection: close\r\n\r\n".encode())
-                    return tls.recv(64).startswith(b"HTTP/1.1 200")
-        except (OSError, ssl.SSLError):
-            return False
+    # -- the HTTP API ------------------------------------------------------------------------
 
-    def _call(self, method: str, path: str, headers: dict | None = None) -> tuple[int, dict[str, str], bytes]:
-        context = ssl.create_default_context(cafile=str(self.directory / "ca.crt"))
-        conn = http.client.HTTPSConnection(self.address, self.port, context=context, timeout=30)
+    def _context(self) -> ssl.SSLContext:
         try:
-            conn.request(method, path, headers=headers or {})
+            return ssl.create_default_context(cafile=str(self.directory / "ca.crt"))
+        except FileNotFoundError:
+            raise self._first_start_needed("CA") from None
+
+    def _authorization(self) -> str:
+        creds = self.credentials()
+        return "Basic " + base64.b64encode(f"{creds['username']}:{creds['password']}".encode()).decode()
+
+    def _answers(self) -> bool:
+        """Does the registry answer, and take the platform's password?"""
+        try:
+            status, _, _ = self._call("GET", "/v2/", timeout=1)
+        except Unavailable:
+            return False
+        return status == 200
+
+    def _call(self, method: str, path: str, headers: dict | None = None,
+              timeout: float = 30) -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPSConnection(self.address, self.port, context=self._context(), timeout=timeout)
+        try:
+            conn.request(method, path, headers={"Authorization": self._authorization(), **(headers or {})})
             response = conn.getresponse()
             return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
         except (OSError, ssl.SSLError, http.client.HTTPException) as exc:
             raise Unavailable(f"the image registry on {self.name} does not answer ({exc.__class__.__name__})") from None
         finally:
             conn.close()
-
     def delete_images(self, repository: str, keep_tags: set[str], keep_digests: set[str]) -> int:
         """Delete the manifests of ``repository``'s tags other than ``keep_tags``, unless a kept tag or
         ``keep_digests`` (what services still reference) names the same manifest. Returns how many went."""
@@ -208,30 +411,37 @@ class Registry:
     def collect_garbage(self, timeout: float = 300) -> str:
         """``registry garbage-collect``: the blobs no manifest references go. The registry is stopped
         meanwhile (a node pulling then retries) and started again; the caller holds the push lock.
-        Returns the tool's summary ("" when this process did not start the registry)."""
-        if self.proc is None:
-            return ""
-        config = self.directory / "config.yml"
-        self.stop()
-        try:
-            done = subprocess.run([shutil.which(self.binary) or self.binary, "garbage-collect", str(config)],
-                                  capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise BaeError(f"the image registry's garbage collection failed: {exc}") from None
-        finally:
-            self.start()
+        Returns the tool's summary ("" when this process neither started nor adopted the registry)."""
+        with self._lock:  # the watch must not start it again meanwhile
+            if self.pid is None:
+                return ""
+            self.stop()
+            try:
+                done = subprocess.run([shutil.which(self.binary) or self.binary, "garbage-collect", str(self.config)],
+                                      capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise BaeError(f"the image registry's garbage collection failed: {exc}") from None
+            finally:
+                self.start()
         lines = [line for line in (done.stdout + done.stderr).splitlines() if "eligible for deletion" in line]
         if done.returncode != 0:
             tail = (done.stdout + done.stderr).strip().splitlines()[-3:]
             raise BaeError("the image registry's garbage collection failed: " + " / ".join(tail))
         return lines[-1].strip() if lines else "nothing to delete"
 
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
+
+def _terminate(pid: int, timeout: float = 10.0) -> None:
+    """Stop a registry that is not this process's child: SIGTERM, then SIGKILL; wait until it is gone."""
+    for signum, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
             try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
+                if not Path(f"/proc/{pid}/cmdline").read_bytes():  # exited; a zombie until its parent reaps it
+                    return
+            except OSError:
+                return
+            time.sleep(0.05)

@@ -24,7 +24,10 @@ and the web port published in host mode on the node each task runs on (``ADDRESS
 of that node is where the router sends requests). Units run on worker nodes only:
 a host-mode port on the manager would listen on all of the platform host's
 interfaces. Images reach the nodes through the platform's registry
-(``scheduler.registry``), referenced by digest.
+(``scheduler.registry``), referenced by digest; it takes only the platform's login, which
+the engine client holds (``_login``) and sends with every service it creates, so that Swarm
+keeps it in the service and hands it to the node of each task (``--with-registry-auth``):
+a task Swarm re-places while ``bae serve`` is down still pulls.
 """
 
 from __future__ import annotations
@@ -238,15 +241,19 @@ class SwarmRuntime:
         return runtime
 
     def serve(self, settings) -> None:
-        """What `bae serve` starts for this runtime: the registry, the heartbeat it is told, and the
-        probe of the nodes' units the router needs to reach."""
+        """What `bae serve` starts for this runtime: the registry (adopted if it runs) and its watch, the
+        login to it, the heartbeat it is told, and the probe of the nodes' units the router needs to reach."""
         self.set_heartbeat(settings.swarm.heartbeat)
         self.registry.start()
+        self._login()
+        threading.Thread(target=self.registry.watch, args=(self._stopped,), name="registry-watch",
+                         daemon=True).start()
         threading.Thread(target=self._reachability, name="swarm-reach", daemon=True).start()
 
     def shutdown(self) -> None:
+        """The probe and the registry's watch stop; the registry keeps running, as the units do (a task
+        Swarm re-places still pulls its image): the next `bae serve` adopts it."""
         self._stopped.set()
-        self.registry.stop()
 
     def __init__(self, instance: str, registry=None,
                  placement: Callable[[str, str, str], list[str]] | None = None) -> None:
@@ -272,6 +279,7 @@ class SwarmRuntime:
         self._pushing = threading.Lock()  # one push at a time: units of a release start together
         self._nodes: tuple[float, dict[str, NodeInfo]] = (0.0, {})
         self._ca_config: tuple[str, str] | None = None
+        self._logged_in = ""  # the password the engine client holds the registry's login with (``_login``)
         self.report: Callable[[str, str, str], None] | None = None  # (app, deployment, text): the failover timeline
         # one change of a service's replicas at a time, and no unit list while Swarm's choice of the task a
         # scale-in stops is not known yet (the loop would miss both units: the one it asked to stop, and
@@ -407,6 +415,29 @@ class SwarmRuntime:
 
     # -- images -------------------------------------------------------------------
 
+    def _login(self) -> dict | None:
+        """The platform's registry login, given once to the engine client (docker-py's ``login``, checked
+        by the engine against the registry): ``create_service`` then sends it (X-Registry-Auth) with every
+        service whose image is in the registry, Swarm keeps it in the service's spec (a scale keeps it) and
+        hands it to the node of each task. Returns it for pushes; None without a platform registry."""
+        if self.registry is None:
+            return None
+        creds = self.registry.credentials()
+        with self._lock:
+            if self._logged_in == creds["password"]:
+                return creds
+        try:
+            self.api.login(creds["username"], creds["password"], registry=self.registry.name, reauth=True)
+        except docker.errors.APIError as exc:
+            raise Unavailable(f"logging in to the platform's image registry on {self.registry.name} failed: "
+                              f"{exc.explanation or exc.status_code}",
+                              "Check that the registry runs (bae serve starts it; see its log).") from None
+        except ENGINE_ERRORS as exc:
+            raise Unavailable(f"the Docker Engine does not answer ({exc.__class__.__name__})") from None
+        with self._lock:
+            self._logged_in = creds["password"]
+        return creds
+
     def image_ref(self, image: str) -> str:
         """``image`` (a local tag or id) pushed to the platform's registry: REGISTRY/REPO@sha256:..."""
         if self.registry is None:
@@ -439,9 +470,10 @@ class SwarmRuntime:
         tag = _push_tag(image_id)
         digest = None
         started = time.monotonic()
+        auth = self._login()
         try:
             self.api.tag(image_id, target, tag)
-            for chunk in self.api.push(target, tag, stream=True, decode=True):
+            for chunk in self.api.push(target, tag, stream=True, decode=True, auth_config=auth):
                 if "error" in chunk:
                     raise BaeError(f"pushing {image} to the platform's registry failed: {chunk['error']}",
                                    "Check that the registry runs (see `bae serve`'s log).")
@@ -506,10 +538,12 @@ class SwarmRuntime:
                                 resources=Resources(mem_limit=64 * 2**20, cpu_limit=int(0.25e9)),
                                 placement=Placement(constraints=["node.role==worker"]))
         try:
+            self._login()  # its nodes pull the release image with the platform's login
             return self.api.create_service(template, name=name, mode=ServiceMode("global-job"),
                                            labels={"bae.platform": self.instance, "bae.role": "prune"})["ID"]
-        except ENGINE_ERRORS as exc:
-            log.warning("pruning images on the nodes failed: %s", getattr(exc, "explanation", None) or exc)
+        except (BaeError, *ENGINE_ERRORS) as exc:
+            log.warning("pruning images on the nodes failed: %s", getattr(exc, "message", None)
+                        or getattr(exc, "explanation", None) or exc)
             return None
 
     def _reap(self, service: str, repository: str) -> None:
@@ -819,6 +853,7 @@ class SwarmRuntime:
         Swarm does not pack a node beyond its memory), user bae, no capabilities, the CA bundle; on the
         app's overlay network with its add-ons in /etc/hosts if it has add-ons."""
         image = self.image_ref(work.image)
+        self._login()  # sent with the service: Swarm hands it to the node of each task, now and on re-placement
         network = self.app_network(app)
         memory = memory_bytes(work.memory)
         resources = Resources(cpu_limit=int(work.cpu * 1e9), mem_limit=memory,

@@ -1,4 +1,4 @@
-"""help, version, whoami, config:show, serve and router:stop."""
+"""help, version, whoami, config:show, serve, router:stop and registry:stop."""
 
 from __future__ import annotations
 
@@ -102,3 +102,17 @@ def router_stop(inv: Invocation) -> None:
         inv.console.step("The router stopped (requests in flight were answered)")
     else:
         inv.console.out("The router was not running.")
+
+
+@command("registry:stop", local_only=True)
+def registry_stop(inv: Invocation) -> None:
+    """Stop the swarm runtime's image registry (host only): it outlives `bae serve`, which adopts it."""
+    if getattr(inv.platform.runtime, "name", "") != "swarm":
+        raise Invalid("this platform runs no image registry (scheduler.runtime is \"docker\")")
+    if inv.platform.notify():
+        raise Invalid("bae serve is running and would start the registry again",
+                      "Stop bae serve first, then run registry:stop.")
+    if inv.platform.runtime.registry.stop():
+        inv.console.step("The image registry stopped (nodes cannot pull new units' images until bae serve runs)")
+    else:
+        inv.console.out("The image registry was not running.")

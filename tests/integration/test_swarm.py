@@ -2,10 +2,11 @@
 
 One cluster per test run (the ``cluster`` session fixture) and one `bae serve` for
 this module with ``scheduler.runtime = "swarm"``. The tests build on each other in
-order: deploy web=4 over two nodes (one service, four tasks), an add-on reached from units on both nodes
-(and not from another app's), kill a node under load, drain and activate, pin with
-a label, add a third node from `nodes:join-token`, restart `bae serve`, scale in under load, prune old
-release images on the nodes.
+order: deploy web=4 over two nodes (one service, four tasks), the registry refusing anyone but the
+platform, an add-on reached from units on both nodes (and not from another app's), kill a node under
+load, drain and activate, pin with a label, add a third node from `nodes:join-token`, restart `bae serve`
+(the registry adopted), kill the registry (started again), a node pulling with the service's login while
+`bae serve` is down, scale in under load, prune old release images on the nodes.
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 import tomllib
+from pathlib import Path
 
 import pytest
+import requests
 import tomli_w
 
 from helpers import APPS, BAE, Load, Server, make_repo, run, wait_for
@@ -40,7 +44,9 @@ def server(cluster, tmp_path_factory):
         yield srv
     finally:
         srv.stop()
+        stopped = srv.bae("registry:stop")  # it outlives bae serve
         srv.cleanup()
+        assert stopped.returncode == 0 and not registry_pids(), stopped.stdout + stopped.stderr
         log = srv.log()
         assert "Traceback" not in log, f"the server logged a traceback:\n{log[-5000:]}"
 
@@ -176,6 +182,39 @@ def test_node_commands_refuse_bad_input_and_change_nothing(server, dev, app):
     assert [s["ID"] for s in web_services(server.cluster, app)] == before  # no new generation
 
 
+def registry_pid() -> int:
+    return int((Path(REGISTRY_DIR) / "registry.pid").read_text())
+
+
+def registry_pids() -> list[int]:
+    """Running docker-registry processes serving the test registry's configuration."""
+    config = f"{REGISTRY_DIR}/config.yml".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if len(argv) >= 3 and argv[1:3] == [b"serve", config]:
+            found.append(int(entry.name))
+    return found
+
+
+def registry_name(server) -> str:
+    """ADDRESS:PORT of the platform's registry, as the services name their image."""
+    return web_services(server.cluster, "fleet")[0]["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"].split("/")[0]
+
+
+def registry_get(server, path: str, auth=None) -> requests.Response:
+    """GET on the platform's registry from the host, trusting its CA."""
+    return requests.get(f"https://{registry_name(server)}{path}", auth=auth, verify=f"{REGISTRY_DIR}/ca.crt",
+                        timeout=10)
+
+
+def platform_login() -> tuple[str, str]:
+    return "bae", (Path(REGISTRY_DIR) / "password").read_text().strip()
+
+
 def web_services(cluster, app) -> list[dict]:
     return cluster.engine.api.services(filters={"label": ["bae.app=" + app, "bae.role=unit", "bae.process=web"]})
 
@@ -227,6 +266,24 @@ def test_a_node_the_router_cannot_reach_leaves_the_router_before_swarm_declares_
           traffic.failures[:5])
     assert traffic.failures == [], traffic.failures[:10]
     assert re.search(r"n1\s+ready", dev.ssh("nodes").stdout)
+
+
+def test_the_registry_answers_the_platform_only(server, dev, app):
+    """Anyone on the nodes' network reaching the registry: no login, a wrong one, a node's engine of its
+    own (its units pull with the login Swarm hands over with each task) are refused."""
+    assert registry_get(server, "/v2/_catalog").status_code == 401
+    assert registry_get(server, "/v2/_catalog", auth=("bae", "guess")).status_code == 401
+    assert registry_get(server, "/v2/_catalog", auth=("admin", platform_login()[1])).status_code == 401
+    listed = registry_get(server, "/v2/_catalog", auth=platform_login())
+    assert listed.status_code == 200, listed.text
+    repository = next(r for r in listed.json()["repositories"] if r.endswith(f"/{app}/default"))
+    tags = registry_get(server, f"/v2/{repository}/tags/list", auth=platform_login()).json()["tags"]
+    code, out = server.cluster.exec("n1", "docker", "pull", f"{registry_name(server)}/{repository}:{tags[0]}",
+                                    check=False)
+    assert code != 0 and "no basic auth credentials" in out, out
+    password = platform_login()[1]
+    assert password not in server.log() and password not in dev.ssh("nodes:join-token").stdout
+    assert oct(os.stat(f"{REGISTRY_DIR}/password").st_mode & 0o777) == "0o600"
 
 
 def test_an_addon_on_the_manager_is_reached_from_units_on_every_node_and_not_by_other_apps(server, dev, app):
@@ -405,17 +462,69 @@ def test_a_third_node_joins_with_the_printed_command_and_takes_units(server, dev
 
 def test_restarting_bae_serve_adopts_every_unit_without_duplicates(server, dev, app):
     before = web_up(dev, app)
+    registry = registry_pid()
     assert server.stop() == 0
     # nothing would start the units elsewhere before Swarm stops them: refused, the node stays active
     down = server.bae("nodes:drain", "n3")
     assert down.returncode != 0 and "bae serve is not running" in down.stderr, down.stderr
     assert server.cluster.engine.api.inspect_node(server.cluster._node("n3")["ID"])["Spec"]["Availability"] == "active"
+    assert registry_pids() == [registry]  # the registry outlives bae serve, as the units do
     server.start(timeout=60)
+    assert registry_pids() == [registry] and registry_pid() == registry  # adopted, not a second one
+    assert f"adopted the running registry (pid {registry})" in server.log()
     wait_for(lambda: web_up(dev, app) == before, 60, what="the same units after the restart")
     assert dev.ssh("ps:scale", app, "web=6").returncode == 0  # a no-op that wakes the loop for another pass
     assert web_up(dev, app) == before
     services = web_services(server.cluster, app)
     assert len(services) == 1 and services[0]["Spec"]["Mode"]["Replicated"]["Replicas"] == len(before), services
+
+
+def test_a_registry_that_died_is_started_again_within_seconds(server, dev, app):
+    killed = registry_pid()
+    os.kill(killed, signal.SIGKILL)
+    started = time.monotonic()
+    wait_for(lambda: (lambda p: p and p != [killed])(registry_pids()), 15, interval=0.2, what="a new registry")
+
+    def answers() -> bool:
+        try:
+            return registry_get(server, "/v2/", auth=platform_login()).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    wait_for(answers, 15, interval=0.2, what="the new registry answering")
+    print(f"registry back {time.monotonic() - started:.1f} s after it was killed")
+    assert time.monotonic() - started < 15
+    wait_for(lambda: f"image registry (pid {killed}) had died; started it again" in server.log(), 10,
+             what="the restart logged")
+    assert registry_pid() == registry_pids()[0]
+
+
+def test_a_node_pulls_with_the_services_login_while_bae_serve_is_down(server, dev, app):
+    """Units whose node lost the image while the platform is down come back: Swarm hands the login kept in
+    the service to the node, and the registry runs without bae serve."""
+    cluster = server.cluster
+    node = sorted(unit_containers(cluster, app))[0]
+    image = web_services(cluster, app)[0]["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
+    code, image_id = cluster.exec(node, "docker", "image", "inspect", "-f", "{{.Id}}", image)
+    assert code == 0, image_id
+    image_id = image_id.strip()
+    assert server.stop() == 0
+    try:
+        # the unit containers go (Swarm restarts their tasks, on this node: it has the fewest of the service)
+        # and so does the image, before a restarted task would use it again
+        for _ in range(20):
+            cluster.exec(node, "sh", "-c", f"docker rm -f $(docker ps -aq --filter ancestor={image_id}) 2>&1",
+                         check=False)
+            code, out = cluster.exec(node, "docker", "rmi", image_id, check=False)
+            if code == 0:
+                break
+        assert code == 0, out
+        wait_for(lambda: unit_containers(cluster, app).get(node), 120, what=f"units on {node} again")
+        code, out = cluster.exec(node, "docker", "image", "inspect", "-f", "{{.Id}}", image, check=False)
+        assert code == 0 and out.strip() == image_id, out  # pulled again, bae serve down
+    finally:
+        server.start(timeout=60)
+    wait_for(lambda: (lambda u: u if len(u) == 6 else None)(web_up(dev, app)), 120, what="web=6 up again")
 
 
 def test_scale_in_under_load_drops_the_tasks_swarm_stops_from_the_router(server, dev, app):
@@ -521,8 +630,6 @@ def test_a_release_phase_no_node_can_take_fails_the_deploy_and_the_previous_rele
 
 
 def blob_path(digest: str):
-    from pathlib import Path
-
     hexa = digest.split(":")[1]
     return Path(REGISTRY_DIR) / "storage/docker/registry/v2/blobs/sha256" / hexa[:2] / hexa / "data"
 

@@ -169,6 +169,7 @@ class Registry:
         self.pid_file = self.directory / "registry.pid"
         self.pid: int | None = None  # the process this one started or adopted (None: not managed here)
         self._child: subprocess.Popen | None = None  # when this process started it (to reap it)
+        self._wanted = False  # started or adopted here and not stopped on purpose: the watch keeps it running
         self._lock = threading.RLock()  # start, stop, garbage collection and the watch one at a time
 
     @property
@@ -270,6 +271,7 @@ class Registry:
             raise Unavailable(f"{self.binary} is not installed (the swarm runtime's image registry)",
                               "apt-get install docker-registry (make up does this).")
         with self._lock:
+            self._wanted = True
             changed = self._prepare()
             text = render_config(self.directory, self.name)
             self._trust_here()
@@ -301,35 +303,41 @@ class Registry:
         while not self._answers():
             if self._child.poll() is not None or time.monotonic() > deadline:
                 tail = (self.directory / "registry.log").read_text(errors="replace").strip().splitlines()[-5:]
-                self.stop()
+                self._stop_all()
                 raise Unavailable(f"the image registry did not start on {self.name}: " + " / ".join(tail),
                                   "Check swarm.advertise_addr and swarm.registry_port (is the port free?).")
             time.sleep(0.1)
         log.info("image registry: listening on %s (pid %d, CA %s)", self.name, self.pid, self.directory / "ca.crt")
 
     def watch(self, stop: threading.Event, interval: float = WATCH_INTERVAL) -> None:
-        """Until ``stop``: start the registry again when the process this one manages has died."""
-        failing = False
+        """Until ``stop``: start the registry again when the process this one started or adopted died
+        (or a start after garbage collection failed), every ``interval`` seconds until it runs."""
+        failing, dead = False, None
         while not stop.wait(interval):
             with self._lock:
-                if self.pid is None or self.alive():
+                if not self._wanted or self.alive():
                     continue
-                dead = self.pid
+                dead = self.pid or dead
                 try:
                     self.start()
-                except BaeError as exc:
+                except (BaeError, OSError) as exc:
                     if not failing:
-                        log.warning("image registry (pid %d) is not running and did not start again: %s",
-                                    dead, exc.message)
+                        log.warning("image registry (pid %s) is not running and did not start again: %s",
+                                    dead or "?", getattr(exc, "message", None) or exc)
                     failing = True
-                    self.pid = dead  # try again at the next look
                     continue
                 failing = False
-                log.warning("image registry (pid %d) had died; started it again (pid %d)", dead, self.pid)
+                log.warning("image registry (pid %s) had died; started it again (pid %d)", dead or "?", self.pid)
+                dead = None
 
     def stop(self) -> bool:
-        """Stop this installation's registry, whether this process started it, adopted it or neither.
-        False if none was running."""
+        """Stop this installation's registry, whether this process started it, adopted it or neither
+        (``registry:stop``); the watch leaves it stopped. False if none was running."""
+        with self._lock:
+            self._wanted = False
+            return self._stop_all()
+
+    def _stop_all(self) -> bool:
         with self._lock:
             pids = self.running()
             if self._child is not None and self._child.poll() is None and self._child.pid not in pids:
@@ -415,7 +423,7 @@ class Registry:
         with self._lock:  # the watch must not start it again meanwhile
             if self.pid is None:
                 return ""
-            self.stop()
+            self._stop_all()
             try:
                 done = subprocess.run([shutil.which(self.binary) or self.binary, "garbage-collect", str(self.config)],
                                       capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)

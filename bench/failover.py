@@ -228,6 +228,7 @@ def main(runs: int = 1, only_scale: bool = False) -> None:
 
             wait(theirs_up, 600, "reference service")
             theirs.append(time.perf_counter() - started)
+            print(f"scale 0→10: bae {ours[-1]:.2f} s, docker service create {theirs[-1]:.2f} s", flush=True)
             engine.api.remove_service(service)
             wait(lambda: not [x for x in engine.api.tasks() if x.get("ServiceID") == service], 120, "reference gone")
 

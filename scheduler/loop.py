@@ -354,7 +354,7 @@ class Scheduler:
                     self._removed[stopped] = time.monotonic()
                     self._stopping.discard(unit_id)
                 other = listed.get(stopped)  # the log names the unit that really stops
-                self._tell(unit.app, unit.deployment, f"{other.name if other else 'another unit'} (v{unit.release}) "
+                self._tell(unit.app, unit.deployment, f"{other.unit if other else 'another unit'} (v{unit.release}) "
                                                       f"stops instead (the cluster chose it); {unit.name} stays")
             self._remove_now(stopped)
         finally:

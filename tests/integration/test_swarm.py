@@ -530,7 +530,7 @@ def test_a_node_pulls_with_the_services_login_while_bae_serve_is_down(server, de
 def test_scale_in_under_load_drops_the_tasks_swarm_stops_from_the_router(server, dev, app):
     """web=6 → 2: Swarm picks the tasks that stop; their slots leave the unit list (and the router) at
     once, and nginx retries the idempotent requests a stopping task refused. The app's log names the
-    units that really stopped."""
+    units that really stopped (Swarm may stop others than those the scheduler asked for)."""
     before = web_up(dev, app)
     earlier = set(dev.ssh("logs", app, "-n", "1000").stdout.splitlines())
     with load(server, app) as traffic:
@@ -559,9 +559,9 @@ def test_scale_in_under_load_drops_the_tasks_swarm_stops_from_the_router(server,
                 stopped.add(m.group(1))
         return stopped
 
-    gone = set(before) - set(left)
+    gone = set(before) - set(left)  # each of them named as stopping (a unit the loop then started again may be too)
     try:
-        wait_for(lambda: named() == gone, 30, what="the log naming the units that stopped")
+        wait_for(lambda: gone <= named(), 30, what="the log naming the units that stopped")
     except AssertionError:
         raise AssertionError(f"{sorted(gone)} stopped, the log names {sorted(named())}") from None
 

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from bae import config
+from bae.pids import find_running
 from bae.errors import Unavailable
 from bae.logstore import router_log_name
 from bae.model import Route
@@ -218,19 +219,8 @@ class Nginx:
         return title.startswith(b"nginx: master process ") and f" -p {self.prefix} ".encode() in title
 
     def masters(self) -> list[int]:
-        """Every running nginx master of this installation: the pid file's first, then any other
-        with this prefix (a pid file removed by hand must not lead to a second nginx)."""
-        found = []
-        try:
-            pid = int(self.pid_file.read_text().split()[0])
-            if self._ours(pid):
-                found.append(pid)
-        except (OSError, ValueError, IndexError):
-            pass
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit() and int(entry.name) not in found and self._ours(int(entry.name)):
-                found.append(int(entry.name))
-        return found
+        """Every running nginx master of this installation (see bae.pids.find_running)."""
+        return find_running(self.pid_file, self._ours)
 
     def alive(self) -> bool:
         if self.pid is None:

@@ -42,6 +42,7 @@ import threading
 import time
 from pathlib import Path
 
+from bae.pids import find_running
 from bae.errors import BaeError, Unavailable
 
 __all__ = ["Registry", "CERTS_D", "USER", "render_config"]
@@ -218,19 +219,8 @@ class Registry:
             and os.path.basename(argv[0]).startswith(os.path.basename(self.binary).encode())
 
     def running(self) -> list[int]:
-        """Every running registry of this directory: the pid file's first, then any other (a pid file
-        removed by hand must not lead to a second one)."""
-        found = []
-        try:
-            pid = int(self.pid_file.read_text().split()[0])
-            if self._ours(pid):
-                found.append(pid)
-        except (OSError, ValueError, IndexError):
-            pass
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit() and int(entry.name) not in found and self._ours(int(entry.name)):
-                found.append(int(entry.name))
-        return found
+        """Every running registry of this directory (see bae.pids.find_running)."""
+        return find_running(self.pid_file, self._ours)
 
     def alive(self) -> bool:
         """Does the registry this process started or adopted still run?"""

@@ -353,9 +353,10 @@ class Scheduler:
                 with self._lock:  # that one is not a crash; this one stays and is routed again, at once
                     self._removed[stopped] = time.monotonic()
                     self._stopping.discard(unit_id)
-                other = listed.get(stopped)  # the log names the unit that really stops
+                other = listed.get(stopped)  # the log names the unit that really stops (the one asked for
+                # may still stop in place of another one asked for at the same time)
                 self._tell(unit.app, unit.deployment, f"{other.unit if other else 'another unit'} (v{unit.release}) "
-                                                      f"stops instead (the cluster chose it); {unit.name} stays")
+                                                      f"stops in place of {unit.name} (the cluster chose it)")
             self._remove_now(stopped)
         finally:
             with self._lock:  # if it is still listed, the next pass decides again

@@ -547,19 +547,12 @@ def test_scale_in_under_load_drops_the_tasks_swarm_stops_from_the_router(server,
     assert services[0]["Spec"]["Mode"]["Replicated"]["Replicas"] == 2
     assert traffic.failures == [], traffic.failures[:10]
 
-    def named() -> set[str]:  # "web.5 (v2) stopping: ...", then maybe "web.2 (v2) stops instead (...); web.5 stays"
-        stopped: set[str] = set()
-        for line in dev.ssh("logs", app, "-n", "1000").stdout.splitlines():
-            if line in earlier:
-                continue
-            if m := re.search(r"(web\.\d+) \(v\d+\) stopping:", line):
-                stopped.add(m.group(1))
-            elif m := re.search(r"(web\.\d+) \(v\d+\) stops instead \(.*\); (web\.\d+) stays", line):
-                stopped.discard(m.group(2))
-                stopped.add(m.group(1))
-        return stopped
+    def named() -> set[str]:  # "web.5 (v2) stopping: ...", and "web.2 (v2) stops in place of web.5 (...)"
+        lines = [line for line in dev.ssh("logs", app, "-n", "1000").stdout.splitlines() if line not in earlier]
+        stops = (re.search(r"(web\.\d+) \(v\d+\) stop(?:ping:|s in place of)", line) for line in lines)
+        return {m.group(1) for m in stops if m}
 
-    gone = set(before) - set(left)  # each of them named as stopping (a unit the loop then started again may be too)
+    gone = set(before) - set(left)  # each of them named as stopping (others asked for may be named too)
     try:
         wait_for(lambda: gone <= named(), 30, what="the log naming the units that stopped")
     except AssertionError:

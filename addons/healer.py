@@ -22,9 +22,10 @@ from typing import Iterator
 from addons.engine import engine
 from addons.plan import Failed, Remove, Reset, Seen, Start, Wanted, backup_due, heal, note_down
 from addons.service import Services
+from bae.console import clock
 from bae.errors import BaeError
 
-__all__ = ["Healer", "lock", "app_event", "settled", "clock"]
+__all__ = ["Healer", "lock", "app_event", "settled"]
 
 log = logging.getLogger("bae.addons.healer")
 
@@ -67,10 +68,6 @@ def settled(before: list, after: list, addons: dict) -> list:
     known = {info.id for info in before}
     return [info for info in after
             if info.id in known or (info.labels.get("bae.app", ""), info.labels.get("bae.addon", "")) in addons]
-
-
-def clock(epoch: float) -> str:
-    return time.strftime("%H:%M:%S", time.localtime(epoch))
 
 
 def _epoch(stamp: str | None) -> float:

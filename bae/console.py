@@ -7,10 +7,11 @@ the local terminal and an SSH channel. Nothing else in bae formats user output.
 from __future__ import annotations
 
 import threading
+import time
 from datetime import datetime, timezone
 from typing import BinaryIO, Iterable, Sequence
 
-__all__ = ["Console", "Steps", "ago", "duration", "STEP", "DETAIL", "ERROR"]
+__all__ = ["Console", "Steps", "ago", "clock", "duration", "STEP", "DETAIL", "ERROR"]
 
 STEP = "-----> "
 DETAIL = " " * 7
@@ -88,6 +89,11 @@ def ago(stamp: str | None, now: datetime | None = None) -> str:
         return ""
     then = datetime.fromisoformat(stamp)
     return duration(((now or datetime.now(timezone.utc)) - then).total_seconds()) + " ago"
+
+
+def clock(epoch: float | None) -> str:
+    """``12:00:03``: a moment of today as event lines tell it (local time); ``?`` when not known."""
+    return time.strftime("%H:%M:%S", time.localtime(epoch)) if epoch else "?"
 
 
 def duration(seconds: float) -> str:

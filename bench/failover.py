@@ -2,7 +2,8 @@
 
 (1) A worker node dies (its container is killed) while web=4 runs spread over two
     nodes under load through the router: time until its units are out of the router
-    (the runtime's probe), until the manager declares it down, and until every unit runs (accepts connections) on the surviving node; failed
+    (the runtime's probe), until the manager declares it down, and until every unit
+    runs (accepts connections) on the surviving node; failed
     requests meanwhile. Once with the default dispatcher heartbeat (5 s), once with
     2 s. Targets: ≤ 20 s and ≤ 8 s; 0 failed idempotent requests.
 (2) Scale web 0→10 until every unit accepts connections, against one
@@ -158,7 +159,8 @@ def main(runs: int = 1, only_scale: bool = False) -> None:
                 rows.append((heartbeat, by_node[victim], unrouted, detected, replaced, load.ok, load.resent,
                              len(load.failures)))
                 print(f"heartbeat {heartbeat:.0f} s: {by_node[victim]} of 4 units on {victim}; out of the router "
-                      f"after {unrouted:.1f} s, down after {detected:.1f} s, all 4 running elsewhere after {replaced:.1f} s; requests "
+                      f"after {unrouted:.1f} s, down after {detected:.1f} s, all 4 running elsewhere after "
+                      f"{replaced:.1f} s; requests "
                       f"{load.ok} ok, {load.resent} resent, {len(load.failures)} failed {load.failures[:3]}", flush=True)
                 survivor = next(n for n in cluster.nodes if n != victim)
                 made, started = node_events(cluster, survivor, killed_at)

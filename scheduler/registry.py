@@ -42,8 +42,8 @@ import threading
 import time
 from pathlib import Path
 
-from bae.pids import find_running
 from bae.errors import BaeError, Unavailable
+from bae.pids import find_running
 
 __all__ = ["Registry", "CERTS_D", "USER", "render_config"]
 
@@ -150,8 +150,6 @@ def _write(path: Path, data: bytes, mode: int | None = None) -> None:
         out.write(data)
     os.chmod(tmp, mode)
     tmp.replace(path)
-
-
 
 
 class Registry:
@@ -383,6 +381,7 @@ class Registry:
             raise Unavailable(f"the image registry on {self.name} does not answer ({exc.__class__.__name__})") from None
         finally:
             conn.close()
+
     def delete_images(self, repository: str, keep_tags: set[str], keep_digests: set[str]) -> int:
         """Delete the manifests of ``repository``'s tags other than ``keep_tags``, unless a kept tag or
         ``keep_digests`` (what services still reference) names the same manifest. Returns how many went."""

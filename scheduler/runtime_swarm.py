@@ -48,6 +48,7 @@ import docker.errors
 from docker.types import (ConfigReference, ContainerSpec, EndpointSpec, Placement, Resources, RestartPolicy,
                           ServiceMode, TaskTemplate)
 
+from bae.console import clock
 from bae.errors import BaeError, Unavailable
 from bae.unit import CA_PATH, ENTRYPOINT, PORT, USER
 from scheduler.placement import pick_node
@@ -110,8 +111,8 @@ class Lost:
     running_at: float | None
 
     def text(self) -> str:
-        where = f", running on {self.running_on} at {_clock(self.running_at)}" if self.running_on else ", not running yet"
-        return f"{self.unit} lost with node {self.node} at {_clock(self.lost_at)}{where}"
+        where = f", running on {self.running_on} at {clock(self.running_at)}" if self.running_on else ", not running yet"
+        return f"{self.unit} lost with node {self.node} at {clock(self.lost_at)}{where}"
 
 
 @dataclass
@@ -730,9 +731,7 @@ class SwarmRuntime:
             info.started_at = _epoch(status.get("Timestamp"))
             if node:
                 info.ip = node.address
-            for port in (status.get("PortStatus") or {}).get("Ports") or []:
-                if port.get("TargetPort") == PORT and port.get("PublishedPort"):
-                    info.host_port = port["PublishedPort"]
+            info.host_port = _web_port(status)
             if info.ip and info.host_port:
                 info.address = f"{info.ip}:{info.host_port}"
         return info
@@ -1095,10 +1094,10 @@ class SwarmRuntime:
                 # a running task replaced by Swarm without exiting (the loop sees crashes): its node is gone
                 # (the node list may lag a second behind the tasks, so it is not asked)
                 lost = (last.node, time.time())
-                self.report(app, deployment, f"{unit} lost with node {last.node} at {_clock(lost[1])}")
+                self.report(app, deployment, f"{unit} lost with node {last.node} at {clock(lost[1])}")
             if lost and running:
-                self.report(app, deployment, f"{unit} lost with node {lost[0]} at {_clock(lost[1])}, running on "
-                            f"{here} at {_clock(time.time())} ({time.time() - lost[1]:.1f} s later)")
+                self.report(app, deployment, f"{unit} lost with node {lost[0]} at {clock(lost[1])}, running on "
+                            f"{here} at {clock(time.time())} ({time.time() - lost[1]:.1f} s later)")
                 lost = None
             self._last[key] = _Seen(task["ID"], here, task.get("NodeID", ""), running, lost)
 
@@ -1187,9 +1186,15 @@ def _published(task: dict, nodes: dict[str, NodeInfo]) -> tuple[str, int] | None
     node = nodes.get(task.get("NodeID", ""))
     if status.get("State") != "running" or node is None or not node.address:
         return None
+    port = _web_port(status)
+    return (node.address, port) if port else None
+
+
+def _web_port(status: dict) -> int | None:
+    """The port a task's web port ($PORT) is published on, on its node (host mode)."""
     for port in (status.get("PortStatus") or {}).get("Ports") or []:
         if port.get("TargetPort") == PORT and port.get("PublishedPort"):
-            return node.address, port["PublishedPort"]
+            return port["PublishedPort"]
     return None
 
 
@@ -1223,10 +1228,6 @@ def _epoch(stamp: str | None) -> float | None:
     if not stamp or stamp.startswith("0001-"):  # Docker's zero time
         return None
     return datetime.fromisoformat(stamp).timestamp()
-
-
-def _clock(epoch: float | None) -> str:
-    return time.strftime("%H:%M:%S", time.localtime(epoch)) if epoch else "?"
 
 
 def _crash_restarted(old: dict, new: dict, nodes: dict[str, NodeInfo]) -> bool:

@@ -46,8 +46,8 @@ def status(info, starting: bool, now: float) -> tuple[str, str]:
     """An add-on's state as a word (``addons``) and as `ps` tells it: up for how long; starting (a
     command or the healer is starting its container); down, since when and why, when its container
     is missing or exited and nobody is starting it."""
-    from addons.healer import clock
-    from bae.console import duration
+    from addons.plan import down_reason
+    from bae.console import clock, duration
 
     if info is not None and info.running:
         return "running", f"up {duration(now - (info.started_at or now))}"
@@ -55,8 +55,7 @@ def status(info, starting: bool, now: float) -> tuple[str, str]:
         return "starting", "starting"
     if info is None:
         return "down", "down (no container)"
-    why = "ran out of memory" if info.oom else f"exited {info.exit_code}" if info.exit_code is not None else info.state
-    return "down", (f"down since {clock(info.finished_at)}" if info.finished_at else "down") + f" ({why})"
+    return "down", (f"down since {clock(info.finished_at)}" if info.finished_at else "down") + f" ({down_reason(info)})"
 
 
 def _states(inv: Invocation, app: str, addons) -> dict[str, tuple[str, str]]:

@@ -135,7 +135,7 @@ def test_an_addon_is_noted_down_from_its_containers_end_until_one_runs_again():
 def test_addon_status_words():
     from types import SimpleNamespace
 
-    from addons.healer import clock
+    from bae.console import clock
     from control.commands.addons import status
 
     up = SimpleNamespace(running=True, started_at=100.0)
